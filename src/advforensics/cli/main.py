@@ -1,0 +1,50 @@
+"""The `advforensics` command: a thin group over the library, one module per command group."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from advforensics import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="advforensics")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def cli(verbose: int) -> None:
+    """Forensic investigation of adversarial attacks on image classifiers.
+
+    \b
+    Example:
+      advforensics data list
+      advforensics models train --model lenet --data mnist-5k --epochs 2 --out runs/lenet
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register_groups() -> None:
+    # Imported here so that `advforensics --help` stays fast and groups stay independent.
+    from importlib import import_module
+
+    for module_name in ("data", "models", "attacks", "trace", "attribution", "demo"):
+        try:
+            module = import_module(f"advforensics.cli.{module_name}")
+        except ModuleNotFoundError as error:
+            if error.name == f"advforensics.cli.{module_name}":
+                continue  # group not built yet
+            raise
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register_groups()
+
+
+def main() -> None:
+    cli(prog_name="advforensics")
+
+
+if __name__ == "__main__":
+    main()
