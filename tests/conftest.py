@@ -1,0 +1,74 @@
+"""Shared fixtures: the data copies beside the project and a tiny classifier trained in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir() -> Path:
+    """../shared/data (MNIST IDX files and the CIFAR-10 JPEG zip); skipped where absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data directory not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+class TinyDigitsNet(nn.Module):
+    """A small CNN for scikit-learn's 8x8 digits; input (B, 1, 8, 8) in [0, 1], output logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 16, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x.float()))
+
+
+@pytest.fixture(scope="session")
+def digits_data() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's digits as (1797, 1, 8, 8) images in [0, 1] and int64 labels."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    labels = torch.tensor(bunch.target, dtype=torch.int64)
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(digits_data: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+    """TinyDigitsNet trained for a few seconds (about 97% train accuracy), in eval mode."""
+    images, labels = digits_data
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = TinyDigitsNet()
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(15):
+        order = torch.randperm(len(images), generator=generator)
+        for batch in order.split(64):
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimiser.step()
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+@pytest.fixture()
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
