@@ -1,0 +1,614 @@
+"""Attack-corpus generation and storage for passive attribution (MTAA, Guo et al. arXiv 2302.14059).
+
+A corpus directory holds
+    clean.npz             the clean images (uint8 (N, C, H, W)), their labels and data-set indices
+    shards/<unit>.npz     adversarial evidence of one work unit, uint8 (M, C, H, W) by default
+    shards/<unit>.parquet one label row per evidence image (attack, victim, hyper, success, norms, ...)
+    manifest.json         grid, victims, data, per-shard sha256 and counts, per-cell success statistics
+
+A work unit is (victim, attack, chunk of clean images); every hyperparameter value of the attack is
+run on the chunk inside the unit (FGSM from one shared gradient). Units are written atomically and
+the manifest is rewritten last, so an interrupted run resumes without duplicates or losses: a unit
+is done iff the manifest lists it and its files still hash to the recorded sha256; anything else is
+regenerated from its own deterministic seed.
+
+Evidence is quantised to 8 bits by default: float evidence leaks the attack (FGSM stays on the 1/255
+grid, PGD and C&W do not) and FGSM's epsilon (the most frequent pixel change). Success is re-checked
+on the quantised image; only successful examples are kept, and every grid cell's success rate is
+recorded so that dropped cells are visible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from advforensics.attribution.grid import CLEAN, AttackSpec, GridSpec
+from advforensics.errors import DataFileError, InputValidationError
+from advforensics.utils import atomic_write_bytes, check_images, check_labels, sha256_bytes, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT = "advforensics-attribution-corpus"
+VERSION = 1
+MANIFEST = "manifest.json"
+CLEAN_FILE = "clean.npz"
+
+#: Parquet label columns and their NumPy dtypes.
+COLUMNS: dict[str, Any] = {
+    "clean_pos": np.int64,  # row of clean.npz this example was made from
+    "clean_index": np.int64,  # index of the clean image in its data set (the split key)
+    "clean_label": np.int64,
+    "attack": object,
+    "victim": object,
+    "hyper": np.float32,  # eps * 255 (FGSM/PGD) or kappa (C&W); 0 for clean
+    "success": np.bool_,
+    "predicted": np.int64,  # victim's label of the stored (quantised) evidence
+    "l2": np.float32,
+    "linf": np.float32,
+    "margin": np.float32,  # best other logit - true logit on the stored evidence (> 0: fooled)
+    "reached": np.bool_,  # C&W: margin >= kappa reached (extras); True for the others
+}
+
+
+@dataclass
+class CorpusConfig:
+    """How a corpus is generated (stored in the manifest; resuming requires the same values).
+
+    shard_images: clean images per work unit. batch_size: attack batch. quantize: 8-bit evidence.
+    victim_params: per-victim, per-attack extra keyword arguments, e.g. a C&W kappa scale
+        {"resnet18": {"cw-l2": {"kappa_scale": 0.1}}} (kappa must be scaled to a victim's logits).
+    """
+
+    shard_images: int = 256
+    batch_size: int = 128
+    quantize: bool = True
+    seed: int = 0
+    victim_params: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.shard_images < 1:
+            raise InputValidationError(f"shard_images must be >= 1, got {self.shard_images}")
+        if self.batch_size < 1:
+            raise InputValidationError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class CellResult:
+    """One hyperparameter value of one attack on one victim over a batch of clean images."""
+
+    hyper: float
+    x_adv: torch.Tensor  # (B, C, H, W) in [0, 1]
+    reached: torch.Tensor | None = None  # (B,) bool, C&W only
+
+
+#: Signature of an attack runner: (spec, model, x, y, seed, extra params) -> one CellResult per value.
+AttackRunner = Callable[[AttackSpec, nn.Module, torch.Tensor, torch.Tensor, int, dict[str, Any]], list[CellResult]]
+
+
+def run_grid_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
+                    extra: dict[str, Any]) -> list[CellResult]:
+    """Run every hyperparameter value of `spec` on (x, y) with the project's attacks.
+
+    FGSM uses `fgsm_multi_eps`: one gradient serves all epsilons (bit-identical to separate calls).
+    """
+    from advforensics.attacks import create_attack
+    from advforensics.attacks.fgsm import fgsm_multi_eps
+
+    params = {**spec.params, **extra}
+    if spec.name == "fgsm":
+        results = fgsm_multi_eps(model, x, y, [v / 255.0 for v in spec.values])
+        return [CellResult(v, r.x_adv) for v, r in zip(spec.values, results)]
+    out = []
+    for value in spec.values:
+        if spec.name == "pgd-linf":
+            p = dict(params)
+            ratio = float(p.pop("alpha_ratio", 0.25))
+            eps = value / 255.0
+            result = create_attack("pgd-linf", eps=eps, alpha=ratio * eps, seed=seed, **p)(model, x, y)
+            out.append(CellResult(value, result.x_adv))
+        elif spec.name == "cw-l2":
+            result = create_attack("cw-l2", kappa=float(value), **params)(model, x, y)
+            reached = result.extras.get("reached")
+            out.append(CellResult(value, result.x_adv, None if reached is None else reached.bool()))
+        else:  # pragma: no cover - AttackSpec validates names
+            raise InputValidationError(f"no runner for attack {spec.name!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# storage helpers
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _parquet_bytes(columns: dict[str, np.ndarray]) -> bytes:
+    table = pa.table({name: pa.array(list(values) if COLUMNS[name] is object else values)
+                      for name, values in columns.items()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise DataFileError(f"corrupt corpus file {path}: {error}") from None
+    except Exception as error:  # zipfile.BadZipFile and friends
+        raise DataFileError(f"corrupt corpus file {path}: {type(error).__name__}: {error}") from None
+
+
+def _load_parquet(path: Path) -> dict[str, np.ndarray]:
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise DataFileError(f"corrupt corpus label file {path}: {error}") from None
+    missing = set(COLUMNS) - set(table.column_names)
+    if missing:
+        raise DataFileError(f"corpus label file {path} lacks columns {sorted(missing)}")
+    return {name: (np.asarray(table.column(name).to_pylist(), dtype=object) if dtype is object
+                   else table.column(name).to_numpy().astype(dtype)) for name, dtype in COLUMNS.items()}
+
+
+def _unit_seed(seed: int, unit_id: str) -> int:
+    return int(hashlib.sha256(f"{seed}:{unit_id}".encode()).hexdigest()[:8], 16)
+
+
+def _quantise(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] float -> the nearest 8-bit level, still float in [0, 1]."""
+    return torch.round(x.clamp(0, 1) * 255.0) / 255.0
+
+
+def _to_storage(x: torch.Tensor, quantize: bool) -> np.ndarray:
+    if quantize:
+        return torch.round(x.clamp(0, 1) * 255.0).to(torch.uint8).cpu().numpy()
+    return x.detach().float().cpu().numpy()
+
+
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(chunk).float() for chunk in x.split(batch_size)]) if len(x) else torch.empty(0)
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """best other logit - true logit  # (B,)"""
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return other - true
+
+
+# ----------------------------------------------------------------------------------------------
+# generation
+
+
+@dataclass
+class CorpusReport:
+    """What `generate_corpus` did: units made/reused/regenerated, cell success rates, throughput."""
+
+    path: Path
+    units_total: int
+    units_generated: list[str]
+    units_reused: list[str]
+    units_regenerated: list[str]
+    n_examples: int
+    cells: list[dict[str, Any]]  # attack, victim, hyper, attempted, succeeded, success_rate, reached
+    empty_cells: list[dict[str, Any]]
+    throughput: list[dict[str, Any]]  # victim, attack, attack_runs, seconds, images_per_s
+    corpus_id: str
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["path"] = str(self.path)
+        return payload
+
+
+def _plan_units(victims: Sequence[str], grid: GridSpec, n_clean: int, shard_images: int
+                ) -> list[tuple[str, str, str, int, int]]:
+    """(unit_id, victim, attack, start, stop) for every work unit, in generation order."""
+    chunks = [(start, min(start + shard_images, n_clean)) for start in range(0, n_clean, shard_images)]
+    plan = []
+    for k, (start, stop) in enumerate(chunks):
+        if grid.include_clean:
+            plan.append((f"{CLEAN}__{CLEAN}__{k:05d}", CLEAN, CLEAN, start, stop))
+    for victim in victims:
+        for spec in grid.attacks:
+            for k, (start, stop) in enumerate(chunks):
+                plan.append((f"{victim}__{spec.name}__{k:05d}", victim, spec.name, start, stop))
+    return plan
+
+
+def _check_victim_names(victims: Mapping[str, nn.Module]) -> None:
+    if not victims:
+        raise InputValidationError("at least one victim model is needed")
+    for name in victims:
+        if not name or "__" in name or "/" in name or name == CLEAN:
+            raise InputValidationError(f"invalid victim name {name!r} (no '__', '/', or 'clean')")
+
+
+def _generate_unit(unit: tuple[str, str, str, int, int], grid: GridSpec, victims: Mapping[str, nn.Module],
+                   x_all: torch.Tensor, y_all: torch.Tensor, indices: np.ndarray, config: CorpusConfig,
+                   runner: AttackRunner) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict[str, Any]], int]:
+    """Make one unit's evidence and label rows; return (images, columns, cell stats, attack runs)."""
+    unit_id, victim, attack, start, stop = unit
+    x, y = x_all[start:stop], y_all[start:stop]  # (B, C, H, W), (B,)
+    pos = np.arange(start, stop, dtype=np.int64)
+    if attack == CLEAN:
+        n = len(pos)
+        cols = {"clean_pos": pos, "clean_index": indices[pos], "clean_label": y.numpy().astype(np.int64),
+                "attack": np.array([CLEAN] * n, dtype=object), "victim": np.array([CLEAN] * n, dtype=object),
+                "hyper": np.zeros(n, np.float32), "success": np.zeros(n, bool), "predicted": y.numpy().astype(np.int64),
+                "l2": np.zeros(n, np.float32), "linf": np.zeros(n, np.float32),
+                "margin": np.full(n, np.nan, np.float32), "reached": np.ones(n, bool)}
+        return _to_storage(x, config.quantize), cols, [], 0
+    model = victims[victim]
+    spec = grid.attack(attack)
+    seed = _unit_seed(config.seed, unit_id)
+    torch.manual_seed(seed)
+    extra = config.victim_params.get(victim, {}).get(attack, {})
+    clean_pred = _logits(model, x, config.batch_size).argmax(dim=1)
+    correct = clean_pred == y  # attack only images the victim gets right
+    xc, yc, pc = x[correct], y[correct], pos[correct.numpy()]
+    images: list[np.ndarray] = []
+    cols: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS}
+    stats: dict[float, dict[str, Any]] = {float(v): {"attack": attack, "victim": victim, "hyper": float(v),
+                                                     "attempted": 0, "succeeded": 0, "reached": 0}
+                                          for v in spec.values}
+    runs = 0
+    for b0 in range(0, len(xc), config.batch_size):
+        xb, yb, pb = xc[b0:b0 + config.batch_size], yc[b0:b0 + config.batch_size], pc[b0:b0 + config.batch_size]
+        cells = runner(spec, model, xb, yb, seed + b0, extra)
+        runs += len(xb) * len(cells)
+        for cell in cells:
+            x_adv = _quantise(cell.x_adv) if config.quantize else cell.x_adv.detach().clamp(0, 1)  # (b, C, H, W)
+            logits = _logits(model, x_adv, config.batch_size)
+            pred = logits.argmax(dim=1)
+            ok = pred != yb
+            reached = cell.reached if cell.reached is not None else torch.ones_like(ok)
+            st = stats[float(cell.hyper)]
+            st["attempted"] += int(len(xb))
+            st["succeeded"] += int(ok.sum())
+            st["reached"] += int((reached & ok).sum())
+            if not ok.any():
+                continue
+            keep = ok.numpy()
+            delta = (x_adv - xb).flatten(1)
+            images.append(_to_storage(x_adv[ok], config.quantize))
+            n = int(ok.sum())
+            cols["clean_pos"].append(pb[keep])
+            cols["clean_index"].append(indices[pb[keep]])
+            cols["clean_label"].append(yb[ok].numpy().astype(np.int64))
+            cols["attack"].append(np.array([attack] * n, dtype=object))
+            cols["victim"].append(np.array([victim] * n, dtype=object))
+            cols["hyper"].append(np.full(n, cell.hyper, np.float32))
+            cols["success"].append(np.ones(n, bool))
+            cols["predicted"].append(pred[ok].numpy().astype(np.int64))
+            cols["l2"].append(delta.norm(dim=1)[ok].numpy().astype(np.float32))
+            cols["linf"].append(delta.abs().amax(dim=1)[ok].numpy().astype(np.float32))
+            cols["margin"].append(_margin(logits, yb)[ok].numpy().astype(np.float32))
+            cols["reached"].append(reached[ok].numpy().astype(bool))
+    shape = tuple(x.shape[1:])
+    dtype = np.uint8 if config.quantize else np.float32
+    stacked = np.concatenate(images) if images else np.zeros((0, *shape), dtype)
+    columns = {name: (np.concatenate(parts) if parts else np.zeros(0, dtype=COLUMNS[name]))
+               for name, parts in cols.items()}
+    cell_stats = []
+    for st in stats.values():
+        st["success_rate"] = st["succeeded"] / st["attempted"] if st["attempted"] else 0.0
+        cell_stats.append(st)
+    return stacked, columns, cell_stats, runs
+
+
+def _write_unit(root: Path, unit_id: str, images: np.ndarray, columns: dict[str, np.ndarray]) -> dict[str, Any]:
+    img_bytes = _npz_bytes(images=images)
+    lab_bytes = _parquet_bytes(columns)
+    img_name, lab_name = f"shards/{unit_id}.npz", f"shards/{unit_id}.parquet"
+    atomic_write_bytes(root / img_name, img_bytes)
+    atomic_write_bytes(root / lab_name, lab_bytes)
+    return {"images": img_name, "images_sha256": sha256_bytes(img_bytes), "labels": lab_name,
+            "labels_sha256": sha256_bytes(lab_bytes), "n_examples": int(len(images))}
+
+
+def _unit_intact(root: Path, entry: dict[str, Any]) -> bool:
+    for key in ("images", "labels"):
+        path = root / entry[key]
+        if not path.is_file() or sha256_file(path) != entry[f"{key}_sha256"]:
+            return False
+    return True
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise DataFileError(f"no corpus manifest at {path}")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise DataFileError(f"unreadable corpus manifest {path}: {error}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataFileError(f"{path} is not an advforensics attribution corpus manifest")
+    if manifest.get("version") != VERSION:
+        raise DataFileError(f"{path}: corpus format version {manifest.get('version')} (expected {VERSION})")
+    return manifest
+
+
+def _corpus_id(manifest: dict[str, Any]) -> str:
+    """Content hash of a corpus: grid, victims, clean images and every shard's hashes."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps(manifest["grid"], sort_keys=True).encode())
+    digest.update(json.dumps(manifest["victims"]).encode())
+    digest.update(manifest["clean"]["sha256"].encode())
+    for unit_id in sorted(manifest["units"]):
+        entry = manifest["units"][unit_id]
+        digest.update(f"{unit_id}:{entry['images_sha256']}:{entry['labels_sha256']}".encode())
+    return digest.hexdigest()
+
+
+def _aggregate_cells(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    totals: dict[tuple[str, str, float], dict[str, Any]] = {}
+    for entry in manifest["units"].values():
+        for cell in entry.get("cells", []):
+            key = (cell["victim"], cell["attack"], float(cell["hyper"]))
+            agg = totals.setdefault(key, {"victim": key[0], "attack": key[1], "hyper": key[2],
+                                          "attempted": 0, "succeeded": 0, "reached": 0})
+            for name in ("attempted", "succeeded", "reached"):
+                agg[name] += int(cell[name])
+    out = []
+    for agg in totals.values():
+        agg["success_rate"] = agg["succeeded"] / agg["attempted"] if agg["attempted"] else 0.0
+        out.append(agg)
+    return sorted(out, key=lambda c: (c["victim"], c["attack"], c["hyper"]))
+
+
+def _aggregate_throughput(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    totals: dict[tuple[str, str], dict[str, Any]] = {}
+    for unit_id, entry in manifest["units"].items():
+        victim, attack = unit_id.split("__")[:2]
+        if attack == CLEAN:
+            continue
+        agg = totals.setdefault((victim, attack), {"victim": victim, "attack": attack, "attack_runs": 0, "seconds": 0.0})
+        agg["attack_runs"] += int(entry.get("attack_runs", 0))
+        agg["seconds"] += float(entry.get("seconds", 0.0))
+    for agg in totals.values():
+        agg["images_per_s"] = agg["attack_runs"] / agg["seconds"] if agg["seconds"] > 0 else None
+    return sorted(totals.values(), key=lambda t: (t["victim"], t["attack"]))
+
+
+def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping[str, nn.Module], grid: GridSpec,
+                    out_dir: str | Path, *, config: CorpusConfig | None = None,
+                    indices: np.ndarray | None = None, data_info: dict[str, Any] | None = None,
+                    victim_info: dict[str, Any] | None = None, resume: bool = False,
+                    runner: AttackRunner | None = None, progress: bool = True,
+                    max_units: int | None = None) -> CorpusReport:
+    """Attack `images` (N, C, H, W) in [0, 1] with every grid cell on every victim; store the evidence.
+
+    indices: data-set index of each clean image (the train/test split key; default 0..N-1).
+    resume: continue a corpus in `out_dir` made with the same grid, victims, data and config;
+        without it an existing corpus is an error (nothing is overwritten).
+    runner: replaces `run_grid_attack` (tests, other attack back ends).
+    max_units: stop after generating this many units (a deliberate interruption, for tests).
+    """
+    config = config or CorpusConfig()
+    runner = runner or run_grid_attack
+    check_images(images, "images")
+    check_labels(labels, images.shape[0])
+    _check_victim_names(victims)
+    root = Path(out_dir)
+    n_clean = images.shape[0]
+    if n_clean == 0:
+        raise InputValidationError("no clean images to attack")
+    indices = np.arange(n_clean, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
+    if indices.shape != (n_clean,) or len(np.unique(indices)) != n_clean:
+        raise InputValidationError("indices must hold one distinct data-set index per clean image")
+    clean_u8 = torch.round(images.clamp(0, 1) * 255).to(torch.uint8)
+    x_all = clean_u8.float() / 255.0 if config.quantize else images.detach().float()
+    y_all = labels.detach().to(torch.int64)
+    clean_bytes = _npz_bytes(images=clean_u8.numpy(), labels=y_all.numpy(), indices=indices)
+    config_dict = {"shard_images": config.shard_images, "batch_size": config.batch_size,
+                   "quantize": config.quantize, "seed": config.seed, "victim_params": config.victim_params}
+    fresh = {"format": FORMAT, "version": VERSION, "grid": grid.to_dict(), "victims": list(victims),
+             "victim_info": victim_info or {}, "data": data_info or {}, "image_shape": list(images.shape[1:]),
+             "dtype": "uint8" if config.quantize else "float32", "quantize_bits": 8 if config.quantize else None,
+             "config": config_dict, "n_clean": n_clean,
+             "clean": {"file": CLEAN_FILE, "sha256": sha256_bytes(clean_bytes)}, "units": {}, "complete": False}
+    regenerated: list[str] = []
+    if (root / MANIFEST).exists():
+        if not resume:
+            raise InputValidationError(f"{root} already holds a corpus; pass resume=True (--resume) to continue it")
+        manifest = _read_manifest(root)
+        for key in ("grid", "victims", "image_shape", "config", "n_clean", "clean"):
+            if json.loads(json.dumps(manifest.get(key), default=str)) != json.loads(json.dumps(fresh[key], default=str)):
+                raise InputValidationError(
+                    f"cannot resume {root}: its {key} differs from this run's (same grid, victims, data, config needed)")
+        for unit_id, entry in list(manifest["units"].items()):
+            if not _unit_intact(root, entry):
+                log.warning("unit %s is missing or corrupt on disk; regenerating it", unit_id)
+                del manifest["units"][unit_id]
+                regenerated.append(unit_id)
+        if not (root / CLEAN_FILE).is_file() or sha256_file(root / CLEAN_FILE) != manifest["clean"]["sha256"]:
+            atomic_write_bytes(root / CLEAN_FILE, clean_bytes)
+    else:
+        if root.exists() and any(root.iterdir()) and not resume:
+            raise InputValidationError(f"{root} exists and is not empty; choose a new directory")
+        manifest = fresh
+        root.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(root / CLEAN_FILE, clean_bytes)
+        write_json(root / MANIFEST, manifest)
+    for model in victims.values():
+        model.eval()
+    plan = _plan_units(list(victims), grid, n_clean, config.shard_images)
+    todo = [unit for unit in plan if unit[0] not in manifest["units"]]
+    reused = [unit[0] for unit in plan if unit[0] in manifest["units"]]
+    generated: list[str] = []
+    for unit in tqdm(todo, desc="corpus units", disable=not progress, unit="unit"):
+        if max_units is not None and len(generated) >= max_units:
+            break
+        t0 = time.perf_counter()
+        stacked, columns, cells, runs = _generate_unit(unit, grid, victims, x_all, y_all, indices, config, runner)
+        seconds = time.perf_counter() - t0
+        entry = _write_unit(root, unit[0], stacked, columns)
+        entry.update({"cells": cells, "attack_runs": runs, "seconds": seconds})
+        manifest["units"][unit[0]] = entry
+        write_json(root / MANIFEST, manifest)  # last: the unit counts only once its files are in place
+        generated.append(unit[0])
+    manifest["complete"] = all(unit[0] in manifest["units"] for unit in plan)
+    manifest["cells"] = _aggregate_cells(manifest)
+    manifest["throughput"] = _aggregate_throughput(manifest)
+    manifest["corpus_id"] = _corpus_id(manifest) if manifest["complete"] else None
+    write_json(root / MANIFEST, manifest)
+    empty = [c for c in manifest["cells"] if c["succeeded"] == 0]
+    for cell in empty:
+        log.warning("empty grid cell (no successful example): victim %s, attack %s, hyper %g",
+                    cell["victim"], cell["attack"], cell["hyper"])
+    return CorpusReport(path=root, units_total=len(plan), units_generated=generated, units_reused=reused,
+                        units_regenerated=regenerated,
+                        n_examples=sum(int(e["n_examples"]) for e in manifest["units"].values()),
+                        cells=manifest["cells"], empty_cells=empty, throughput=manifest["throughput"],
+                        corpus_id=manifest["corpus_id"] or "")
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+@dataclass
+class Corpus:
+    """A verified corpus in memory. Row i of `images` is described by `columns[*][i]`."""
+
+    path: Path
+    manifest: dict[str, Any]
+    images: np.ndarray  # (M, C, H, W) uint8 (or float32 for float evidence)
+    columns: dict[str, np.ndarray]  # COLUMNS, each (M,)
+    clean_images: np.ndarray  # (N, C, H, W) uint8
+    clean_labels: np.ndarray  # (N,)
+    clean_indices: np.ndarray  # (N,)
+
+    @property
+    def grid(self) -> GridSpec:
+        return GridSpec.from_dict(self.manifest["grid"])
+
+    @property
+    def corpus_id(self) -> str:
+        return str(self.manifest["corpus_id"])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.manifest["image_shape"])  # type: ignore[return-value]
+
+    @property
+    def attack_names(self) -> list[str]:
+        return self.grid.attack_names
+
+    @property
+    def victim_names(self) -> list[str]:
+        return list(self.manifest["victims"]) + ([CLEAN] if self.grid.include_clean else [])
+
+    def __len__(self) -> int:
+        return int(len(self.images))
+
+    def attack_targets(self) -> np.ndarray:
+        lookup = {name: i for i, name in enumerate(self.attack_names)}
+        return np.array([lookup[a] for a in self.columns["attack"]], dtype=np.int64)
+
+    def victim_targets(self) -> np.ndarray:
+        lookup = {name: i for i, name in enumerate(self.victim_names)}
+        return np.array([lookup[v] for v in self.columns["victim"]], dtype=np.int64)
+
+    def hyper_targets(self) -> np.ndarray:
+        return self.columns["hyper"].astype(np.float32)
+
+    def float_images(self, rows: np.ndarray | slice | None = None) -> torch.Tensor:
+        """Evidence as float (B, C, H, W) in [0, 1]."""
+        data = self.images if rows is None else self.images[rows]
+        tensor = torch.from_numpy(np.ascontiguousarray(data))
+        return tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+
+    def float_clean(self, rows: np.ndarray | slice | None = None) -> torch.Tensor:
+        """The clean image each evidence row was made from, (B, C, H, W) in [0, 1]."""
+        pos = self.columns["clean_pos"] if rows is None else self.columns["clean_pos"][rows]
+        return torch.from_numpy(self.clean_images[pos]).float() / 255.0
+
+
+def load_corpus(path: str | Path, *, verify: bool = True, allow_incomplete: bool = False) -> Corpus:
+    """Load a corpus; with `verify`, every shard must match the manifest's sha256 and row counts."""
+    root = Path(path)
+    manifest = _read_manifest(root)
+    if not manifest.get("complete") and not allow_incomplete:
+        raise DataFileError(f"corpus {root} is incomplete; finish it with `attribution corpus ... --resume`")
+    clean_path = root / CLEAN_FILE
+    if not clean_path.is_file():
+        raise DataFileError(f"corpus {root} lacks {CLEAN_FILE}")
+    if verify and sha256_file(clean_path) != manifest["clean"]["sha256"]:
+        raise DataFileError(f"{clean_path} does not match the manifest's sha256 (modified or corrupt)")
+    clean = _load_npz(clean_path)
+    images: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS}
+    for unit_id in sorted(manifest["units"]):
+        entry = manifest["units"][unit_id]
+        for key in ("images", "labels"):
+            file = root / entry[key]
+            if not file.is_file():
+                raise DataFileError(f"corpus shard {file} listed in the manifest is missing")
+            if verify and sha256_file(file) != entry[f"{key}_sha256"]:
+                raise DataFileError(f"corpus shard {file} does not match the manifest's sha256 (modified or corrupt)")
+        shard = _load_npz(root / entry["images"])
+        if "images" not in shard:
+            raise DataFileError(f"corpus shard {entry['images']} has no 'images' array")
+        cols = _load_parquet(root / entry["labels"])
+        n = len(shard["images"])
+        if n != int(entry["n_examples"]) or any(len(v) != n for v in cols.values()):
+            raise DataFileError(f"corpus shard {unit_id}: image and label counts disagree with the manifest")
+        images.append(shard["images"])
+        for name, values in cols.items():
+            parts[name].append(values)
+    shape = tuple(manifest["image_shape"])
+    dtype = np.uint8 if manifest["dtype"] == "uint8" else np.float32
+    stacked = np.concatenate(images) if images else np.zeros((0, *shape), dtype)
+    if stacked.shape[1:] != shape:
+        raise DataFileError(f"corpus images have shape {stacked.shape[1:]}, manifest says {shape}")
+    columns = {name: (np.concatenate(p) if p else np.zeros(0, dtype=COLUMNS[name])) for name, p in parts.items()}
+    if manifest.get("complete") and manifest.get("corpus_id") != _corpus_id(manifest):
+        raise DataFileError(f"corpus {root}: manifest corpus_id does not match its contents")
+    return Corpus(path=root, manifest=manifest, images=stacked, columns=columns, clean_images=clean["images"],
+                  clean_labels=clean["labels"], clean_indices=clean["indices"])
+
+
+def split_by_clean_image(clean_index: np.ndarray, test_fraction: float = 0.2, seed: int = 0
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean (train, test) masks over rows; all rows of one clean image fall on one side.
+
+    Splitting by example would put the same clean image (attacked at other strengths or on other
+    victims) on both sides and inflate test accuracy.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise InputValidationError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    unique = np.unique(clean_index)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(unique)
+    n_test = max(1, int(round(test_fraction * len(unique)))) if len(unique) > 1 else 0
+    test_ids = shuffled[:n_test]
+    test = np.isin(clean_index, test_ids)
+    return ~test, test
+
+
+__all__ = ["CorpusConfig", "CellResult", "CorpusReport", "Corpus", "generate_corpus", "load_corpus",
+           "run_grid_attack", "split_by_clean_image", "COLUMNS"]
