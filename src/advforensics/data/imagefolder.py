@@ -91,10 +91,23 @@ def _dir_tree(path: Path) -> dict[str, dict[str, list[str]]]:
     return tree
 
 
+# (resolved path, size, mtime_ns) -> value: a zip's index and hash are computed once per process
+_ZIP_TREES: dict[tuple[str, int, int], dict[str, dict[str, list[str]]]] = {}
+_ZIP_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
 def open_folder_source(path: Path) -> FolderSource | None:
     """Index a directory or zip of `<split>/<class>/<image>`; None if `path` holds no such tree."""
     if path.is_file() and path.suffix.lower() == ".zip":
-        tree = _zip_tree(path)
+        key = _file_key(path)
+        if key not in _ZIP_TREES:
+            _ZIP_TREES[key] = _zip_tree(path)
+        tree = _ZIP_TREES[key]
         return FolderSource(path, True, tree) if tree else None
     if path.is_dir():
         tree = _dir_tree(path)
@@ -158,7 +171,10 @@ def _decode_range(source: FolderSource, members: Sequence[str],
 
 def _source_key(source: FolderSource, split: str, classes: Sequence[str]) -> str:
     if source.is_zip:
-        content = sha256_file(source.path)
+        file_key = _file_key(source.path)
+        if file_key not in _ZIP_HASHES:
+            _ZIP_HASHES[file_key] = sha256_file(source.path)
+        content = _ZIP_HASHES[file_key]
     else:  # a directory has no single hash: key on every file's name, size and mtime
         listing = []
         for members in source.tree[split].values():
