@@ -1,0 +1,189 @@
+"""Registry-driven contract tests: every zoo model gets the same checks (timm's habit)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from advforensics.errors import CheckpointError, InputValidationError, UnknownNameError
+from advforensics.models import (
+    ModelConfig, count_parameters, create_model, list_models, load_model, save_model, weights_paths,
+)
+
+TINY = 0.0625  # width for the contract tests: 4-32 channels, fast on a CPU
+ALL = list_models()
+
+
+def test_registry_holds_the_whole_zoo() -> None:
+    assert ALL == sorted(["inception_v3", "lenet", "resnet18", "resnet50", "vgg16", "vgg19"])
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("channels,size", [(1, 8), (1, 28), (3, 32)])
+def test_output_shape_and_finite(name: str, channels: int, size: int) -> None:
+    model = create_model(name, num_classes=7, in_channels=channels, image_size=size, width=TINY, seed=0)
+    assert model.config == ModelConfig(name, 7, channels, size, TINY)
+    model.eval()
+    x = torch.rand(3, channels, size, size)  # (B, C, H, W)
+    logits = model(x)
+    assert logits.shape == (3, 7) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    # float64 input (as ART's hard-label attacks pass) gives the same float32 logits
+    assert torch.allclose(model(x.double()), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_224x224_rgb(name: str) -> None:
+    model = create_model(name, num_classes=10, in_channels=3, image_size=224, width=TINY, seed=0).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 224, 224)).shape == (1, 10)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_reach_every_parameter(name: str) -> None:
+    model = create_model(name, width=TINY, seed=0).train()
+    x, y = torch.rand(8, 1, 28, 28), torch.arange(8) % 10
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"no gradient for {pname}"
+        assert torch.isfinite(p.grad).all(), f"non-finite gradient for {pname}"
+        assert p.grad.abs().sum() > 0, f"zero gradient for {pname}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_features_are_per_stage_maps(name: str) -> None:
+    model = create_model(name, width=TINY, seed=0).eval()
+    features = model.forward_features(torch.rand(2, 1, 28, 28))
+    assert len(features) >= 2 and all(f.dim() == 4 and f.shape[0] == 2 for f in features)
+    # deeper stages never have a larger spatial extent
+    sizes = [f.shape[-1] for f in features]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_resnet_features_have_documented_channels() -> None:
+    model = create_model("resnet18", seed=0).eval()
+    features = model.forward_features(torch.rand(2, 1, 28, 28))
+    assert [f.shape[1] for f in features] == model.feature_channels == [16, 32, 64, 128]
+    assert [f.shape[-1] for f in features] == [7, 4, 2, 1]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_seed_makes_initial_weights_deterministic(name: str) -> None:
+    a, b = create_model(name, width=TINY, seed=3), create_model(name, width=TINY, seed=3)
+    c = create_model(name, width=TINY, seed=4)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_width_scales_parameters() -> None:
+    assert count_parameters(create_model("resnet18", width=0.5)) > 3 * count_parameters(
+        create_model("resnet18", width=0.25))
+
+
+def test_bad_names_and_configs_fail_clearly() -> None:
+    with pytest.raises(UnknownNameError, match="known: inception_v3, lenet"):
+        create_model("alexnet")
+    with pytest.raises(InputValidationError, match="in_channels"):
+        create_model("lenet", in_channels=2)
+    with pytest.raises(InputValidationError, match="image_size"):
+        create_model("lenet", image_size=4)
+    with pytest.raises(InputValidationError, match="width"):
+        create_model("lenet", width=0.0)
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+def _saved(tmp_path: Path, name: str) -> tuple[torch.nn.Module, Path]:
+    model = create_model(name, width=TINY, seed=1)
+    # Non-trivial BatchNorm statistics so that buffers matter in the round trip.
+    model.train()
+    with torch.no_grad():
+        model(torch.rand(16, 1, 28, 28))
+    model.eval()
+    base = tmp_path / name
+    save_model(model, base, {"dataset": {"name": "test"}, "seed": 1})
+    return model, base
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, name: str) -> None:
+    model, base = _saved(tmp_path, name)
+    loaded, card = load_model(base)
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(model(x), loaded(x))
+    assert not loaded.training
+    assert card["architecture"] == model.config.to_dict()
+    assert card["param_count"] == count_parameters(model) and card["seed"] == 1
+    assert len(card["weights_sha256"]) == 64 and card["advforensics_version"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_tampered_weights_are_rejected(tmp_path: Path, name: str) -> None:
+    _, base = _saved(tmp_path, name)
+    weights, _ = weights_paths(base)
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x01  # one flipped bit in the last tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="does not match the sha256"):
+        load_model(base)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_card_for_another_architecture_is_rejected(tmp_path: Path, name: str) -> None:
+    _, base = _saved(tmp_path, name)
+    _, card_path = weights_paths(base)
+    card = json.loads(card_path.read_text())
+    card["architecture"]["name"] = "vgg16" if name != "vgg16" else "lenet"
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="does not fit"):
+        load_model(base)
+    with pytest.raises(CheckpointError, match="holds a"):
+        load_model(base, expected_name=name)
+
+
+def test_width_mismatch_is_a_shape_error(tmp_path: Path) -> None:
+    _, base = _saved(tmp_path, "resnet18")
+    _, card_path = weights_paths(base)
+    card = json.loads(card_path.read_text())
+    card["architecture"]["width"] = 2 * TINY
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="shapes differ"):
+        load_model(base)
+
+
+def test_truncated_missing_and_corrupt_files(tmp_path: Path) -> None:
+    _, base = _saved(tmp_path, "lenet")
+    weights, card_path = weights_paths(base)
+    card = json.loads(card_path.read_text())
+    blob = weights.read_bytes()
+    # truncated file whose hash the attacker also updated: the parser must still refuse it
+    weights.write_bytes(blob[: len(blob) // 2])
+    card["weights_sha256"] = __import__("hashlib").sha256(blob[: len(blob) // 2]).hexdigest()
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_model(base)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(base)
+    card_path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_model(base)
+    card_path.unlink()
+    with pytest.raises(CheckpointError, match="card .* not found"):
+        load_model(base)
+
+
+def test_save_never_silently_replaces_another_model(tmp_path: Path) -> None:
+    model, base = _saved(tmp_path, "lenet")
+    save_model(model, base, {"seed": 1})  # same weights: fine
+    other = create_model("lenet", width=TINY, seed=2)
+    with pytest.raises(CheckpointError, match="different model"):
+        save_model(other, base, {"seed": 2})
+    assert torch.equal(load_model(base)[0](torch.ones(1, 1, 28, 28)), model(torch.ones(1, 1, 28, 28)))
+    save_model(other, base, {"seed": 2}, overwrite=True)
+    assert load_model(base)[1]["seed"] == 2
+    # the suffix is optional
+    assert load_model(str(base) + ".safetensors")[1]["seed"] == 2
