@@ -1,0 +1,209 @@
+"""Evaluating attributors: accuracy, RMSE (overall and per attack), Delta_MTL, params, FLOPs, confusions.
+
+RMSE is in the grid's units (eps * 255 for FGSM/PGD, kappa for C&W) and is computed over
+adversarial rows (the clean class, if any, has no hyperparameter; `rmse_all` includes it at 0).
+Delta_MTL = (1/T) sum_k (-1)^{l_k} (M_mtl,k - M_single,k) / M_single,k (Maninis et al. 2019), in %.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from advforensics.attribution.corpus import Corpus, split_by_clean_image
+from advforensics.attribution.grid import CLEAN
+from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.utils import check_images, write_json
+
+#: metric -> lower is better?
+MTL_METRICS = {"attack_accuracy": False, "victim_accuracy": False, "rmse": True}
+
+
+def check_input(card: dict[str, Any], x: torch.Tensor) -> None:
+    """Images must match the attributor's channels and size (a wrong size is an error, not a resize)."""
+    c, h, w = card["image_shape"]
+    check_images(x, "images", channels=int(c), size=(int(h), int(w)))
+
+
+@torch.no_grad()
+def predict_outputs(model: nn.Module, card: dict[str, Any], x: torch.Tensor, batch_size: int = 256
+                    ) -> dict[str, np.ndarray]:
+    """attack_probs (B, A), victim_probs (B, V), hyper (B,) where the model has those heads."""
+    check_input(card, x)
+    model.eval()
+    parts: dict[str, list[np.ndarray]] = {}
+    for chunk in x.split(batch_size):
+        out = model(chunk)
+        if "attack_logits" in out:
+            parts.setdefault("attack_probs", []).append(out["attack_logits"].softmax(1).numpy())
+        if "victim_logits" in out:
+            parts.setdefault("victim_probs", []).append(out["victim_logits"].softmax(1).numpy())
+        if "hyper" in out:
+            parts.setdefault("hyper", []).append(out["hyper"].float().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def predict_records(model: nn.Module, card: dict[str, Any], x: torch.Tensor) -> list[dict[str, Any]]:
+    """One dict per image: attack, victim and hyperparameter with their probabilities."""
+    out = predict_outputs(model, card, x)
+    records = []
+    for i in range(x.shape[0]):
+        rec: dict[str, Any] = {}
+        if "attack_probs" in out:
+            p = out["attack_probs"][i]
+            rec["attack"] = card["attack_names"][int(p.argmax())]
+            rec["attack_probability"] = float(p.max())
+            rec["attack_probabilities"] = {n: float(v) for n, v in zip(card["attack_names"], p)}
+        if "victim_probs" in out:
+            p = out["victim_probs"][i]
+            rec["victim"] = card["victim_names"][int(p.argmax())]
+            rec["victim_probability"] = float(p.max())
+            rec["victim_probabilities"] = {n: float(v) for n, v in zip(card["victim_names"], p)}
+        if "hyper" in out:
+            unit = card.get("hyper_units", {}).get(rec.get("attack", ""), "eps255 or kappa")
+            rec["hyperparameter"] = None if rec.get("attack") == CLEAN else float(out["hyper"][i])
+            rec["hyperparameter_unit"] = unit
+        records.append(rec)
+    return records
+
+
+def count_flops(model: nn.Module, card: dict[str, Any]) -> int:
+    """Forward FLOPs for one image, counted by torch.utils.flop_counter.FlopCounterMode."""
+    c, h, w = card["image_shape"]
+    x = torch.rand(1, int(c), int(h), int(w))
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+def _rmse(pred: np.ndarray, true: np.ndarray) -> float | None:
+    return float(np.sqrt(np.mean((pred - true) ** 2))) if len(true) else None
+
+
+def evaluate_attributor(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, split: str = "test"
+                        ) -> dict[str, Any]:
+    """Metrics of a trained attributor on the card's split of `corpus` (must be the training corpus)."""
+    if card.get("corpus_id") != corpus.corpus_id:
+        raise CheckpointError(f"the attributor was trained on corpus {str(card.get('corpus_id'))[:12]}..., "
+                              f"not on {corpus.path} ({corpus.corpus_id[:12]}...); evaluate it on its own corpus")
+    if list(card["image_shape"]) != list(corpus.image_shape):
+        raise InputValidationError(f"attributor expects images {card['image_shape']}, corpus has {corpus.image_shape}")
+    if split not in ("train", "test"):
+        raise InputValidationError(f"split must be 'train' or 'test', got {split!r}")
+    s = card["split"]
+    train_mask, test_mask = split_by_clean_image(corpus.columns["clean_index"], s["test_fraction"], s["seed"])
+    rows = np.flatnonzero(test_mask if split == "test" else train_mask)
+    if len(rows) == 0:
+        raise InputValidationError("the split holds no examples")
+    out = predict_outputs(model, card, corpus.float_images(rows))
+    attack_true, victim_true = corpus.attack_targets()[rows], corpus.victim_targets()[rows]
+    hyper_true = corpus.hyper_targets()[rows]
+    attack_names, victim_names = card["attack_names"], card["victim_names"]
+    metrics: dict[str, Any] = {"kind": card["kind"], "split": split, "n": int(len(rows)),
+                               "n_params": int(sum(p.numel() for p in model.parameters())),
+                               "flops_per_image": count_flops(model, card), "corpus_id": corpus.corpus_id}
+    if "attack_probs" in out:
+        pred = out["attack_probs"].argmax(1)
+        metrics["attack_accuracy"] = float((pred == attack_true).mean())
+        metrics["attack_confusion"] = confusion_matrix(attack_true, pred, labels=range(len(attack_names))).tolist()
+    if "victim_probs" in out:
+        pred = out["victim_probs"].argmax(1)
+        metrics["victim_accuracy"] = float((pred == victim_true).mean())
+        adv = np.array([corpus.columns["attack"][r] != CLEAN for r in rows])
+        metrics["victim_accuracy_adversarial"] = float((pred[adv] == victim_true[adv]).mean()) if adv.any() else None
+        metrics["victim_confusion"] = confusion_matrix(victim_true, pred, labels=range(len(victim_names))).tolist()
+    if "hyper" in out:
+        attacks = corpus.columns["attack"][rows]
+        adv = attacks != CLEAN
+        metrics["rmse"] = _rmse(out["hyper"][adv], hyper_true[adv])
+        metrics["rmse_all"] = _rmse(out["hyper"], hyper_true)
+        metrics["rmse_per_attack"] = {a: _rmse(out["hyper"][attacks == a], hyper_true[attacks == a])
+                                      for a in attack_names if a != CLEAN and (attacks == a).any()}
+        metrics["mae"] = float(np.mean(np.abs(out["hyper"][adv] - hyper_true[adv]))) if adv.any() else None
+    metrics["attack_names"], metrics["victim_names"] = attack_names, victim_names
+    return metrics
+
+
+def delta_mtl(mtl: dict[str, Any], single: dict[str, dict[str, Any]]) -> float:
+    """Delta_MTL in percent; `single` maps metric name -> metrics of the single-task model for it."""
+    terms = []
+    for metric, lower_better in MTL_METRICS.items():
+        if metric not in single or mtl.get(metric) is None or single[metric].get(metric) in (None, 0):
+            raise InputValidationError(f"Delta_MTL needs {metric} from the MTL model and its single-task model")
+        ref = float(single[metric][metric])
+        diff = (float(mtl[metric]) - ref) / ref
+        terms.append(-diff if lower_better else diff)
+    return 100.0 * float(np.mean(terms))
+
+
+def _plot_confusion(matrix: list[list[int]], names: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, dtype=float)
+    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(names), 1.0 + 0.6 * len(names)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" if pct else (f"{value:.3f}" if isinstance(value, float) else str(value))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One row per evaluated model: name, attack %, victim %, RMSE, per-attack RMSE, params, FLOPs."""
+    lines = ["| model | attack acc (%) | victim acc (%) | RMSE | RMSE per attack | params | FLOPs/image |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        per = ", ".join(f"{k} {v:.2f}" for k, v in (r.get("rmse_per_attack") or {}).items() if v is not None)
+        lines.append(f"| {r.get('name', r['kind'])} | {_fmt(r.get('attack_accuracy'), True)} | "
+                     f"{_fmt(r.get('victim_accuracy'), True)} | {_fmt(r.get('rmse'))} | {per or '-'} | "
+                     f"{r['n_params']:,} | {r['flops_per_image']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
+    """metrics.json, report.md and confusion PNGs in `out_dir`; returns the files written."""
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    files = [root / "metrics.json", root / "report.md"]
+    write_json(files[0], metrics)
+    text = f"# Attribution evaluation ({metrics['kind']}, {metrics['split']} split, n={metrics['n']})\n\n"
+    text += markdown_table([metrics])
+    if metrics.get("delta_mtl") is not None:
+        text += f"\nDelta_MTL vs single-task: {metrics['delta_mtl']:+.2f}%\n"
+    for key, names in (("attack_confusion", "attack_names"), ("victim_confusion", "victim_names")):
+        if key in metrics:
+            path = root / f"{key}.png"
+            _plot_confusion(metrics[key], metrics[names], key.replace("_", " "), path)
+            files.append(path)
+            text += f"\n![{key}]({path.name})\n"
+    (root / "report.md").write_text(text)
+    return files
+
+
+__all__ = ["evaluate_attributor", "predict_outputs", "predict_records", "count_flops", "delta_mtl", "write_report",
+           "markdown_table", "check_input", "MTL_METRICS"]

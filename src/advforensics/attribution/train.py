@@ -1,0 +1,268 @@
+"""Training attributors (MTAA, single-task, single-label) on a corpus, and their weights files.
+
+Defaults follow the paper: Adam, cosine annealing, lr 1e-3, weight decay 1e-3, batch 64. The split
+is by clean image (`split_by_clean_image`) and is reproduced from the card at evaluation. Weights are
+safetensors with the card (architecture, vocabularies, corpus id, training config) in the file's
+metadata and beside it as JSON; loading never unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+from advforensics.attribution.baselines import SingleLabelConfig, SingleLabelNet, joint_vocabulary, \
+    single_task_config
+from advforensics.attribution.corpus import Corpus, split_by_clean_image
+from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
+from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.utils import atomic_write_bytes, seed_everything, write_json
+
+log = logging.getLogger(__name__)
+
+CARD_FORMAT = "advforensics-attributor"
+MODEL_KINDS = ("mtaa", "single-task", "single-label")
+
+Attributor = MTAA | SingleLabelNet
+
+
+@dataclass
+class TrainConfig:
+    """How an attributor is trained (stored in its card).
+
+    model: "mtaa" | "single-task" (needs `task`) | "single-label" (uses `label_mode`).
+    ablation flags (MTAA): weighting "uncertainty"|"sum", task_specific, use_pe.
+    shuffle_labels: the control -- targets permuted across training examples (accuracy must fall
+        to chance if the model learns from the images and nothing else).
+    """
+
+    model: str = "mtaa"
+    task: str | None = None
+    label_mode: str = "attack+victim+hyper"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    width: int = 16
+    blocks: tuple[int, int, int, int] = (1, 1, 1, 1)
+    weighting: str = "uncertainty"
+    task_specific: bool = True
+    use_pe: bool = True
+    pe_width: int = 16
+    pe_channels: tuple[int, int] = (64, 32)
+    pe_weight: float = 1.0
+    backbone_epochs: int = 3
+    test_fraction: float = 0.2
+    seed: int = 0
+    shuffle_labels: bool = False
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_KINDS:
+            raise InputValidationError(f"model must be one of {MODEL_KINDS}, got {self.model!r}")
+        if self.model == "single-task" and self.task not in TASKS:
+            raise InputValidationError(f"a single-task model needs task in {TASKS}, got {self.task!r}")
+        for name in ("epochs", "batch_size", "width"):
+            if int(getattr(self, name)) < 1:
+                raise InputValidationError(f"{name} must be >= 1")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise InputValidationError("lr must be > 0 and weight_decay >= 0")
+        self.blocks = tuple(int(b) for b in self.blocks)  # type: ignore[assignment]
+        self.pe_channels = tuple(int(c) for c in self.pe_channels)  # type: ignore[assignment]
+
+
+@dataclass
+class TrainResult:
+    model: Attributor
+    card: dict[str, Any]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def corpus_targets(corpus: Corpus) -> dict[str, torch.Tensor]:
+    """attack (M,), victim (M,) int64 and hyper (M,) float32 targets of every corpus row."""
+    return {"attack": torch.from_numpy(corpus.attack_targets()), "victim": torch.from_numpy(corpus.victim_targets()),
+            "hyper": torch.from_numpy(corpus.hyper_targets())}
+
+
+def build_model(kind: str, config: dict[str, Any]) -> Attributor:
+    """Rebuild an attributor from its card's kind and config."""
+    if kind in ("mtaa", "single-task"):
+        return MTAA(MTAAConfig.from_dict(config))
+    if kind == "single-label":
+        return SingleLabelNet(SingleLabelConfig.from_dict(config))
+    raise CheckpointError(f"unknown attributor kind {kind!r}")
+
+
+def _pretrain_pe_backbone(model: MTAA, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int,
+                          generator: torch.Generator) -> float:
+    """Train the PE backbone as a classifier on clean images, then freeze it; returns train accuracy."""
+    backbone = model.pe_backbone
+    assert backbone is not None
+    for p in backbone.parameters():
+        p.requires_grad_(True)
+    backbone.train()
+    optimiser = torch.optim.Adam(backbone.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(images), generator=generator).split(batch_size):
+            optimiser.zero_grad()
+            F.cross_entropy(backbone.classify(images[batch]), labels[batch]).backward()
+            optimiser.step()
+    backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        return float((backbone.classify(images).argmax(1) == labels).float().mean())
+
+
+def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progress: bool = True) -> TrainResult:
+    """Train an attributor on the training split of `corpus` (split by clean image)."""
+    config = config or TrainConfig()
+    if not corpus.manifest.get("complete"):
+        raise InputValidationError("cannot train on an incomplete corpus")
+    generator = seed_everything(config.seed)
+    train_mask, _ = split_by_clean_image(corpus.columns["clean_index"], config.test_fraction, config.seed)
+    rows = np.flatnonzero(train_mask)
+    if len(rows) == 0:
+        raise InputValidationError("the corpus has no training examples")
+    targets = {k: v[rows] for k, v in corpus_targets(corpus).items()}
+    if config.shuffle_labels:
+        perm = torch.randperm(len(rows), generator=generator)
+        targets = {k: v[perm] for k, v in targets.items()}
+    c, h, w = corpus.image_shape
+    if h != w:
+        raise InputValidationError(f"square images are required, got {h}x{w}")
+    n_attacks, n_victims = len(corpus.attack_names), len(corpus.victim_names)
+    if config.model == "single-label":
+        model: Attributor = SingleLabelNet(SingleLabelConfig(
+            joint_labels=joint_vocabulary(targets["attack"], targets["victim"], targets["hyper"], config.label_mode),
+            n_attacks=n_attacks, n_victims=n_victims, label_mode=config.label_mode, in_channels=c, image_size=h,
+            width=config.width, blocks=config.blocks))
+    else:
+        base = MTAAConfig(n_attacks=n_attacks, n_victims=n_victims, in_channels=c, image_size=h, width=config.width,
+                          blocks=config.blocks, task_specific=config.task_specific, use_pe=config.use_pe,
+                          pe_width=config.pe_width, pe_channels=config.pe_channels, weighting=config.weighting)
+        model = MTAA(single_task_config(base, config.task) if config.model == "single-task" else base)
+    x_train = corpus.float_images(rows)  # (M, C, H, W)
+    backbone_acc = None
+    if isinstance(model, MTAA) and model.pe_backbone is not None:
+        pos = np.unique(corpus.columns["clean_pos"][rows])
+        clean_x = torch.from_numpy(corpus.clean_images[pos]).float() / 255.0
+        clean_y = torch.from_numpy(corpus.clean_labels[pos]).long()
+        backbone_acc = _pretrain_pe_backbone(model, clean_x, clean_y, config.backbone_epochs, config.batch_size,
+                                             generator)
+        clean_train = corpus.float_clean(rows)
+    else:
+        clean_train = None
+    decay = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("weighting.")]
+    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("weighting.")]
+    optimiser = torch.optim.Adam([{"params": decay, "weight_decay": config.weight_decay},
+                                  {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    steps_per_epoch = math.ceil(len(rows) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, total_steps))
+    history: list[dict[str, float]] = []
+    step = 0
+    bar = tqdm(total=total_steps, desc=f"train {config.model}", disable=not progress, unit="step")
+    model.train()
+    for epoch in range(config.epochs):
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in torch.randperm(len(rows), generator=generator).split(config.batch_size):
+            if step >= total_steps:
+                break
+            xb = x_train[batch]
+            tb = {k: v[batch] for k, v in targets.items()}
+            fm_delta = model.feature_delta(xb, clean_train[batch]) if clean_train is not None else None
+            out = model(xb)
+            losses = model.losses(out, tb, fm_delta)
+            loss = model.total_loss(losses, config.pe_weight)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            scheduler.step()
+            step += 1
+            bar.update(1)
+            count += 1
+            sums["total"] = sums.get("total", 0.0) + float(loss)
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+        if count:
+            record = {"epoch": epoch + 1, **{k: v / count for k, v in sums.items()}}
+            if isinstance(model, MTAA):
+                record.update({f"weight_{k}": v for k, v in model.weighting.weights().items()})
+            history.append(record)
+            log.info("epoch %d: %s", epoch + 1, record)
+        if step >= total_steps:
+            break
+    bar.close()
+    model.eval()
+    kind = config.model
+    card = {"format": CARD_FORMAT, "kind": kind, "config": model.config.to_dict(),
+            "attack_names": corpus.attack_names, "victim_names": corpus.victim_names,
+            "image_shape": list(corpus.image_shape), "corpus_id": corpus.corpus_id,
+            "hyper_units": {a.name: a.unit for a in corpus.grid.attacks},
+            "split": {"by": "clean_index", "test_fraction": config.test_fraction, "seed": config.seed},
+            "train": _config_dict(config), "n_train": int(len(rows)), "steps": step,
+            "pe_backbone_train_accuracy": backbone_acc, "history": history,
+            "n_params": int(sum(p.numel() for p in model.parameters()))}
+    return TrainResult(model=model, card=card, history=history)
+
+
+def _config_dict(config: TrainConfig) -> dict[str, Any]:
+    payload = asdict(config)
+    payload["blocks"] = list(config.blocks)
+    payload["pe_channels"] = list(config.pe_channels)
+    return payload
+
+
+def save_attributor(model: Attributor, card: dict[str, Any], path: str | Path) -> Path:
+    """Write weights as safetensors (card in metadata) and the card as JSON beside it; returns the card path."""
+    target = Path(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write_bytes(target, st_save(tensors, metadata={"card": json.dumps(card, default=str)}))
+    card_path = target.with_suffix(".json")
+    write_json(card_path, card)
+    return card_path
+
+
+def load_attributor(path: str | Path) -> tuple[Attributor, dict[str, Any]]:
+    """Load weights and card written by `save_attributor`; mismatches raise CheckpointError."""
+    target = Path(path)
+    if not target.is_file():
+        raise CheckpointError(f"attributor weights not found: {target}")
+    data = target.read_bytes()
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8:8 + header_len])
+        card = json.loads(header.get("__metadata__", {}).get("card", "null"))
+    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{target} is not a valid attributor safetensors file: {error}") from None
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        raise CheckpointError(f"{target} carries no advforensics attributor card")
+    model = build_model(str(card["kind"]), card["config"])
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"{target}: weights do not match the card's architecture: {error}") from None
+    model.eval()
+    return model, card
+
+
+__all__ = ["TrainConfig", "TrainResult", "train_attributor", "save_attributor", "load_attributor", "build_model",
+           "corpus_targets", "MODEL_KINDS"]

@@ -1,0 +1,147 @@
+"""MTAA, baselines, training, evaluation, weights files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from advforensics.attribution.baselines import ablation_config, single_task_config
+from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus
+from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, predict_records, write_report
+from advforensics.attribution.grid import AttackSpec, GridSpec
+from advforensics.attribution.mtaa import MTAA, MTAAConfig, UncertaintyWeighting
+from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
+from advforensics.errors import CheckpointError, InputValidationError
+
+
+def _victim(digits_data, hidden: int, seed: int) -> nn.Module:
+    """A small MLP digit classifier trained full-batch in about a second."""
+    images, labels = digits_data
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        opt.step()
+    return model.eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(tmp_path_factory, digits_data):
+    images, labels = digits_data
+    victims = {"mlp32": _victim(digits_data, 32, 0), "mlp128": _victim(digits_data, 128, 1)}
+    grid = GridSpec(attacks=(AttackSpec("fgsm", (40.0, 120.0)),
+                             AttackSpec("pgd-linf", (40.0, 120.0), {"steps": 3, "alpha_ratio": 0.5})))
+    out = tmp_path_factory.mktemp("corpus")
+    generate_corpus(images[:120], labels[:120], victims, grid, out, config=CorpusConfig(shard_images=120),
+                    progress=False)
+    return load_corpus(out)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(epochs=1, batch_size=32, width=4, pe_width=4, pe_channels=(8, 8), backbone_epochs=1, max_steps=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_mtaa_forward_backward_shapes():
+    for size in (8, 28):
+        model = MTAA(MTAAConfig(n_attacks=3, n_victims=5, in_channels=1, image_size=size, width=4, pe_width=4,
+                                pe_channels=(8, 8)))
+        x = torch.rand(6, 1, size, size)
+        out = model(x)
+        assert out["attack_logits"].shape == (6, 3) and out["victim_logits"].shape == (6, 5)
+        assert out["hyper"].shape == (6,)
+        assert out["pe_delta"].shape == model.pe_backbone(x).shape
+        targets = {"attack": torch.randint(0, 3, (6,)), "victim": torch.randint(0, 5, (6,)),
+                   "hyper": torch.rand(6) * 200}
+        losses = model.losses(out, targets, model.feature_delta(x, x.clamp(0.1, 0.9)))
+        assert set(losses) == {"attack", "victim", "hyper", "pe"}
+        model.total_loss(losses).backward()
+        assert model.weighting.log_vars.grad is not None and model.weighting.log_vars.grad.abs().sum() > 0
+        assert all(p.grad is None for p in model.pe_backbone.parameters())  # frozen
+
+
+def test_uncertainty_weighting_is_kendall_and_learnable():
+    w = UncertaintyWeighting(("attack", "hyper"))
+    with torch.no_grad():
+        w.log_vars.copy_(torch.tensor([0.5, -1.0]))
+    losses = {"attack": torch.tensor(2.0), "hyper": torch.tensor(3.0)}
+    expected = np.exp(-0.5) * 2 + 0.25 + 0.5 * np.exp(1.0) * 3 - 0.5
+    assert float(w(losses)) == pytest.approx(expected, rel=1e-6)
+    plain = UncertaintyWeighting(("attack", "hyper"), learnable=False)
+    assert float(plain(losses)) == pytest.approx(5.0) and not plain.log_vars.requires_grad
+    # minimising over s gives s = log L (classification): the weights adapt to the losses
+    opt = torch.optim.SGD([w.log_vars], lr=0.1)
+    for _ in range(500):
+        opt.zero_grad()
+        w(losses).backward()
+        opt.step()
+    assert w.log_vars.detach().numpy() == pytest.approx([np.log(4.0), np.log(3.0)], abs=1e-2)
+
+
+def test_variants_build():
+    base = MTAAConfig(n_attacks=3, n_victims=2, image_size=8, width=4, pe_width=4, pe_channels=(8, 8))
+    x = torch.rand(2, 1, 8, 8)
+    for task in ("attack", "victim", "hyper"):
+        out = MTAA(single_task_config(base, task))(x)
+        assert set(k for k in out if not k.startswith("hyper_")) == {{"attack": "attack_logits",
+                                                                     "victim": "victim_logits",
+                                                                     "hyper": "hyper"}[task]}
+    for name in ("plain-sum", "uncertainty", "uncertainty+tsl", "full"):
+        assert MTAA(ablation_config(base, name))(x)["attack_logits"].shape == (2, 3)
+    with pytest.raises(InputValidationError):
+        MTAAConfig(n_attacks=3, n_victims=2, tasks=("colour",))
+
+
+def test_training_reduces_loss(tiny_corpus):
+    result = train_attributor(tiny_corpus, _cfg(epochs=6, max_steps=None, batch_size=64), progress=False)
+    totals = [h["total"] for h in result.history]
+    assert totals[-1] < totals[0]
+    assert result.card["corpus_id"] == tiny_corpus.corpus_id
+
+
+def test_save_load_evaluate_and_predict(tiny_corpus, tmp_path):
+    result = train_attributor(tiny_corpus, _cfg(), progress=False)
+    path = tmp_path / "m.safetensors"
+    save_attributor(result.model, result.card, path)
+    model, card = load_attributor(path)
+    x = tiny_corpus.float_images(slice(0, 4))
+    torch.testing.assert_close(model(x)["attack_logits"], result.model(x)["attack_logits"])
+    metrics = evaluate_attributor(model, card, tiny_corpus)
+    assert 0 <= metrics["attack_accuracy"] <= 1 and metrics["rmse"] >= 0
+    assert metrics["flops_per_image"] > 0 and metrics["n_params"] == card["n_params"]
+    files = write_report(metrics, tmp_path / "report")
+    assert all(f.exists() for f in files) and any(f.suffix == ".png" for f in files)
+    records = predict_records(model, card, x)
+    assert records[0]["attack"] in card["attack_names"] and 0 < records[0]["attack_probability"] <= 1
+    with pytest.raises(InputValidationError, match="size"):
+        predict_records(model, card, torch.rand(2, 1, 28, 28))
+    with pytest.raises(InputValidationError, match="channels"):
+        predict_records(model, card, torch.rand(2, 3, 8, 8))
+    other = dict(card, corpus_id="0" * 64)
+    with pytest.raises(CheckpointError, match="corpus"):
+        evaluate_attributor(model, other, tiny_corpus)
+    path.write_bytes(b"not safetensors at all")
+    with pytest.raises(CheckpointError):
+        load_attributor(path)
+
+
+def test_single_label_and_single_task_and_delta(tiny_corpus):
+    single = {}
+    for task, metric in (("attack", "attack_accuracy"), ("victim", "victim_accuracy"), ("hyper", "rmse")):
+        r = train_attributor(tiny_corpus, _cfg(model="single-task", task=task), progress=False)
+        single[metric] = evaluate_attributor(r.model, r.card, tiny_corpus)
+    mtl = {"attack_accuracy": 0.9, "victim_accuracy": 0.8, "rmse": 10.0}
+    fake = {"attack_accuracy": {"attack_accuracy": 0.9}, "victim_accuracy": {"victim_accuracy": 0.4},
+            "rmse": {"rmse": 20.0}}
+    assert delta_mtl(mtl, fake) == pytest.approx(100 * (0 + 1.0 + 0.5) / 3)
+    assert isinstance(delta_mtl(mtl, single), float)
+    r = train_attributor(tiny_corpus, _cfg(model="single-label"), progress=False)
+    m = evaluate_attributor(r.model, r.card, tiny_corpus)
+    assert {"attack_accuracy", "victim_accuracy", "rmse"} <= set(m)
+    r2 = train_attributor(tiny_corpus, _cfg(model="single-label", label_mode="attack+victim"), progress=False)
+    assert len(r2.model.config.joint_labels) == 4
