@@ -289,3 +289,13 @@ def test_tar_gz_reader_reads_members_without_extracting(tmp_path: Path, monkeypa
     test = cifar.load_batch_archive(archive, "test", md5s=md5s)
     assert np.array_equal(test.images.reshape(4, -1), arrays["test_batch"])
     assert not (tmp_path / "cifar-10-batches-py").exists()  # nothing extracted
+
+
+def test_fashion_mnist_files_must_match_the_published_archives(tmp_path: Path) -> None:
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(_idx_bytes(np.zeros((2, 28, 28), dtype=np.uint8), 0x08)))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(np.zeros(2, dtype=np.uint8), 0x08)))
+    with pytest.raises(DataFileError, match="t10k-images-idx3-ubyte.gz: md5 .* published"):
+        load_dataset("fashion-mnist", "test", data_dir=tmp_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -78,7 +77,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike[st
         shape=tuple(int(d) for d in images.shape[1:]),  # type: ignore[arg-type]
         num_examples=int(len(labels)), source=raw.source, sha256=content_sha256(images, labels),
     )
-    tensor = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))  # (N, C, H, W)
-    tensor.div_(raw.max_value)
+    if not images.flags.writeable or not images.flags.c_contiguous:  # e.g. np.frombuffer views
+        images = np.array(images, order="C")
+    tensor = torch.from_numpy(images).to(torch.float32).div_(raw.max_value)  # (N, C, H, W) in [0, 1]
     logger.info("loaded %s/%s: %d examples %s from %s", spec.name, split, info.num_examples, info.shape, info.source)
     return ImageDataset(images=tensor, labels=torch.from_numpy(np.array(labels, dtype=np.int64)), info=info)
