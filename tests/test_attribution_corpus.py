@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from advforensics.attribution import corpus as corpus_mod
 from advforensics.attribution.corpus import (
@@ -19,14 +20,36 @@ from advforensics.attribution.corpus import (
 from advforensics.attribution.grid import AttackSpec, GridSpec, default_grid
 from advforensics.errors import DataFileError, InputValidationError
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: the 2 shared cores are oversubscribed and OpenMP spinning costs minutes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _victim(digits_data, hidden: int, seed: int) -> nn.Module:
+    """A small MLP digit classifier trained full-batch in about a second."""
+    images, labels = digits_data
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(images), labels).backward()
+        opt.step()
+    return model.eval().requires_grad_(False)
+
 GRID = GridSpec(attacks=(AttackSpec("fgsm", (30.0, 90.0, 150.0)),
                          AttackSpec("pgd-linf", (30.0, 90.0), {"steps": 3, "alpha_ratio": 0.5})),
                 include_clean=True)
 
 
 @pytest.fixture(scope="module")
-def victims(tiny_classifier):
-    return {"tinya": tiny_classifier}
+def victims(digits_data):
+    return {"tinya": _victim(digits_data, 32, 0)}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +72,14 @@ def test_default_grid_is_table_1():
     assert grid.n_cells(5) == 300
 
 
-def test_corpus_is_8bit_successful_and_records_cells(tmp_path, clean, victims, tiny_classifier):
+def test_corpus_is_8bit_successful_and_records_cells(tmp_path, clean, victims):
     report = _make(tmp_path / "c", clean, victims)
     corpus = load_corpus(tmp_path / "c")
     assert corpus.images.dtype == np.uint8 and corpus.images.shape[1:] == (1, 8, 8)
     adv = corpus.columns["attack"] != "clean"
     # every stored adversarial example fools the victim as stored (after quantisation)
     x = corpus.float_images(np.flatnonzero(adv))
-    pred = tiny_classifier(x).argmax(1).numpy()
+    pred = victims["tinya"](x).argmax(1).numpy()
     assert (pred != corpus.columns["clean_label"][adv]).all()
     assert (corpus.columns["predicted"][adv] == pred).all()
     # FGSM evidence differs from the clean image by exactly eps on the 8-bit grid (up to clipping)

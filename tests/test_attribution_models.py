@@ -16,6 +16,15 @@ from advforensics.attribution.train import TrainConfig, load_attributor, save_at
 from advforensics.errors import CheckpointError, InputValidationError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: the 2 shared cores are oversubscribed and OpenMP spinning costs minutes."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _victim(digits_data, hidden: int, seed: int) -> nn.Module:
     """A small MLP digit classifier trained full-batch in about a second."""
     images, labels = digits_data
@@ -98,7 +107,7 @@ def test_variants_build():
 
 
 def test_training_reduces_loss(tiny_corpus):
-    result = train_attributor(tiny_corpus, _cfg(epochs=6, max_steps=None, batch_size=64), progress=False)
+    result = train_attributor(tiny_corpus, _cfg(epochs=4, max_steps=None, batch_size=64), progress=False)
     totals = [h["total"] for h in result.history]
     assert totals[-1] < totals[0]
     assert result.card["corpus_id"] == tiny_corpus.corpus_id
