@@ -1,0 +1,207 @@
+"""`advforensics attacks ...`: list the registered attacks, run one on a saved model and a data set."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import logging
+import platform
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+from advforensics.cli.common import UserError, emit_json, handle_errors, json_option, seed_option
+
+logger = logging.getLogger("advforensics.cli.attacks")
+_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """`key=value` -> (key, value): JSON values (0.1, 10, true, null), `8/255` fractions, else the string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--param expects key=value, got {text!r}")
+    match = _FRACTION.match(raw)
+    if match:
+        denominator = float(match.group(2))
+        if denominator == 0:
+            raise UserError(f"--param {key}: division by zero in {raw!r}")
+        return key, float(match.group(1)) / denominator
+    if raw.strip() in ("True", "False"):
+        return key, raw.strip() == "True"
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def attack_arguments(name: str) -> dict[str, Any]:
+    """Constructor arguments of a registered attack with their defaults."""
+    from advforensics.attacks import ATTACKS
+
+    signature = inspect.signature(ATTACKS.get(name).__init__)
+    return {p.name: (None if p.default is inspect.Parameter.empty else p.default)
+            for p in signature.parameters.values() if p.name != "self"}
+
+
+@click.group("attacks")
+def attacks() -> None:
+    """The attack registry: list attacks, run one against a saved model.
+
+    \b
+    Example:
+      advforensics attacks list
+      advforensics attacks run --attack pgd-linf --weights runs/lenet-digits.safetensors --data digits \\
+          --param eps=8/255 --param steps=20 --n 100 --out advs.npz
+    """
+
+
+@attacks.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def list_cmd(as_json: bool) -> None:
+    """List every registered attack: name, norm, threat model, parameters with defaults.
+
+    \b
+    Example:
+      advforensics attacks list
+    """
+    from advforensics.attacks import ATTACKS, list_attacks
+
+    rows = [{"name": name, "norm": ATTACKS.get(name).norm.value,
+             "threat_model": ATTACKS.get(name).threat_model.value, "params": attack_arguments(name)}
+            for name in list_attacks()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    click.echo(f"{'name':<14}{'norm':<6}{'threat model':<14}parameters (defaults)")
+    for row in rows:
+        params = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+        click.echo(f"{row['name']:<14}{row['norm']:<6}{row['threat_model']:<14}{params}")
+
+
+@attacks.command("run")
+@click.option("--attack", "attack_name", required=True, help="Attack name (see `attacks list`).")
+@click.option("--weights", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Saved model (MODEL.safetensors with its MODEL.json card).")
+@click.option("--data", "data_name", required=True, help="Data set name (see `data list`).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the data set's files are.")
+@click.option("--split", default="test", show_default=True, help="Data split to attack.")
+@click.option("--n", "n_examples", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Attack the first N correctly classified examples.")
+@click.option("--param", "raw_params", multiple=True, metavar="KEY=VALUE",
+              help="Attack parameter, repeatable (eps=8/255, steps=20, random_start=false).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
+              help="Examples per attack call.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write x_adv, labels, predicted, success, norms, queries as .npz.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@seed_option
+@json_option
+@handle_errors
+def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | None, split: str, n_examples: int,
+            raw_params: tuple[str, ...], batch_size: int, out: Path | None, overwrite: bool, seed: int,
+            json_path: Path | None) -> None:
+    """Attack the first N correctly classified examples of a data split and report the figures.
+
+    --seed seeds everything and is passed to attacks that take a `seed` parameter (unless --param
+    seed=... is given). Budgets are in [0, 1] pixel units: write eps=8/255, not eps=8.
+
+    \b
+    Example:
+      advforensics attacks run --attack fgsm --weights runs/lenet-digits.safetensors --data digits \\
+          --param eps=0.1 --n 100 --out runs/fgsm.npz --json runs/fgsm.json
+    """
+    from tqdm import tqdm
+
+    from advforensics.attacks import create_attack
+    from advforensics.attacks.base import batched_predict
+    from advforensics.data import load_dataset
+    from advforensics.errors import InputValidationError
+    from advforensics.models import load_model
+    from advforensics.utils import atomic_write_bytes, seed_everything
+
+    params = dict(parse_param(text) for text in raw_params)
+    if "seed" in attack_arguments(attack_name) and "seed" not in params:
+        params["seed"] = seed
+    attack = create_attack(attack_name, **params)  # bad names/parameters fail before any work
+    if out is not None and out.exists() and not overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it")
+    seed_everything(seed)
+    model, card = load_model(weights)
+    dataset = load_dataset(data_name, split=split, data_dir=data_dir)
+    config = getattr(model, "config", None)
+    if config is not None and tuple(dataset.images.shape[1:]) != (config.in_channels, config.image_size,
+                                                                   config.image_size):
+        raise InputValidationError(
+            f"{data_name} images are {tuple(dataset.images.shape[1:])}, the model expects "
+            f"({config.in_channels}, {config.image_size}, {config.image_size})")
+
+    predicted = batched_predict(model, dataset.images)
+    correct = (predicted == dataset.labels).nonzero().squeeze(1)
+    indices = correct[:n_examples]
+    if len(indices) < n_examples:
+        logger.warning("only %d correctly classified examples in %s/%s", len(indices), data_name, split)
+    if len(indices) == 0:
+        raise UserError(f"the model classifies no example of {data_name}/{split} correctly")
+    x_all, y_all = dataset.images[indices], dataset.labels[indices]  # (N, C, H, W), (N,)
+
+    results = []
+    start = time.perf_counter()
+    for x, y in tqdm(list(zip(x_all.split(batch_size), y_all.split(batch_size))), desc=attack_name,
+                     unit="batch", disable=len(x_all) <= batch_size):
+        results.append(attack(model, x, y))
+    seconds = time.perf_counter() - start
+
+    cat = {field: torch.cat([getattr(r, field) for r in results])
+           for field in ("x_adv", "success", "l2", "linf", "queries", "predicted")}
+    extras = {key: torch.cat([r.extras[key] for r in results]) for key in results[0].extras}
+    ok = cat["success"]
+    summary = {
+        "attack": attack.params, "weights": str(weights), "weights_sha256": card.get("weights_sha256"),
+        "data": data_name, "split": split, "data_sha256": dataset.info.sha256, "seed": seed,
+        "n": int(len(indices)), "success_rate": float(ok.float().mean()),
+        "median_l2_success": float(cat["l2"][ok].median()) if ok.any() else None,
+        "median_linf_success": float(cat["linf"][ok].median()) if ok.any() else None,
+        "mean_queries": float(cat["queries"].float().mean()), "seconds": seconds,
+        "images_per_second": len(indices) / seconds if seconds > 0 else None,
+        "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+    }
+    if "reached" in extras:
+        summary["reached_rate"] = float(extras["reached"].float().mean())
+
+    if out is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, x_adv=cat["x_adv"].numpy().astype(np.float32), labels=y_all.numpy(),
+                 predicted=cat["predicted"].numpy(), success=ok.numpy(), l2=cat["l2"].numpy(),
+                 linf=cat["linf"].numpy(), queries=cat["queries"].numpy(), indices=indices.numpy(),
+                 params_json=np.array(json.dumps(attack.params, default=str)),
+                 **{f"extra_{key}": value.numpy() for key, value in extras.items()})
+        atomic_write_bytes(out, buffer.getvalue())
+        summary["out"] = str(out)
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    click.echo(f"{attack_name} on {data_name}/{split}: {summary['n']} correctly classified examples")
+    click.echo(f"  success rate     {summary['success_rate']:.1%}")
+    click.echo(f"  median L2        {fmt(summary['median_l2_success'], '.4f')} (successful examples)")
+    click.echo(f"  median Linf      {fmt(summary['median_linf_success'], '.4f')} (successful examples)")
+    click.echo(f"  mean queries     {summary['mean_queries']:.1f}")
+    if "reached_rate" in summary:
+        click.echo(f"  kappa reached    {summary['reached_rate']:.1%}")
+    click.echo(f"  time             {seconds:.2f} s ({fmt(summary['images_per_second'], '.1f')} images/s)")
+    if out is not None:
+        click.echo(f"  wrote            {out}")
+    emit_json(json_path, summary)
+
+
+COMMANDS = [attacks]
