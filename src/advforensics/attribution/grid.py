@@ -97,7 +97,10 @@ class GridSpec:
 
 #: PGD's step size and steps and C&W's search schedule are OPEN in the paper; these are the choices.
 PGD_PARAMS: dict[str, Any] = {"steps": 10, "alpha_ratio": 0.25, "random_start": True}
-CW_PARAMS: dict[str, Any] = {}
+CW_PARAMS: dict[str, Any] = {}  # the attack's defaults: 6 search rounds x 200 Adam steps, lr 0.05
+#: The small grid's C&W schedule (lab notes: 5 x 100 steps at lr 0.1 costs 3-15% more L2, 2x faster);
+#: cut further to 4 x 50 so that a CPU run finishes in minutes. `reached` records what it achieved.
+CW_PARAMS_SMALL: dict[str, Any] = {"search_steps": 4, "steps": 50, "lr": 0.1}
 
 
 def default_grid(include_clean: bool = False) -> GridSpec:
@@ -113,7 +116,7 @@ def small_grid(include_clean: bool = False) -> GridSpec:
     eps = (20.0, 60.0, 100.0, 140.0, 180.0)
     kappa = (10.0, 30.0, 50.0, 70.0, 90.0)
     return GridSpec(attacks=(AttackSpec("fgsm", eps), AttackSpec("pgd-linf", eps, dict(PGD_PARAMS)),
-                             AttackSpec("cw-l2", kappa, dict(CW_PARAMS))), include_clean=include_clean)
+                             AttackSpec("cw-l2", kappa, dict(CW_PARAMS_SMALL))), include_clean=include_clean)
 
 
 GRIDS = {"default": default_grid, "small": small_grid}

@@ -1,0 +1,345 @@
+"""`advforensics attribution ...`: build an attack corpus, train/evaluate attributors, attribute images."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import click
+
+from advforensics.cli.common import UserError, emit_json, handle_errors, json_option, seed_option
+
+log = logging.getLogger("advforensics.attribution")
+
+
+@click.group("attribution")
+def attribution() -> None:
+    """Passive attribution (MTAA): which attack, victim and strength made an adversarial example.
+
+    \b
+    Example:
+      advforensics attribution corpus --data mnist-5k --victims runs/zoo --grid small --out runs/corpus
+      advforensics attribution train --corpus runs/corpus --out runs/mtaa.safetensors
+      advforensics attribution evaluate --corpus runs/corpus --model runs/mtaa.safetensors --out runs/report
+      advforensics attribution predict --model runs/mtaa.safetensors suspicious.png
+    """
+
+
+def _load_victims(spec: str) -> tuple[dict, dict]:
+    """Victim models from a directory of zoo weights or a comma-separated list of weights files."""
+    from advforensics.errors import InputValidationError
+    from advforensics.models import load_model
+
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise InputValidationError(f"no *.safetensors victim weights in {path}")
+    else:
+        files = [Path(p.strip()) for p in spec.split(",") if p.strip()]
+    victims, info = {}, {}
+    for file in files:
+        model, card = load_model(file)
+        name = str(card["architecture"]["name"])
+        if name in victims:
+            name = file.with_suffix("").name
+        if name in victims:
+            raise InputValidationError(f"two victims named {name!r}")
+        victims[name], info[name] = model, {"file": str(file), "weights_sha256": card.get("weights_sha256"),
+                                            "architecture": card["architecture"]}
+    return victims, info
+
+
+def _load_grid(grid: str, include_clean: bool):
+    from advforensics.attribution.grid import GRIDS, GridSpec, get_grid
+    from advforensics.errors import InputValidationError
+
+    if grid in GRIDS:
+        return get_grid(grid, include_clean)
+    path = Path(grid)
+    if not path.is_file():
+        raise InputValidationError(f"--grid must be one of {', '.join(GRIDS)} or a grid JSON file, got {grid!r}")
+    try:
+        payload = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise InputValidationError(f"grid file {path} is not valid JSON: {error}") from None
+    if include_clean:
+        payload["include_clean"] = True
+    return GridSpec.from_dict(payload)
+
+
+@attribution.command("corpus")
+@click.option("--data", "data_name", required=True, help="Data set name (see `data list`).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory holding the data set files.")
+@click.option("--split", default="test", show_default=True, help="Data split whose images are attacked.")
+@click.option("--limit", type=int, default=None, help="Attack only the first N images.")
+@click.option("--victims", required=True, help="Directory of zoo weights (*.safetensors + cards) or a comma list.")
+@click.option("--grid", default="default", show_default=True,
+              help="default (paper Table 1), small, or a grid JSON file.")
+@click.option("--clean-class/--no-clean-class", default=False, show_default=True,
+              help="Add clean images as a false-alarm class.")
+@click.option("--cw-kappa-scale", default="auto", show_default=True,
+              help="C&W kappa_scale: 'auto' (per victim, from its reachable margins) or a number.")
+@click.option("--float-evidence", is_flag=True, help="Store float evidence instead of 8-bit (leaks the attack).")
+@click.option("--shard-images", type=int, default=256, show_default=True, help="Clean images per shard.")
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Attack batch size.")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Corpus directory.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted corpus in OUT.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+@seed_option
+@json_option
+@handle_errors
+def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | None, victims: str, grid: str,
+               clean_class: bool, cw_kappa_scale: str, float_evidence: bool, shard_images: int, batch_size: int,
+               threads: int, out: Path, resume: bool, progress: bool, seed: int, json_path: Path | None) -> None:
+    """Attack a data set with every grid cell on every victim and store the successful examples.
+
+    \b
+    Example:
+      advforensics attribution corpus --data mnist-5k --limit 500 --victims runs/zoo \\
+          --grid small --out runs/corpus --json runs/corpus.json
+      advforensics attribution corpus ... --out runs/corpus --resume   # after an interruption
+    """
+    import torch
+
+    from advforensics.attribution.corpus import CorpusConfig, generate_corpus
+    from advforensics.data import load_dataset
+    from advforensics.errors import InputValidationError
+
+    torch.set_num_threads(max(1, threads))
+    grid_spec = _load_grid(grid, clean_class)
+    dataset = load_dataset(data_name, split=split, data_dir=data_dir, limit=limit)
+    victim_models, victim_info = _load_victims(victims)
+    victim_params: dict = {}
+    if any(a.name == "cw-l2" for a in grid_spec.attacks):
+        if cw_kappa_scale == "auto":
+            from advforensics.attacks.cw import kappa_scale_for
+
+            x, y = dataset.images[:64], dataset.labels[:64]
+            for name, model in victim_models.items():
+                with torch.no_grad():
+                    ok = model(x).argmax(1) == y
+                scale = kappa_scale_for(model, x[ok], y[ok], nominal_max=max(grid_spec.attack("cw-l2").values))
+                victim_params[name] = {"cw-l2": {"kappa_scale": scale}}
+                log.info("victim %s: C&W kappa_scale %.4f", name, scale)
+        else:
+            try:
+                scale = float(cw_kappa_scale)
+            except ValueError:
+                raise InputValidationError(f"--cw-kappa-scale must be 'auto' or a number, got {cw_kappa_scale!r}")
+            victim_params = {name: {"cw-l2": {"kappa_scale": scale}} for name in victim_models}
+    info = getattr(dataset, "info", None)
+    data_info = {"name": data_name, "split": split, "limit": limit,
+                 **({k: v for k, v in vars(info).items() if isinstance(v, (str, int, float))} if info else {})}
+    config = CorpusConfig(shard_images=shard_images, batch_size=batch_size, quantize=not float_evidence, seed=seed,
+                          victim_params=victim_params)
+    start = time.perf_counter()
+    report = generate_corpus(dataset.images, dataset.labels, victim_models, grid_spec, out, config=config,
+                             data_info=data_info, victim_info=victim_info, resume=resume, progress=progress)
+    seconds = time.perf_counter() - start
+    click.echo(f"corpus {out}: {report.n_examples} examples in {report.units_total} units "
+               f"({len(report.units_generated)} generated, {len(report.units_reused)} reused) in {seconds:.1f}s")
+    for cell in report.cells:
+        click.echo(f"  {cell['victim']:<14}{cell['attack']:<10}{cell['hyper']:>7g}  success "
+                   f"{100 * cell['success_rate']:6.2f}% ({cell['succeeded']}/{cell['attempted']})")
+    for t in report.throughput:
+        if t["images_per_s"]:
+            click.echo(f"  throughput {t['victim']:<14}{t['attack']:<10}{t['images_per_s']:10.1f} attacked images/s")
+    if report.empty_cells:
+        click.echo(f"skipped {len(report.empty_cells)} empty grid cells (no successful example)", err=True)
+    payload = report.to_dict()
+    payload.update({"seconds": seconds, "seed": seed, "victim_params": victim_params})
+    emit_json(json_path, payload)
+
+
+@attribution.command("train")
+@click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Corpus directory.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Weights file (.safetensors); the card goes beside it as .json.")
+@click.option("--model", "kind", type=click.Choice(["mtaa", "single-task", "single-label"]), default="mtaa",
+              show_default=True, help="Attributor kind.")
+@click.option("--task", type=click.Choice(["attack", "victim", "hyper"]), default=None,
+              help="The task of a single-task model.")
+@click.option("--label-mode", type=click.Choice(["attack+victim", "attack+victim+hyper"]),
+              default="attack+victim+hyper", show_default=True, help="Joint labels of a single-label model.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-3, show_default=True)
+@click.option("--width", type=int, default=16, show_default=True, help="Trunk width (paper ResNets: 64).")
+@click.option("--weighting", type=click.Choice(["uncertainty", "sum"]), default="uncertainty", show_default=True)
+@click.option("--no-task-specific", is_flag=True, help="Ablation: one shared last stage, no fusion.")
+@click.option("--no-pe", is_flag=True, help="Ablation: no perturbation extraction.")
+@click.option("--shuffle-labels", is_flag=True, help="Control: permute training labels (expect chance).")
+@click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@seed_option
+@json_option
+@handle_errors
+def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mode: str, epochs: int,
+              batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
+              no_pe: bool, shuffle_labels: bool, max_steps: int | None, threads: int, progress: bool, seed: int,
+              json_path: Path | None) -> None:
+    """Train an attributor on a corpus's training split (split by clean image) and save it.
+
+    \b
+    Example:
+      advforensics attribution train --corpus runs/corpus --out runs/mtaa.safetensors --epochs 10
+      advforensics attribution train --corpus runs/corpus --model single-task --task victim --out runs/st-v.safetensors
+      advforensics attribution train --corpus runs/corpus --shuffle-labels --out runs/control.safetensors
+    """
+    import torch
+
+    from advforensics.attribution.corpus import load_corpus
+    from advforensics.attribution.train import TrainConfig, save_attributor, train_attributor
+
+    torch.set_num_threads(max(1, threads))
+    if out.exists():
+        raise UserError(f"{out} exists; choose another --out (nothing is overwritten)")
+    corpus = load_corpus(corpus_dir)
+    config = TrainConfig(model=kind, task=task, label_mode=label_mode, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, width=width, weighting=weighting,
+                         task_specific=not no_task_specific, use_pe=not no_pe, seed=seed,
+                         shuffle_labels=shuffle_labels, max_steps=max_steps)
+    start = time.perf_counter()
+    result = train_attributor(corpus, config, progress=progress)
+    seconds = time.perf_counter() - start
+    result.card["train_seconds"] = seconds
+    save_attributor(result.model, result.card, out)
+    last = result.history[-1] if result.history else {}
+    click.echo(f"trained {kind} on {result.card['n_train']} examples ({result.card['steps']} steps, "
+               f"{seconds:.1f}s); last epoch loss {last.get('total', float('nan')):.4f}; saved {out}")
+    emit_json(json_path, {"model": str(out), "seconds": seconds, "history": result.history, "seed": seed,
+                          "n_params": result.card["n_params"], "n_train": result.card["n_train"]})
+
+
+@attribution.command("evaluate")
+@click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report directory.")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--single-task", "single_task", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Single-task models (attack, victim, hyper) for Delta_MTL; repeat the option.")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@seed_option
+@json_option
+@handle_errors
+def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, single_task: tuple[Path, ...],
+                 threads: int, seed: int, json_path: Path | None) -> None:
+    """Accuracy, RMSE (overall, per attack), params, FLOPs, confusion plots; Delta_MTL with --single-task.
+
+    \b
+    Example:
+      advforensics attribution evaluate --corpus runs/corpus --model runs/mtaa.safetensors --out runs/report \\
+          --single-task runs/st-a.safetensors --single-task runs/st-v.safetensors --single-task runs/st-h.safetensors
+    """
+    import torch
+
+    from advforensics.attribution.corpus import load_corpus
+    from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, write_report
+    from advforensics.attribution.train import load_attributor
+
+    torch.set_num_threads(max(1, threads))
+    torch.manual_seed(seed)
+    corpus = load_corpus(corpus_dir)
+    model, card = load_attributor(model_path)
+    metrics = evaluate_attributor(model, card, corpus, split=split)
+    if single_task:
+        single = {}
+        for path in single_task:
+            m, c = load_attributor(path)
+            task_metrics = evaluate_attributor(m, c, corpus, split=split)
+            for metric in ("attack_accuracy", "victim_accuracy", "rmse"):
+                if metric in task_metrics and len(c["config"]["tasks"]) == 1:
+                    single[metric] = task_metrics
+        metrics["delta_mtl"] = delta_mtl(metrics, single)
+    write_report(metrics, out)
+    click.echo(f"{card['kind']} on {split} (n={metrics['n']}): attack {100 * metrics.get('attack_accuracy', 0):.2f}% "
+               f"victim {100 * metrics.get('victim_accuracy', 0):.2f}% RMSE {metrics.get('rmse') or float('nan'):.3f}"
+               + (f" Delta_MTL {metrics['delta_mtl']:+.2f}%" if "delta_mtl" in metrics else "")
+               + f"; report in {out}")
+    emit_json(json_path, metrics)
+
+
+def _read_images(path: Path):
+    """Images from a PNG/JPEG file, a directory of them, or an .npz with an 'images' array."""
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from advforensics.errors import DataFileError, InputValidationError
+
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                if "images" not in data.files:
+                    raise InputValidationError(f"{path} has no 'images' array")
+                arr = data["images"]
+        except (OSError, ValueError) as error:
+            raise DataFileError(f"cannot read {path}: {error}") from None
+        if arr.ndim == 3:
+            arr = arr[:, None]
+        x = torch.from_numpy(arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32))
+        return x, [f"{path.name}[{i}]" for i in range(len(x))]
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) \
+        if path.is_dir() else [path]
+    if not files:
+        raise InputValidationError(f"no images in {path}")
+    arrays = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                arr = np.asarray(image)
+        except (UnidentifiedImageError, OSError) as error:
+            raise DataFileError(f"cannot read image {file}: {error}") from None
+        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+        arrays.append(arr.astype(np.float32) / 255.0)
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise InputValidationError(f"images in {path} have different shapes: {sorted(shapes)}")
+    return torch.from_numpy(np.stack(arrays)), [str(f) for f in files]
+
+
+@attribution.command("predict")
+@click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.option("--as-json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+@seed_option
+@json_option
+@handle_errors
+def predict_cmd(model_path: Path, source: Path, as_json: bool, seed: int, json_path: Path | None) -> None:
+    """Attribute adversarial images: attack, victim and hyperparameter with probabilities.
+
+    SOURCE is an image file, a directory of images, or an .npz with an 'images' array
+    (uint8 or float in [0, 1], shape (N, C, H, W) or (N, H, W)).
+
+    \b
+    Example:
+      advforensics attribution predict --model runs/mtaa.safetensors evidence.npz --json preds.json
+    """
+    from advforensics.attribution.evaluate import predict_records
+    from advforensics.attribution.train import load_attributor
+
+    model, card = load_attributor(model_path)
+    x, names = _read_images(source)
+    records = predict_records(model, card, x)
+    for name, rec in zip(names, records):
+        rec["source"] = name
+    if as_json:
+        click.echo(json.dumps(records, indent=2))
+    else:
+        for rec in records:
+            hyper = rec.get("hyperparameter")
+            click.echo(f"{rec['source']}: attack {rec.get('attack')} ({rec.get('attack_probability', 0):.3f}), "
+                       f"victim {rec.get('victim')} ({rec.get('victim_probability', 0):.3f}), "
+                       f"hyperparameter {'-' if hyper is None else f'{hyper:.1f}'} {rec.get('hyperparameter_unit', '')}")
+    emit_json(json_path, {"model": str(model_path), "predictions": records})
+
+
+COMMANDS = [attribution]

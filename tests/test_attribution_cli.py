@@ -1,0 +1,109 @@
+"""`advforensics attribution` through click's CliRunner on a tiny grid with zoo victims."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from advforensics.cli.main import cli
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, digits_data):
+    """Two zoo LeNets (different widths) trained briefly on digits, saved with cards, and a tiny grid."""
+    from advforensics.models import create_model, save_model
+
+    root = tmp_path_factory.mktemp("attr-cli")
+    images, labels = digits_data
+    for i, width in enumerate((0.5, 1.0)):
+        model = create_model("lenet", num_classes=10, in_channels=1, image_size=8, width=width, seed=i)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(3):
+            for batch in torch.randperm(len(images)).split(64):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+                opt.step()
+        save_model(model.eval(), root / "zoo" / f"lenet-w{i}", {"data": "digits"})
+    grid = {"attacks": [{"name": "fgsm", "values": [40, 120]},
+                        {"name": "pgd-linf", "values": [40, 120], "params": {"steps": 3, "alpha_ratio": 0.5}}]}
+    (root / "grid.json").write_text(json.dumps(grid))
+    return root
+
+
+def _run(args):
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result
+
+
+def test_corpus_train_evaluate_predict_round_trip(workdir):
+    root = workdir
+    r = _run(["attribution", "corpus", "--data", "digits", "--limit", "150", "--victims", str(root / "zoo"),
+              "--grid", str(root / "grid.json"), "--out", str(root / "corpus"), "--no-progress",
+              "--json", str(root / "corpus.json")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((root / "corpus.json").read_text())
+    assert summary["n_examples"] > 0 and len(summary["cells"]) == 8
+    # running again without --resume refuses; with --resume reuses every unit
+    r = _run(["attribution", "corpus", "--data", "digits", "--limit", "150", "--victims", str(root / "zoo"),
+              "--grid", str(root / "grid.json"), "--out", str(root / "corpus"), "--no-progress"])
+    assert r.exit_code == 2 and "resume" in r.output
+    r = _run(["attribution", "corpus", "--data", "digits", "--limit", "150", "--victims", str(root / "zoo"),
+              "--grid", str(root / "grid.json"), "--out", str(root / "corpus"), "--no-progress", "--resume"])
+    assert r.exit_code == 0 and "0 generated" in r.output
+    model = root / "mtaa.safetensors"
+    r = _run(["attribution", "train", "--corpus", str(root / "corpus"), "--out", str(model), "--epochs", "1",
+              "--width", "4", "--max-steps", "4", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert model.exists() and model.with_suffix(".json").exists()
+    r = _run(["attribution", "evaluate", "--corpus", str(root / "corpus"), "--model", str(model), "--out",
+              str(root / "report"), "--json", str(root / "eval.json")])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads((root / "eval.json").read_text())
+    assert {"attack_accuracy", "victim_accuracy", "rmse", "flops_per_image"} <= set(metrics)
+    assert (root / "report" / "attack_confusion.png").exists()
+    # predict from an npz of evidence, and the size check
+    from advforensics.attribution.corpus import load_corpus
+
+    corpus = load_corpus(root / "corpus")
+    np.savez(root / "ev.npz", images=corpus.images[:3])
+    r = _run(["attribution", "predict", "--model", str(model), str(root / "ev.npz"), "--as-json"])
+    assert r.exit_code == 0, r.output
+    preds = json.loads(r.output)
+    assert len(preds) == 3 and preds[0]["attack"] in ("fgsm", "pgd-linf")
+    assert preds[0]["victim"] in ("lenet", "lenet-w1", "lenet-w0")
+    np.savez(root / "big.npz", images=np.zeros((2, 1, 28, 28), np.uint8))
+    r = _run(["attribution", "predict", "--model", str(model), str(root / "big.npz")])
+    assert r.exit_code == 2 and "size" in r.output
+    # an image file
+    from PIL import Image
+
+    Image.fromarray(corpus.images[0, 0]).save(root / "one.png")
+    r = _run(["attribution", "predict", "--model", str(model), str(root / "one.png")])
+    assert r.exit_code == 0 and "attack" in r.output
+    # training again onto the same file is refused
+    r = _run(["attribution", "train", "--corpus", str(root / "corpus"), "--out", str(model), "--no-progress"])
+    assert r.exit_code == 2
+
+
+def test_cli_errors(workdir, tmp_path):
+    r = _run(["attribution", "corpus", "--data", "digits", "--victims", str(tmp_path), "--out", str(tmp_path / "c"),
+              "--grid", "nonsense"])
+    assert r.exit_code == 2 and "grid" in r.output
+    r = _run(["attribution", "evaluate", "--corpus", str(tmp_path), "--model", str(tmp_path / "m.safetensors"),
+              "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "manifest" in r.output
+    r = _run(["attribution", "--help"])
+    assert r.exit_code == 0 and "Example" in r.output
