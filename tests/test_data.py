@@ -326,3 +326,11 @@ def test_imagefolder_corrupt_image_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "pets" / "train" / "cat" / "01.png").write_bytes(b"not a png at all")
     with pytest.raises(DataFileError, match="01.png: cannot decode"):
         load_dataset("imagefolder", "train", data_dir=tmp_path / "pets")
+
+
+def test_dataset_works_with_a_dataloader() -> None:
+    ds = load_dataset("digits", "test", limit=10)
+    image, label = ds[3]
+    assert image.shape == (1, 8, 8) and int(label) == int(ds.labels[3])
+    batch_x, batch_y = next(iter(torch.utils.data.DataLoader(ds, batch_size=4)))
+    assert batch_x.shape == (4, 1, 8, 8) and torch.equal(batch_y, ds.labels[:4])

@@ -53,6 +53,10 @@ class ImageDataset:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (C, H, W), label) so that a DataLoader can batch the set directly."""
+        return self.images[index], self.labels[index]
+
 
 @dataclass(frozen=True)
 class FileSpec:
