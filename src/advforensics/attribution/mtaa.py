@@ -48,7 +48,7 @@ class MTAAConfig:
     tasks: tuple[str, ...] = TASKS
     task_specific: bool = True
     use_pe: bool = True
-    pe_width: int = 16  # width of the PE backbone (stem + 2 ResNet stages)
+    pe_width: int = 8  # width of the PE backbone (stem + 2 ResNet stages)
     pe_channels: tuple[int, int] = (64, 32)  # paper: (512, 256)
     weighting: str = "uncertainty"  # or "sum"
     hyper_scale: float = 100.0  # regression target / hyper_scale keeps the MSE near 1

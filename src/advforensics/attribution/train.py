@@ -61,7 +61,7 @@ class TrainConfig:
     weighting: str = "uncertainty"
     task_specific: bool = True
     use_pe: bool = True
-    pe_width: int = 16
+    pe_width: int = 8
     pe_channels: tuple[int, int] = (64, 32)
     pe_weight: float = 1.0
     backbone_epochs: int = 3

@@ -34,7 +34,7 @@ def _load_victims(spec: str) -> tuple[dict, dict]:
 
     path = Path(spec)
     if path.is_dir():
-        files = sorted(path.glob("*.safetensors"))
+        files = sorted(f for f in path.glob("*.safetensors") if ".train-state" not in f.name)
         if not files:
             raise InputValidationError(f"no *.safetensors victim weights in {path}")
     else:

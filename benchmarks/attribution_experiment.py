@@ -1,0 +1,125 @@
+"""End-to-end attribution experiment: corpus -> MTAA, single-task, single-label, ablation, shuffled control.
+
+Usage (each stage resumable / skippable; outputs under --out):
+    python benchmarks/attribution_experiment.py corpus --data mnist-5k --split test --limit 300 \
+        --victims runs/attribution/victims --grid small --out runs/attribution/exp
+    python benchmarks/attribution_experiment.py train --out runs/attribution/exp --models mtaa,control \
+        --epochs 4 --width 8
+    python benchmarks/attribution_experiment.py table --out runs/attribution/exp
+
+`train` trains each requested model (mtaa, st-attack, st-victim, st-hyper, single-label, single-label-av,
+no-pe, plain-sum, control) that has no weights yet, evaluates it on the test split, and writes
+<out>/models/<name>.{safetensors,json} and <out>/metrics/<name>.json; `table` joins the metrics
+into Markdown (with Delta_MTL when the three single-task models exist) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from advforensics.attribution.corpus import load_corpus
+from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, markdown_table, write_report
+from advforensics.attribution.train import TrainConfig, save_attributor, train_attributor
+from advforensics.utils import write_json
+
+VARIANTS = {
+    "mtaa": {},
+    "st-attack": {"model": "single-task", "task": "attack"},
+    "st-victim": {"model": "single-task", "task": "victim"},
+    "st-hyper": {"model": "single-task", "task": "hyper"},
+    "single-label": {"model": "single-label", "label_mode": "attack+victim+hyper"},
+    "single-label-av": {"model": "single-label", "label_mode": "attack+victim"},
+    "no-pe": {"use_pe": False},
+    "no-tsl": {"use_pe": False, "task_specific": False},
+    "plain-sum": {"use_pe": False, "task_specific": False, "weighting": "sum"},
+    "control": {"shuffle_labels": True},
+}
+
+
+def cmd_corpus(args: argparse.Namespace) -> None:
+    from click.testing import CliRunner
+
+    from advforensics.cli.main import cli
+
+    argv = ["attribution", "corpus", "--data", args.data, "--split", args.split, "--limit", str(args.limit),
+            "--victims", args.victims, "--grid", args.grid, "--out", str(Path(args.out) / "corpus"),
+            "--seed", str(args.seed), "--json", str(Path(args.out) / "corpus_report.json"), "--no-progress"]
+    if args.clean_class:
+        argv.append("--clean-class")
+    if (Path(args.out) / "corpus" / "manifest.json").exists():
+        argv.append("--resume")
+    result = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    print(result.output)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    corpus = load_corpus(out / "corpus")
+    for name in args.models.split(","):
+        weights = out / "models" / f"{name}.safetensors"
+        if weights.exists():
+            logging.info("%s exists, skipped", weights)
+            continue
+        config = TrainConfig(epochs=args.epochs, width=args.width, seed=args.seed, **VARIANTS[name])
+        start = time.perf_counter()
+        result = train_attributor(corpus, config, progress=False)
+        result.card["train_seconds"] = time.perf_counter() - start
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        save_attributor(result.model, result.card, weights)
+        metrics = evaluate_attributor(result.model, result.card, corpus)
+        metrics.update({"name": name, "train_seconds": result.card["train_seconds"], "history": result.history,
+                        "train_config": result.card["train"]})
+        write_json(out / "metrics" / f"{name}.json", metrics)
+        write_report(metrics, out / "reports" / name)
+        print(f"{name}: attack {metrics.get('attack_accuracy')} victim {metrics.get('victim_accuracy')} "
+              f"rmse {metrics.get('rmse')} ({metrics['train_seconds']:.0f}s)", flush=True)
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    rows = {p.stem: json.loads(p.read_text()) for p in sorted((out / "metrics").glob("*.json"))}
+    single = {"attack_accuracy": rows.get("st-attack"), "victim_accuracy": rows.get("st-victim"),
+              "rmse": rows.get("st-hyper")}
+    text = markdown_table([rows[k] for k in VARIANTS if k in rows])
+    if all(single.values()):
+        for name in ("mtaa", "no-pe", "no-tsl", "plain-sum"):
+            if name in rows:
+                text += f"\nDelta_MTL({name} vs single-task) = {delta_mtl(rows[name], single):+.2f}%\n"
+    print(text)
+    (out / "table.md").write_text(text)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("corpus")
+    p.add_argument("--data", default="mnist-5k")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=300)
+    p.add_argument("--victims", required=True)
+    p.add_argument("--grid", default="small")
+    p.add_argument("--clean-class", action="store_true")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("train")
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", default="mtaa,st-attack,st-victim,st-hyper,single-label,control")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("table")
+    p.add_argument("--out", required=True)
+    args = parser.parse_args()
+    {"corpus": cmd_corpus, "train": cmd_train, "table": cmd_table}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
