@@ -116,16 +116,20 @@ def confirm_adversarial(oracle: LabelOracle, x: torch.Tensor, x_adv: torch.Tenso
     A point within `tol` of the boundary can change label with the batch it is evaluated in (the
     convolution kernels' float rounding depends on the batch size), so the final points are checked
     exactly as the attack contract evaluates them: all B rows in one batch. Rows that are not
-    adversarial there move `tol` further along [x, x_adv] (at most to `fallback`, the pre-search
-    point); after `rounds` tries they take `fallback`. One query per example per round.
+    adversarial there move outward along the ray from x through `fallback` (the pre-search point) by
+    tol, 2 tol, 4 tol, ... (past `fallback` where needed: an attack's own output may sit as close to
+    the boundary); after `rounds` tries they take `fallback`. One query per example per round.
     x, x_adv, fallback: (B, C, H, W); ok: (B,) bool, the rows that should be adversarial.
     """
     x_adv = x_adv.clone()
     all_idx = torch.arange(len(x), device=x.device)
     for round_ in range(rounds + 1):
-        if len(x) == 0:
+        if not ok.any():
             break
-        bad = ok & ~oracle.is_adversarial(x_adv, all_idx)
+        # All rows in one batch, as the contract evaluates them; only the rows checked are charged.
+        oracle.queries.index_add_(0, all_idx[ok].cpu(), torch.ones(int(ok.sum()), dtype=torch.int64))
+        predicted = batched_predict(oracle.model, x_adv.float(), oracle.batch_size).to(oracle.y.device)
+        bad = ok & (predicted == oracle.y)
         if not bad.any():
             break
         if round_ == rounds:
@@ -133,8 +137,8 @@ def confirm_adversarial(oracle: LabelOracle, x: torch.Tensor, x_adv: torch.Tenso
             break
         delta = (x_adv[bad] - x[bad])
         full = (fallback[bad] - x[bad]).flatten(1).norm(dim=1).clamp_min(1e-12)
-        t = ((delta.flatten(1).norm(dim=1) + tol * 2 ** round_) / full).clamp(max=1.0)
-        x_adv[bad] = _blend(x[bad], fallback[bad], t)
+        t = (delta.flatten(1).norm(dim=1) + tol * 2 ** round_) / full  # may pass fallback, outward
+        x_adv[bad] = _blend(x[bad], fallback[bad], t).clamp(0, 1)
     return x_adv
 
 
