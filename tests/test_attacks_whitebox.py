@@ -9,7 +9,7 @@ from torch import nn
 
 from advforensics.attacks import create_attack
 from advforensics.attacks.cw import kappa_scale_for, logit_margin
-from advforensics.attacks.fgsm import fgsm_multi_eps
+from advforensics.attacks.fgsm import fgsm_multi_eps, fgsm_multi_eps_adv
 from advforensics.errors import InputValidationError
 
 art_classification = pytest.importorskip("art.estimators.classification")
@@ -49,10 +49,12 @@ def test_fgsm_multi_eps_identical_to_one_call_per_eps(tiny_classifier: nn.Module
     x, y = batch
     epsilons = [i / 255 for i in range(1, 21)]
     multi = fgsm_multi_eps(tiny_classifier, x, y, epsilons)
-    assert len(multi) == 20
-    for eps, result in zip(epsilons, multi):
+    stacked = fgsm_multi_eps_adv(tiny_classifier, x, y, epsilons)  # (E, B, C, H, W)
+    assert len(multi) == 20 and stacked.shape == (20, *x.shape)
+    for eps, result, adv in zip(epsilons, multi, stacked):
         single = create_attack("fgsm", eps=eps)(tiny_classifier, x, y)
         assert torch.equal(result.x_adv, single.x_adv)
+        assert torch.equal(adv, single.x_adv)
         assert torch.equal(result.success, single.success)
         assert result.params == single.params
     rates = [r.success_rate for r in multi]

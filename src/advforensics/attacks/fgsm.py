@@ -62,24 +62,46 @@ class FGSM(Attack):
         return x_adv, torch.ones(x.shape[0], dtype=torch.int64), {}
 
 
+def _check_multi(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epsilons: Sequence[float]) -> None:
+    require(len(epsilons) > 0, "epsilons", "must hold at least one value")
+    for index, eps in enumerate(epsilons):
+        _check_eps(eps, f"epsilons[{index}]")
+    check_images(x, "x")
+    check_labels(y, x.shape[0])
+
+
+def fgsm_multi_eps_adv(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       epsilons: Sequence[float]) -> torch.Tensor:
+    """FGSM examples at every eps from ONE gradient, without evaluating them.  # (E, B, C, H, W)
+
+    Slice i is bit-identical to FGSM(eps=epsilons[i])(model, x, y).x_adv. Use this where the
+    labels of the examples are computed later anyway (corpus generation); it is where the one-gradient
+    trick pays most, since evaluating E*B examples costs E forward passes whatever the method.
+    """
+    _check_multi(model, x, y, epsilons)
+    was_training = model.training
+    model.eval()
+    try:
+        sign = loss_sign_gradient(model, x.detach(), y.detach())  # (B, C, H, W)
+    finally:
+        model.train(was_training)
+    eps = torch.tensor([float(e) for e in epsilons], dtype=x.dtype, device=x.device)
+    eps = eps.view(-1, *([1] * x.dim()))  # (E, 1, 1, 1, 1)
+    # the same float ops as the single call: x + eps * sign, then clamp
+    return (x.detach().unsqueeze(0) + eps * sign.unsqueeze(0)).clamp_(0.0, 1.0)
+
+
 def fgsm_multi_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    epsilons: Sequence[float]) -> list[AttackResult]:
     """FGSM at every eps in `epsilons` from ONE gradient; result i equals FGSM(eps=epsilons[i])(model, x, y).
 
     Each result reports queries = 1 per example (the shared gradient), as a single call would.
     """
-    require(len(epsilons) > 0, "epsilons", "must hold at least one value")
-    for index, eps in enumerate(epsilons):
-        _check_eps(eps, f"epsilons[{index}]")
-    check_images(x, "x")
-    check_labels(y, x.shape[0])
+    x_advs = fgsm_multi_eps_adv(model, x, y, epsilons)  # (E, B, C, H, W)
     was_training = model.training
     model.eval()
     try:
-        sign = loss_sign_gradient(model, x.detach(), y.detach())  # (B, C, H, W)
-        x_advs = [(x.detach() + float(eps) * sign).clamp(0.0, 1.0) for eps in epsilons]  # E x (B, C, H, W)
-        with torch.no_grad():
-            predicted = batched_predict(model, torch.cat(x_advs)).view(len(epsilons), x.shape[0])  # (E, B)
+        predicted = batched_predict(model, x_advs.flatten(0, 1)).view(len(epsilons), x.shape[0])  # (E, B)
     finally:
         model.train(was_training)
     results = []
@@ -94,4 +116,4 @@ def fgsm_multi_eps(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return results
 
 
-__all__ = ["FGSM", "fgsm_multi_eps", "loss_sign_gradient"]
+__all__ = ["FGSM", "fgsm_multi_eps", "fgsm_multi_eps_adv", "loss_sign_gradient"]
