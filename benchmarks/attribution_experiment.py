@@ -49,7 +49,7 @@ def cmd_corpus(args: argparse.Namespace) -> None:
 
     argv = ["attribution", "corpus", "--data", args.data, "--split", args.split, "--limit", str(args.limit),
             "--victims", args.victims, "--grid", args.grid, "--out", str(Path(args.out) / "corpus"),
-            "--seed", str(args.seed), "--json", str(Path(args.out) / "corpus_report.json"), "--no-progress"]
+            "--seed", str(args.seed), "--shard-images", str(args.shard_images), "--json", str(Path(args.out) / "corpus_report.json"), "--no-progress"]
     if args.clean_class:
         argv.append("--clean-class")
     if (Path(args.out) / "corpus" / "manifest.json").exists():
@@ -107,6 +107,7 @@ def main() -> None:
     p.add_argument("--victims", required=True)
     p.add_argument("--grid", default="small")
     p.add_argument("--clean-class", action="store_true")
+    p.add_argument("--shard-images", type=int, default=50)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("train")

@@ -214,3 +214,16 @@ def test_bad_inputs(tmp_path, clean, victims):
         generate_corpus(images, labels, {"a__b": victims["tinya"]}, GRID, tmp_path / "y", progress=False)
     with pytest.raises(DataFileError):
         load_corpus(tmp_path / "nothing")
+
+
+def test_cw_cells_record_reached_and_margin(tmp_path, clean, victims):
+    grid = GridSpec(attacks=(AttackSpec("cw-l2", (5.0, 50.0), {"search_steps": 2, "steps": 10, "lr": 0.1}),))
+    images, labels = clean
+    config = CorpusConfig(shard_images=16, victim_params={"tinya": {"cw-l2": {"kappa_scale": 0.05}}})
+    report = generate_corpus(images[:16], labels[:16], victims, grid, tmp_path / "cw", config=config,
+                             progress=False)
+    corpus = load_corpus(tmp_path / "cw")
+    assert set(corpus.columns["hyper"]) <= {5.0, 50.0} and len(corpus) > 0
+    assert (corpus.columns["margin"] > 0).all()  # stored evidence fools the victim
+    assert all(c["reached"] <= c["succeeded"] for c in report.cells)
+    assert corpus.manifest["config"]["victim_params"]["tinya"]["cw-l2"]["kappa_scale"] == 0.05

@@ -1,0 +1,20 @@
+"""Passive attribution (MTAA, Guo et al. arXiv 2302.14059): attack corpus, multi-task attributor, baselines.
+
+Import the submodules for the full API:
+    grid      GridSpec / AttackSpec, default_grid() (paper Table 1), small_grid()
+    corpus    generate_corpus, load_corpus, split_by_clean_image, CorpusConfig
+    mtaa      MTAA, MTAAConfig, UncertaintyWeighting, PerturbationExtractor
+    baselines SingleLabelNet, single_task_config, ablation_config
+    train     TrainConfig, train_attributor, save_attributor, load_attributor
+    evaluate  evaluate_attributor, predict_records, delta_mtl, write_report
+"""
+
+from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus, split_by_clean_image
+from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, predict_records, write_report
+from advforensics.attribution.grid import AttackSpec, GridSpec, default_grid, small_grid
+from advforensics.attribution.mtaa import MTAA, MTAAConfig
+from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
+
+__all__ = ["AttackSpec", "GridSpec", "default_grid", "small_grid", "CorpusConfig", "generate_corpus", "load_corpus",
+           "split_by_clean_image", "MTAA", "MTAAConfig", "TrainConfig", "train_attributor", "save_attributor",
+           "load_attributor", "evaluate_attributor", "predict_records", "delta_mtl", "write_report"]

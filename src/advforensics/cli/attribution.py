@@ -83,6 +83,9 @@ def _load_grid(grid: str, include_clean: bool):
               help="Add clean images as a false-alarm class.")
 @click.option("--cw-kappa-scale", default="auto", show_default=True,
               help="C&W kappa_scale: 'auto' (per victim, from its reachable margins) or a number.")
+@click.option("--cw-headroom", type=float, default=1.5, show_default=True,
+              help="auto kappa_scale maps headroom x the largest kappa to the victim's 10th-percentile "
+                   "reachable margin, so the largest kappa stays reachable by a short C&W schedule.")
 @click.option("--float-evidence", is_flag=True, help="Store float evidence instead of 8-bit (leaks the attack).")
 @click.option("--shard-images", type=int, default=256, show_default=True, help="Clean images per shard.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Attack batch size.")
@@ -94,8 +97,8 @@ def _load_grid(grid: str, include_clean: bool):
 @json_option
 @handle_errors
 def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | None, victims: str, grid: str,
-               clean_class: bool, cw_kappa_scale: str, float_evidence: bool, shard_images: int, batch_size: int,
-               threads: int, out: Path, resume: bool, progress: bool, seed: int, json_path: Path | None) -> None:
+               clean_class: bool, cw_kappa_scale: str, cw_headroom: float, float_evidence: bool, shard_images: int,
+               batch_size: int, threads: int, out: Path, resume: bool, progress: bool, seed: int, json_path: Path | None) -> None:
     """Attack a data set with every grid cell on every victim and store the successful examples.
 
     \b
@@ -119,11 +122,14 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
         if cw_kappa_scale == "auto":
             from advforensics.attacks.cw import kappa_scale_for
 
-            x, y = dataset.images[:64], dataset.labels[:64]
+            if cw_headroom < 1:
+                raise InputValidationError(f"--cw-headroom must be >= 1, got {cw_headroom}")
+            x, y = dataset.images[:32], dataset.labels[:32]
             for name, model in victim_models.items():
                 with torch.no_grad():
                     ok = model(x).argmax(1) == y
-                scale = kappa_scale_for(model, x[ok], y[ok], nominal_max=max(grid_spec.attack("cw-l2").values))
+                top = cw_headroom * max(grid_spec.attack("cw-l2").values)
+                scale = kappa_scale_for(model, x[ok], y[ok], nominal_max=top)
                 victim_params[name] = {"cw-l2": {"kappa_scale": scale}}
                 log.info("victim %s: C&W kappa_scale %.4f", name, scale)
         else:
