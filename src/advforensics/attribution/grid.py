@@ -8,7 +8,7 @@ regressor sees one scale (RMSE is reported in those units).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from advforensics.errors import InputValidationError, UnknownNameError

@@ -21,7 +21,7 @@ Parts (channel counts scaled down for CPUs; `width` and `pe_channels` restore th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch

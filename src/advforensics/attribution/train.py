@@ -20,7 +20,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
-from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
