@@ -218,3 +218,15 @@ def test_oracle_counts_and_binary_search_reaches_tolerance(tiny_classifier: nn.M
     delta = ends - x[keep]
     back = x[keep] + delta * (1 - 1e-4 / delta.flatten(1).norm(dim=1).view(-1, 1, 1, 1))
     assert not oracle.is_adversarial(back, idx[keep]).any()
+
+
+def test_qeba_full_space_is_comparable_to_art_hopskipjump(tiny_classifier: nn.Module,
+                                                          batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """QEBA with ratio 1 (no subspace) is HopSkipJump: at a similar query count, similar L2 to ART's."""
+    x, y = batch
+    art = create_attack("hopskipjump", max_iter=8, max_eval=200, init_eval=20, init_size=50)(tiny_classifier, x, y)
+    ours = create_attack("qeba", max_queries=int(art.queries.float().mean()), init_eval=20, max_eval=200,
+                         ratio=1, init_size=50)(tiny_classifier, x, y)
+    assert ours.success.all() and art.success.all()
+    ratio = float(ours.l2.median() / art.l2.median())
+    assert 0.6 < ratio < 1.5, f"median L2 ours / ART = {ratio:.2f}"
