@@ -197,9 +197,9 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             step += 1
             bar.update(1)
             count += 1
-            sums["total"] = sums.get("total", 0.0) + float(loss)
+            sums["total"] = sums.get("total", 0.0) + float(loss.detach())
             for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
         if count:
             record = {"epoch": epoch + 1, **{k: v / count for k, v in sums.items()}}
             if isinstance(model, MTAA):
