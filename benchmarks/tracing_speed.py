@@ -1,0 +1,104 @@
+"""Speed of tracing: scoring N examples among m copies vs one forward pass of C and T_0.
+
+    python benchmarks/tracing_speed.py --classifier runs/tracing/lenet_mnist --examples 10000 --copies 100
+
+Copies share C and T_0, so scoring m copies = one shared pass + an O(m * K) gather per example.
+K = 10 admits at most 30 copies with pairwise agreement <= 1 here; for m above that the benchmark
+uses random permutations (the cost of the gather does not depend on which permutations they are).
+Prints a Markdown table; median of --repeats runs; 1 torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from advforensics.models import create_model, load_model
+from advforensics.tracing.copies import CopyParams, CopySet, inverse_permutations
+from advforensics.tracing.dol import dol_from_scores
+from advforensics.tracing.permutations import make_permutations, max_copies
+from advforensics.tracing.tracer import create_tracer
+
+
+def _timed(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classifier", type=Path, default=None, help="zoo checkpoint (default: fresh LeNet)")
+    parser.add_argument("--examples", type=int, default=10000)
+    parser.add_argument("--copies", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    if args.classifier is not None:
+        classifier, _ = load_model(args.classifier)
+    else:
+        classifier = create_model("lenet", num_classes=10, in_channels=1, image_size=28, seed=args.seed)
+    classifier.eval()
+    tracer = create_tracer("random", seed=args.seed)
+    k = 10
+    legal = min(args.copies, max_copies(k))
+    copies = CopySet(classifier, tracer, make_permutations(k, legal), CopyParams())
+    if args.copies > legal:  # random permutations, same gather cost
+        gen = torch.Generator().manual_seed(args.seed)
+        perms = torch.stack([torch.randperm(k, generator=gen) for _ in range(args.copies)])
+        copies.permutations = perms
+        copies.inverse = inverse_permutations(perms)
+    x = torch.rand(args.examples, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
+    batches = x.split(args.batch_size)
+
+    def forward_only() -> None:
+        with torch.no_grad():
+            for b in batches:
+                copies.shared_pass(b)
+
+    def full_scoring() -> None:
+        with torch.no_grad():
+            for b in batches:
+                probs, t0 = copies.shared_pass(b)
+                traced = copies.traced_outputs(t0)  # (B, m, K)
+                dol_from_scores(probs.unsqueeze(1) + 0.15 * traced, traced)  # (B, m)
+
+    def naive() -> None:  # m forward passes (what the design forbids), timed on 5 copies and scaled
+        with torch.no_grad():
+            for i in range(5):
+                model = copies.copy(i % legal)
+                for b in batches:
+                    model(b)
+
+    full_scoring()  # warm-up
+    t_forward = _timed(forward_only, args.repeats)
+    t_full = _timed(full_scoring, args.repeats)
+    t_naive5 = _timed(naive, 1)
+    rows = {
+        "examples": args.examples, "copies": args.copies, "threads": 1,
+        "forward_C_T0_s": round(t_forward, 4), "scoring_all_copies_s": round(t_full, 4),
+        "ratio": round(t_full / t_forward, 3),
+        "naive_per_copy_forward_s_estimated": round(t_naive5 / 5 * args.copies, 2),
+    }
+    print("| examples | copies | forward C+T0 (s) | score all copies (s) | ratio | naive m passes (s, est.) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| {args.examples} | {args.copies} | {t_forward:.3f} | {t_full:.3f} | {t_full / t_forward:.2f} | "
+          f"{rows['naive_per_copy_forward_s_estimated']:.1f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""The seller's private record: what was shipped to whom, with hashes that detect tampering.
+
+A record directory holds
+  record.json          permutations, alpha, tau, hashes, calibration (this file is the secret)
+  classifier.*         C as a zoo checkpoint (safetensors + card)
+  tracer.safetensors   T_0
+  copy_<i>.onnx        what buyer i received (a hard-label black box: scores, label = argmax)
+
+Hashes: base_hash = content hash of C's parameters, tracer_hash = the tracer's content hash,
+copy_hash = sha256 of (base_hash, tracer_hash, permutation, alpha, tau), onnx_sha256 = the shipped
+file. record_hash covers the whole JSON, so an edited permutation or alpha fails to load
+(CheckpointError) instead of silently mis-tracing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.tracing.copies import CopyParams, CopySet, ModelCopy
+from advforensics.tracing.dol import Calibration
+from advforensics.tracing.tracer import Tracer, load_tracer, save_tracer, state_hash
+from advforensics.utils import sha256_file, write_json
+
+log = logging.getLogger(__name__)
+RECORD_FORMAT = "advforensics-trace-record/1"
+RECORD_FILE = "record.json"
+TRACER_FILE = "tracer.safetensors"
+CLASSIFIER_BASE = "classifier"
+
+
+def copy_hash(base_hash: str, tracer_hash: str, permutation: list[int], params: CopyParams) -> str:
+    payload = json.dumps({"base": base_hash, "tracer": tracer_hash, "perm": list(map(int, permutation)),
+                          "alpha": float(params.alpha), "tau": float(params.tau)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class CopyEntry:
+    index: int
+    permutation: list[int]
+    copy_hash: str
+    onnx_file: str | None = None
+    onnx_sha256: str | None = None
+
+
+@dataclass
+class SellerRecord:
+    alpha: float
+    tau: float
+    num_classes: int
+    input_shape: list[int]
+    base_hash: str
+    tracer_hash: str
+    tracer_kind: str
+    copies: list[CopyEntry]
+    classifier_file: str = CLASSIFIER_BASE
+    tracer_file: str = TRACER_FILE
+    calibration: dict[str, Any] | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    format: str = RECORD_FORMAT
+
+    @property
+    def params(self) -> CopyParams:
+        return CopyParams(alpha=self.alpha, tau=self.tau)
+
+    @property
+    def permutations(self) -> torch.Tensor:
+        return torch.tensor([c.permutation for c in self.copies], dtype=torch.int64)
+
+    def payload(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _record_hash(payload: dict[str, Any]) -> str:
+    body = {k: v for k, v in payload.items() if k != "record_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_record(record: SellerRecord, directory: Path) -> Path:
+    payload = record.payload()
+    payload["record_hash"] = _record_hash(payload)
+    path = Path(directory) / RECORD_FILE
+    write_json(path, payload)
+    return path
+
+
+def read_record(directory: str | Path) -> SellerRecord:
+    """Load and verify record.json; a missing, edited or foreign file -> CheckpointError."""
+    path = Path(directory) / RECORD_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no seller record at {path}")
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(payload, dict) or payload.get("format") != RECORD_FORMAT:
+        raise CheckpointError(f"{path} is not an advforensics seller record")
+    if payload.get("record_hash") != _record_hash(payload):
+        raise CheckpointError(f"{path} fails its record hash: the record was edited or corrupted")
+    payload.pop("record_hash")
+    try:
+        payload["copies"] = [CopyEntry(**c) for c in payload["copies"]]
+        record = SellerRecord(**payload)
+    except TypeError as error:
+        raise CheckpointError(f"{path} has unexpected fields: {error}") from None
+    for entry in record.copies:
+        expected = copy_hash(record.base_hash, record.tracer_hash, entry.permutation, record.params)
+        if entry.copy_hash != expected:
+            raise CheckpointError(f"copy {entry.index} in {path} fails its copy hash")
+    return record
+
+
+def export_onnx(model: ModelCopy, path: Path, example: torch.Tensor) -> None:
+    """Export one copy as ONNX (input 'x' (B, C, H, W) float32 in [0, 1], output 'scores' (B, K)).
+
+    Uses torch's dynamo exporter (needs the onnxscript package): the TorchScript exporter cannot
+    export adaptive average pooling with non-divisible sizes, which the zoo models use."""
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise InputValidationError("ONNX export needs the 'onnxscript' package: pip install onnxscript") from error
+    import warnings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=["x"],
+                                    output_names=["scores"], dynamic_shapes=({0: batch},), verbose=False)
+    program.save(str(path))
+
+
+def onnx_labels(path: str | Path, x: torch.Tensor) -> torch.Tensor:
+    """Labels (B,) of an exported copy under onnxruntime."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores = session.run(["scores"], {"x": x.float().numpy()})[0]
+    return torch.from_numpy(np.asarray(scores).argmax(1))
+
+
+def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, params: CopyParams,
+             out_dir: str | Path, export: bool = True, calibration: Calibration | None = None,
+             info: dict[str, Any] | None = None, probe: torch.Tensor | None = None) -> SellerRecord:
+    """Build the copies, write C, T_0, each copy's ONNX file and the seller record into `out_dir`.
+
+    `probe` (B, C, H, W): inputs on which every exported ONNX copy must give the same labels as the
+    PyTorch copy (else CheckpointError). Refuses to write into a directory that already holds a record."""
+    from advforensics.models import save_model
+
+    out = Path(out_dir)
+    if (out / RECORD_FILE).exists():
+        raise InputValidationError(f"{out} already holds a seller record; choose a new directory")
+    copies = CopySet(classifier, tracer, permutations, params)
+    c, h, w = tracer.input_shape
+    out.mkdir(parents=True, exist_ok=True)
+    save_model(classifier, out / CLASSIFIER_BASE, card={"role": "tracing base classifier C"}, overwrite=True)
+    tracer_hash = save_tracer(tracer, out / TRACER_FILE)
+    base_hash = state_hash(classifier)
+    entries = []
+    example = torch.rand(2, c, h, w, generator=torch.Generator().manual_seed(0))
+    for i in range(copies.num_copies):
+        perm = copies.permutations[i].tolist()
+        entry = CopyEntry(index=i, permutation=perm, copy_hash=copy_hash(base_hash, tracer_hash, perm, params))
+        if export:
+            onnx_path = out / f"copy_{i}.onnx"
+            export_onnx(copies.copy(i), onnx_path, example)
+            if probe is not None:
+                agree = onnx_labels(onnx_path, probe) == copies.copy(i)(probe).argmax(1)
+                if not bool(agree.all()):
+                    raise CheckpointError(f"ONNX copy {i} disagrees with PyTorch on {int((~agree).sum())} probe inputs")
+            entry.onnx_file = onnx_path.name
+            entry.onnx_sha256 = sha256_file(onnx_path)
+        entries.append(entry)
+    record = SellerRecord(alpha=float(params.alpha), tau=float(params.tau), num_classes=copies.num_classes,
+                          input_shape=[c, h, w], base_hash=base_hash, tracer_hash=tracer_hash,
+                          tracer_kind=tracer.kind, copies=entries,
+                          calibration=calibration.to_dict() if calibration is not None else None,
+                          info=dict(info or {}))
+    write_record(record, out)
+    return record
+
+
+def load_copies(directory: str | Path) -> tuple[SellerRecord, CopySet]:
+    """Verify the record and rebuild the CopySet from the stored C and T_0 (hashes checked)."""
+    from advforensics.models import load_model
+
+    record = read_record(directory)
+    classifier, _ = load_model(Path(directory) / record.classifier_file)
+    classifier.eval()
+    if state_hash(classifier) != record.base_hash:
+        raise CheckpointError("the stored classifier is not the base model this record was made with")
+    tracer = load_tracer(Path(directory) / record.tracer_file, expected_hash=record.tracer_hash)
+    return record, CopySet(classifier, tracer, record.permutations, record.params)
+
+
+def identify_onnx(record: SellerRecord, path: str | Path) -> int:
+    """Which of our copies an ONNX file is (by its sha256); a foreign file -> CheckpointError."""
+    digest = sha256_file(path)
+    for entry in record.copies:
+        if entry.onnx_sha256 == digest:
+            return entry.index
+    raise CheckpointError(f"{path} is not one of the copies in this record (sha256 {digest[:12]}...)")
+
+
+def copyset_from_copies(copies: list[ModelCopy]) -> CopySet:
+    """Reassemble a CopySet from buyer copies; copies of different base models or tracers -> error."""
+    if not copies:
+        raise InputValidationError("need at least one copy")
+    first = copies[0]
+    base, tracer = state_hash(first.classifier), first.tracer.content_hash()
+    for i, other in enumerate(copies[1:], start=1):
+        if state_hash(other.classifier) != base:
+            raise InputValidationError(f"copy {i} has a different base classifier than copy 0; cannot trace them together")
+        if other.tracer.content_hash() != tracer:
+            raise InputValidationError(f"copy {i} has a different tracer than copy 0; cannot trace them together")
+        if (other.alpha, other.tau) != (first.alpha, first.tau):
+            raise InputValidationError(f"copy {i} has different alpha/tau than copy 0")
+    inverse = torch.stack([c.inverse for c in copies])  # (m, K)
+    perms = torch.empty_like(inverse)
+    perms.scatter_(1, inverse, torch.arange(inverse.shape[1]).expand_as(inverse).contiguous())
+    return CopySet(first.classifier, first.tracer, perms, CopyParams(alpha=first.alpha, tau=first.tau))
