@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from advforensics.attacks.base import ATTACKS, Attack, Norm, ThreatModel, batched_predict, require
 
@@ -240,7 +241,7 @@ class ArtHardLabelAttack(Attack):
         seed = int(self._params["seed"])
         oracle = LabelOracle(model, y)
         all_idx = torch.arange(len(x), device=device)
-        with torch.no_grad():
+        with torch.no_grad():  # the number of classes (known to any user of the API), not a label query
             num_classes = int(model(x[:1].float()).shape[1]) if len(x) else 0
         if len(x):
             # The clean check: one query per example; misclassified inputs are returned unchanged.
@@ -256,8 +257,6 @@ class ArtHardLabelAttack(Attack):
         fallback = x.clone()  # ART's own output, where the final check needs to step back
         ended_adv = already.clone()
         todo = (~already).nonzero().flatten().tolist()
-        from tqdm.auto import tqdm
-
         for i in tqdm(todo, desc=self.name, disable=len(todo) < 20, leave=False):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + i)
             idx = all_idx[i:i + 1]
