@@ -39,6 +39,7 @@ VARIANTS = {
     "no-tsl": {"use_pe": False, "task_specific": False},
     "plain-sum": {"use_pe": False, "task_specific": False, "weighting": "sum"},
     "control": {"shuffle_labels": True},
+    "mtaa-balanced": {"balance": True},
 }
 
 

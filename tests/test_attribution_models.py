@@ -154,3 +154,16 @@ def test_single_label_and_single_task_and_delta(tiny_corpus):
     assert {"attack_accuracy", "victim_accuracy", "rmse"} <= set(m)
     r2 = train_attributor(tiny_corpus, _cfg(model="single-label", label_mode="attack+victim"), progress=False)
     assert len(r2.model.config.joint_labels) == 4
+
+
+def test_balanced_sampling_weights_classes_equally():
+    from advforensics.attribution.train import _balance_weights
+
+    targets = {"attack": torch.tensor([0, 0, 0, 1]), "victim": torch.tensor([0, 0, 0, 0])}
+    w = _balance_weights(targets)
+    assert w.tolist() == pytest.approx([1 / 3, 1 / 3, 1 / 3, 1.0])
+
+
+def test_balanced_training_runs(tiny_corpus):
+    result = train_attributor(tiny_corpus, _cfg(balance=True), progress=False)
+    assert result.card["train"]["balance"] is True and result.card["steps"] == 3

@@ -46,6 +46,8 @@ class TrainConfig:
     ablation flags (MTAA): weighting "uncertainty"|"sum", task_specific, use_pe.
     shuffle_labels: the control -- targets permuted across training examples (accuracy must fall
         to chance if the model learns from the images and nothing else).
+    balance: draw each epoch's examples with replacement, weighted 1 / (size of their attack x victim
+        class), so that a small class (the clean false-alarm class) is seen as often as the others.
     """
 
     model: str = "mtaa"
@@ -67,6 +69,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     seed: int = 0
     shuffle_labels: bool = False
+    balance: bool = False
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -178,10 +181,13 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     step = 0
     bar = tqdm(total=total_steps, desc=f"train {config.model}", disable=not progress, unit="step")
     model.train()
+    sample_weights = _balance_weights(targets) if config.balance else None
     for epoch in range(config.epochs):
         sums: dict[str, float] = {}
         count = 0
-        for batch in torch.randperm(len(rows), generator=generator).split(config.batch_size):
+        order = torch.randperm(len(rows), generator=generator) if sample_weights is None else \
+            torch.multinomial(sample_weights, len(rows), replacement=True, generator=generator)
+        for batch in order.split(config.batch_size):
             if step >= total_steps:
                 break
             xb = x_train[batch]
@@ -220,6 +226,13 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             "pe_backbone_train_accuracy": backbone_acc, "history": history,
             "n_params": int(sum(p.numel() for p in model.parameters()))}
     return TrainResult(model=model, card=card, history=history)
+
+
+def _balance_weights(targets: dict[str, torch.Tensor]) -> torch.Tensor:
+    """1 / (number of training rows of the same attack x victim class), per row  # (M,)"""
+    key = targets["attack"] * 1000 + targets["victim"]
+    _, inverse, counts = torch.unique(key, return_inverse=True, return_counts=True)
+    return 1.0 / counts[inverse].double()
 
 
 def _config_dict(config: TrainConfig) -> dict[str, Any]:

@@ -182,6 +182,7 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @click.option("--no-task-specific", is_flag=True, help="Ablation: one shared last stage, no fusion.")
 @click.option("--no-pe", is_flag=True, help="Ablation: no perturbation extraction.")
 @click.option("--shuffle-labels", is_flag=True, help="Control: permute training labels (expect chance).")
+@click.option("--balance", is_flag=True, help="Sample attack x victim classes equally (small clean class).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -190,7 +191,8 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @handle_errors
 def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mode: str, epochs: int,
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
-              no_pe: bool, shuffle_labels: bool, max_steps: int | None, threads: int, progress: bool, seed: int,
+              no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, threads: int, progress: bool,
+              seed: int,
               json_path: Path | None) -> None:
     """Train an attributor on a corpus's training split (split by clean image) and save it.
 
@@ -212,7 +214,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
     config = TrainConfig(model=kind, task=task, label_mode=label_mode, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, width=width, weighting=weighting,
                          task_specific=not no_task_specific, use_pe=not no_pe, seed=seed,
-                         shuffle_labels=shuffle_labels, max_steps=max_steps)
+                         shuffle_labels=shuffle_labels, balance=balance, max_steps=max_steps)
     start = time.perf_counter()
     result = train_attributor(corpus, config, progress=progress)
     seconds = time.perf_counter() - start
