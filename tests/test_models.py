@@ -33,6 +33,9 @@ def test_output_shape_and_finite(name: str, channels: int, size: int) -> None:
     assert torch.isfinite(logits).all()
     # float64 input (as ART's hard-label attacks pass) gives the same float32 logits
     assert torch.allclose(model(x.double()), logits, atol=1e-5)
+    # channels-last-looking strides (as NumPy transposes produce) give the very same logits
+    x_cl = x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert torch.equal(model(x_cl), logits)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -50,10 +50,31 @@ class ZooModel(nn.Module):
         self.config = config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
-        return self._forward(x.float())
+        return self._forward(as_input(x))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def as_input(x: torch.Tensor) -> torch.Tensor:
+    """float32 with standard (N, C, H, W) strides.
+
+    Why: ART passes float64; and a batch whose strides look channels-last (e.g. (64, 1, 8, 1) for
+    (N, 1, 8, 8) from a NumPy transpose) sends torch 2.13's CPU convolutions down a channels-last
+    path that was seen to crash (heap corruption) and to be non-deterministic with few channels.
+    """
+    x = x.float()
+    if x.dim() == 4 and x.stride() != _standard_strides(x.shape):
+        x = torch.empty(x.shape, dtype=x.dtype, device=x.device).copy_(x)
+    return x
+
+
+def _standard_strides(shape: torch.Size) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return tuple(reversed(strides))
 
 
 @dataclass(frozen=True)

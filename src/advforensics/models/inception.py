@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advforensics.models.base import ModelConfig, ZooModel, register_model, scaled
+from advforensics.models.base import ModelConfig, ZooModel, as_input, register_model, scaled
 from advforensics.models.layers import conv_bn_relu as cbr
 from advforensics.models.layers import init_weights, make_stem
 
@@ -120,7 +120,7 @@ class InceptionV3(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the three resolution stages: 3 tensors (B, C_i, H_i, W_i)."""
-        x = self.stem(x.float())
+        x = self.stem(as_input(x))
         features = []
         for stage in self.stages:
             x = stage(x)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advforensics.models.base import ModelConfig, ZooModel, register_model, scaled
+from advforensics.models.base import ModelConfig, ZooModel, as_input, register_model, scaled
 
 
 class LeNet(ZooModel):
@@ -28,7 +28,7 @@ class LeNet(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps after each conv stage: [(B, c1, H/2, W/2), (B, c2, H/4, W/4)]."""
-        x = x.float()
+        x = as_input(x)
         out = []
         for i in (0, 3):
             x = self.features[i + 2](self.features[i + 1](self.features[i](x)))

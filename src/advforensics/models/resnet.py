@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from advforensics.models.base import ModelConfig, ZooModel, register_model, scaled
+from advforensics.models.base import ModelConfig, ZooModel, as_input, register_model, scaled
 from advforensics.models.layers import init_weights, make_stem
 
 
@@ -87,7 +87,7 @@ class ResNet(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage feature maps, shallow to deep: 4 tensors (B, C_i, H_i, W_i)."""
-        x = self.stem(x.float())
+        x = self.stem(as_input(x))
         features = []
         for stage in self.stages:
             x = stage(x)

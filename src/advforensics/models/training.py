@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advforensics.errors import CheckpointError, InputValidationError
-from advforensics.models.base import ModelConfig
+from advforensics.models.base import ModelConfig, as_input
 from advforensics.models.serialization import load_state, save_state, state_exists
 
 log = logging.getLogger(__name__)
@@ -67,12 +67,12 @@ class TrainConfig:
 # Defaults that reach >= 99% MNIST test accuracy at the registered default widths
 # (see docs/results/models.md for the measured numbers).
 DEFAULT_TRAIN_CONFIGS: dict[str, TrainConfig] = {
-    "lenet": TrainConfig(epochs=4, lr=3e-3),
+    "lenet": TrainConfig(epochs=4, lr=6e-3),
     "resnet18": TrainConfig(epochs=6, lr=3e-3),
     "resnet50": TrainConfig(epochs=3, lr=3e-3),
     "vgg16": TrainConfig(epochs=2, lr=3e-3),
     "vgg19": TrainConfig(epochs=2, lr=3e-3),
-    "inception_v3": TrainConfig(epochs=2, lr=3e-3),
+    "inception_v3": TrainConfig(epochs=3, lr=1e-2),
 }
 
 
@@ -106,7 +106,7 @@ def as_tensors(images: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
         raise InputValidationError(f"images must have shape (N, C, H, W), got {tuple(x.shape)}")
     if y.dim() != 1 or y.shape[0] != x.shape[0]:
         raise InputValidationError(f"labels must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    return x.float(), y.long()
+    return as_input(x), y.long()
 
 
 def _check_fits(config: ModelConfig | None, x: torch.Tensor, y: torch.Tensor, what: str) -> None:

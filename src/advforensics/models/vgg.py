@@ -14,7 +14,7 @@ import math
 import torch
 from torch import nn
 
-from advforensics.models.base import ModelConfig, ZooModel, register_model, scaled
+from advforensics.models.base import ModelConfig, ZooModel, as_input, register_model, scaled
 from advforensics.models.layers import init_weights
 
 _CFGS: dict[str, list[int | str]] = {
@@ -57,7 +57,7 @@ class VGG(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the five conv stages (after each pool): 5 tensors (B, C_i, H_i, W_i)."""
-        x = x.float()
+        x = as_input(x)
         features = []
         for stage in self.stages:
             x = stage(x)
