@@ -118,7 +118,13 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
     dataset = load_dataset(data_name, split=split, data_dir=data_dir, limit=limit)
     victim_models, victim_info = _load_victims(victims)
     victim_params: dict = {}
-    if any(a.name == "cw-l2" for a in grid_spec.attacks):
+    existing = out / "manifest.json"
+    if resume and existing.is_file():  # reuse the stored C&W scales: re-measuring could differ in the last bit
+        try:
+            victim_params = json.loads(existing.read_text())["config"]["victim_params"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            victim_params = {}
+    if any(a.name == "cw-l2" for a in grid_spec.attacks) and not victim_params:
         if cw_kappa_scale == "auto":
             from advforensics.attacks.cw import kappa_scale_for
 
