@@ -50,7 +50,7 @@ def test_list_shows_every_attack_with_defaults() -> None:
 def test_run_writes_npz_and_json(digits_weights: Path, tmp_path: Path) -> None:
     out, report = tmp_path / "advs.npz", tmp_path / "run.json"
     args = ["attacks", "run", "--attack", "pgd-linf", "--weights", str(digits_weights), "--data", "digits",
-            "--n", "40", "--param", "eps=51/255", "--param", "alpha=0.05", "--param", "steps=10", "--seed", "3",
+            "--n", "40", "--threads", "1", "--param", "eps=51/255", "--param", "alpha=0.05", "--param", "steps=10", "--seed", "3",
             "--out", str(out), "--json", str(report)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

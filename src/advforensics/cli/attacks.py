@@ -103,11 +103,12 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write x_adv, labels, predicted, success, norms, queries as .npz.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads [torch default].")
 @seed_option
 @json_option
 @handle_errors
 def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | None, split: str, n_examples: int,
-            raw_params: tuple[str, ...], batch_size: int, out: Path | None, overwrite: bool, seed: int,
+            raw_params: tuple[str, ...], batch_size: int, out: Path | None, overwrite: bool, threads: int | None, seed: int,
             json_path: Path | None) -> None:
     """Attack the first N correctly classified examples of a data split and report the figures.
 
@@ -134,6 +135,8 @@ def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | No
     attack = create_attack(attack_name, **params)  # bad names/parameters fail before any work
     if out is not None and out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
+    if threads is not None:
+        torch.set_num_threads(threads)
     seed_everything(seed)
     model, card = load_model(weights)
     dataset = load_dataset(data_name, split=split, data_dir=data_dir)
