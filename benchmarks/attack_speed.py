@@ -9,7 +9,6 @@ Trains (or loads, --weights) a zoo LeNet on mnist-5k, then prints a Markdown tab
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import time
