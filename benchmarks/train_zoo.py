@@ -6,7 +6,8 @@ the CLI's measurements in OUT_DIR/<model>.train.json.
 
     python benchmarks/train_zoo.py --data-dir ../shared/data --out-dir runs/zoo --json runs/zoo/zoo.json
     python benchmarks/train_zoo.py --models resnet18 --threads 2      # one model, 2 torch threads
-    python benchmarks/train_zoo.py --reuse                            # table from finished runs only
+    python benchmarks/train_zoo.py --reuse            # train only the models without a finished run
+    python benchmarks/train_zoo.py --report-only      # table of the finished runs, train nothing
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run.")
     parser.add_argument("--reuse", action="store_true",
                         help="Do not train models whose OUT_DIR/<model>.train.json exists; report it.")
+    parser.add_argument("--report-only", action="store_true",
+                        help="Train nothing; tabulate the finished runs in OUT_DIR.")
     parser.add_argument("--json", default=None, help="Also write the rows as JSON here.")
     args = parser.parse_args()
 
@@ -38,7 +41,10 @@ def main() -> None:
     rows = []
     for name in args.models or list_models():
         result_path = out_dir / f"{name}.train.json"
-        if not (args.reuse and result_path.is_file()):
+        if args.report_only and not result_path.is_file():
+            print(f"{name}: no finished run in {out_dir}", file=sys.stderr)
+            continue
+        if not (args.reuse or args.report_only) or not result_path.is_file():
             command = [sys.executable, "-m", "advforensics.cli.main", "models", "train", "--model", name,
                        "--data", args.data, "--data-dir", args.data_dir, "--seed", str(args.seed),
                        "--threads", str(args.threads), "--out", str(out_dir / name), "--overwrite",

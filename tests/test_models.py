@@ -181,7 +181,11 @@ def test_truncated_missing_and_corrupt_files(tmp_path: Path) -> None:
 
 def test_save_never_silently_replaces_another_model(tmp_path: Path) -> None:
     model, base = _saved(tmp_path, "lenet")
-    save_model(model, base, {"seed": 1})  # same weights: fine
+    weights, _ = weights_paths(base)
+    first = weights.read_bytes()
+    for _ in range(5):  # same weights: fine, and byte-identical (a stable sha256)
+        save_model(model, base, {"seed": 1})
+        assert weights.read_bytes() == first
     other = create_model("lenet", width=TINY, seed=2)
     with pytest.raises(CheckpointError, match="different model"):
         save_model(other, base, {"seed": 2})

@@ -99,9 +99,11 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
             raise UserError("--threads must be >= 1")
         torch.set_num_threads(threads)
     weights_path, _ = weights_paths(out)
-    if weights_path.exists() and not (overwrite or resume):
-        raise UserError(f"{weights_path} exists; pass --overwrite to replace it or --resume to continue")
     state_path = out.with_name(out.name + ".train-state")
+    has_state = state_path.with_name(state_path.name + ".json").is_file()
+    if weights_path.exists() and not (overwrite or (resume and has_state)):
+        raise UserError(f"{weights_path} exists; pass --overwrite to replace it"
+                        + ("" if has_state else " (there is no training state to --resume from)"))
     if not resume:
         for suffix in (".json", ".safetensors"):
             state_path.with_name(state_path.name + suffix).unlink(missing_ok=True)

@@ -48,7 +48,9 @@ def save_model(model: nn.Module, path: str | Path, card: dict[str, Any] | None =
         raise CheckpointError("only zoo models (with a .config: ModelConfig) can be saved")
     weights_path, card_path = weights_paths(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    blob = st_save(state, metadata={"format": CARD_FORMAT, "architecture": config.name})
+    # One metadata key only: safetensors writes a multi-key metadata map in arbitrary order, which
+    # would make the bytes (and the sha256) of identical weights differ from save to save.
+    blob = st_save(state, metadata={"advforensics": f"{CARD_FORMAT} {config.name}"})
     digest = sha256_bytes(blob)
     if weights_path.exists() and not overwrite:
         existing = sha256_file(weights_path)
