@@ -53,7 +53,7 @@ class _Softmax(torch.nn.Module):
 
 def run_attacks(args, attack, attack_copies, classifier, x_all, y_all, n_sources):  # type: ignore[no-untyped-def]
     """Attack each source model on fresh, correctly classified test images; keep the successes."""
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed if args.image_seed is None else args.image_seed)
     pool = torch.arange(args.offset, len(x_all))
     pool = pool[torch.randperm(len(pool), generator=gen)]
     rows = {k: [] for k in ("x_adv", "clean", "label", "source", "success", "l2", "queries")}
@@ -100,6 +100,8 @@ def main() -> None:
     parser.add_argument("--source", default="copies", choices=["copies", "control-c", "control-tracer"])
     parser.add_argument("--offset", type=int, default=0, help="first test image used (fresh images per run)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-seed", type=int, default=None,
+                        help="seed of the test-image order (default: --seed); change it for fresh images")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--rescore", action="store_true",
                         help="no attacks: re-trace OUT/examples.npz and rewrite OUT/summary.json")

@@ -131,7 +131,7 @@ def train_vae_tracer(tracer: VAETracer, images: torch.Tensor, config: TraceTrain
             with torch.no_grad():
                 cos = F.cosine_similarity(out[0], out[1], dim=1).mean()
             for key, value in (("loss", loss), ("vae", l_vae), ("trap", l_trap), ("cos", cos)):
-                totals[key] += float(value)
+                totals[key] += float(value.detach())
             batches += 1
         epoch_means = {k: v / max(batches, 1) for k, v in totals.items()}
         epoch_means["epoch"] = epoch + 1
