@@ -158,7 +158,7 @@ class UncertaintyWeighting(nn.Module):
         return total
 
     def weights(self) -> dict[str, float]:
-        return {t: float(torch.exp(-self.log_vars[i])) for i, t in enumerate(self.tasks)}
+        return {t: float(torch.exp(-self.log_vars[i].detach())) for i, t in enumerate(self.tasks)}
 
 
 class MTAA(nn.Module):

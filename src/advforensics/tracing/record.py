@@ -129,14 +129,22 @@ def export_onnx(model: ModelCopy, path: Path, example: torch.Tensor) -> None:
         import onnxscript  # noqa: F401
     except ImportError as error:  # pragma: no cover - depends on the environment
         raise InputValidationError("ONNX export needs the 'onnxscript' package: pip install onnxscript") from error
+    import logging
     import warnings
 
     path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch", min=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=["x"],
-                                    output_names=["scores"], dynamic_shapes=({0: batch},), verbose=False)
+    # The exporter logs a warning per missing torchvision operator; none of them is used here.
+    onnx_logger = logging.getLogger("torch.onnx")
+    level = onnx_logger.level
+    onnx_logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=["x"],
+                                        output_names=["scores"], dynamic_shapes=({0: batch},), verbose=False)
+    finally:
+        onnx_logger.setLevel(level)
     program.save(str(path))
 
 
