@@ -268,3 +268,38 @@ def test_cli_separate_and_identify_round_trip(tmp_path: Path, zoo_classifier, di
     result = runner.invoke(cli, ["trace", "separate", "--classifier", str(tmp_path / "c"), "--out", str(out),
                                  "--no-onnx"])
     assert result.exit_code == 2 and "already holds" in result.output
+
+
+def test_cli_attack_a_copy_then_identify_it(record_dir: Path, tmp_path: Path) -> None:
+    """The buyer's workflow: a hard-label attack on copy 2 via `attacks run --copies`, then tracing."""
+    runner = CliRunner()
+    advs = tmp_path / "advs.npz"
+    result = runner.invoke(cli, ["attacks", "run", "--attack", "hopskipjump", "--copies", str(record_dir),
+                                 "--copy", "2", "--data", "digits", "--n", "6", "--param", "max_iter=5",
+                                 "--param", "max_eval=200", "--param", "init_size=50", "--seed", "0",
+                                 "--out", str(advs), "--json", str(tmp_path / "run.json")])
+    assert result.exit_code == 0, result.output
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["copy"] == 2 and run["success_rate"] > 0.5
+    assert "classifier_fooled_rate_success" in run and "C alone fooled" in result.output
+    with np.load(advs, allow_pickle=False) as data:
+        n_success = int(data["success"].sum())
+        assert data["extra_classifier_fooled"].shape == data["success"].shape
+    result = runner.invoke(cli, ["trace", "identify", "--record", str(record_dir), "--examples", str(advs),
+                                 "--json", str(tmp_path / "id.json")])
+    assert result.exit_code == 0, result.output
+    payload = json.loads((tmp_path / "id.json").read_text())
+    assert payload["num_examples"] == n_success  # failed attempts are not traced
+    assert payload["aggregate"]["source"] == 2
+
+
+def test_cli_attack_target_must_be_one_model_or_one_copy(record_dir: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["attacks", "run", "--attack", "fgsm", "--copies", str(record_dir),
+                                 "--data", "digits"])
+    assert result.exit_code == 2 and "--copy INDEX" in result.output
+    result = runner.invoke(cli, ["attacks", "run", "--attack", "fgsm", "--copies", str(record_dir),
+                                 "--copy", "7", "--data", "digits"])
+    assert result.exit_code == 2 and "out of range" in result.output
+    result = runner.invoke(cli, ["attacks", "run", "--attack", "fgsm", "--data", "digits"])
+    assert result.exit_code == 2 and "exactly one of --weights" in result.output

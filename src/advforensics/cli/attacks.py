@@ -88,8 +88,12 @@ def list_cmd(as_json: bool) -> None:
 
 @attacks.command("run")
 @click.option("--attack", "attack_name", required=True, help="Attack name (see `attacks list`).")
-@click.option("--weights", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Saved model (MODEL.safetensors with its MODEL.json card).")
+@click.option("--copies", "copies_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Instead of --weights: a seller record from `trace separate`; attack copy --copy of it.")
+@click.option("--copy", "copy_index", type=click.IntRange(min=0), default=None,
+              help="With --copies: index of the copy the attacker holds.")
 @click.option("--data", "data_name", required=True, help="Data set name (see `data list`).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where the data set's files are.")
@@ -107,7 +111,7 @@ def list_cmd(as_json: bool) -> None:
 @seed_option
 @json_option
 @handle_errors
-def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | None, split: str, n_examples: int,
+def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, copy_index: int | None, data_name: str, data_dir: Path | None, split: str, n_examples: int,
             raw_params: tuple[str, ...], batch_size: int, out: Path | None, overwrite: bool, threads: int | None, seed: int,
             json_path: Path | None) -> None:
     """Attack the first N correctly classified examples of a data split and report the figures.
@@ -116,9 +120,15 @@ def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | No
     seed=... is given). Budgets are in [0, 1] pixel units: write eps=8/255, not eps=8.
 
     \b
+    With --copies/--copy the target is one traceable model copy (a hard-label black box); the
+    figures then also say how often the examples fool the shared classifier C alone.
+
+    \b
     Example:
       advforensics attacks run --attack fgsm --weights runs/lenet-digits.safetensors --data digits \\
           --param eps=0.1 --n 100 --out runs/fgsm.npz --json runs/fgsm.json
+      advforensics attacks run --attack hopskipjump --copies runs/copies --copy 3 --data mnist-5k \\
+          --param max_iter=20 --n 20 --out runs/advs.npz
     """
     from tqdm import tqdm
 
@@ -126,7 +136,6 @@ def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | No
     from advforensics.attacks.base import batched_predict
     from advforensics.data import load_dataset
     from advforensics.errors import InputValidationError
-    from advforensics.models import load_model
     from advforensics.utils import atomic_write_bytes, seed_everything
 
     params = dict(parse_param(text) for text in raw_params)
@@ -138,9 +147,9 @@ def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | No
     if threads is not None:
         torch.set_num_threads(threads)
     seed_everything(seed)
-    model, card = load_model(weights)
+    model, classifier, provenance = _load_target(weights, copies_dir, copy_index)
     dataset = load_dataset(data_name, split=split, data_dir=data_dir)
-    config = getattr(model, "config", None)
+    config = getattr(classifier if classifier is not None else model, "config", None)
     if config is not None and tuple(dataset.images.shape[1:]) != (config.in_channels, config.image_size,
                                                                    config.image_size):
         raise InputValidationError(
@@ -168,7 +177,7 @@ def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | No
     extras = {key: torch.cat([r.extras[key] for r in results]) for key in results[0].extras}
     ok = cat["success"]
     summary = {
-        "attack": attack.params, "weights": str(weights), "weights_sha256": card.get("weights_sha256"),
+        "attack": attack.params, **provenance,
         "data": data_name, "split": split, "data_sha256": dataset.info.sha256, "seed": seed,
         "n": int(len(indices)), "success_rate": float(ok.float().mean()),
         "median_l2_success": float(cat["l2"][ok].median()) if ok.any() else None,
@@ -180,6 +189,10 @@ def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | No
     }
     if "reached" in extras:
         summary["reached_rate"] = float(extras["reached"].float().mean())
+    if classifier is not None:  # does the example also fool C alone (and so transfer to other copies)?
+        extras["classifier_fooled"] = batched_predict(classifier, cat["x_adv"]) != y_all
+        summary["classifier_fooled_rate_success"] = (
+            float(extras["classifier_fooled"][ok].float().mean()) if ok.any() else None)
 
     if out is not None:
         buffer = io.BytesIO()
@@ -201,10 +214,36 @@ def run_cmd(attack_name: str, weights: Path, data_name: str, data_dir: Path | No
     click.echo(f"  mean queries     {summary['mean_queries']:.1f}")
     if "reached_rate" in summary:
         click.echo(f"  kappa reached    {summary['reached_rate']:.1%}")
+    if summary.get("classifier_fooled_rate_success") is not None:
+        click.echo(f"  C alone fooled   {summary['classifier_fooled_rate_success']:.1%} (successful examples)")
     click.echo(f"  time             {seconds:.2f} s ({fmt(summary['images_per_second'], '.1f')} images/s)")
     if out is not None:
         click.echo(f"  wrote            {out}")
     emit_json(json_path, summary)
+
+
+def _load_target(weights: Path | None, copies_dir: Path | None, copy_index: int | None
+                 ) -> tuple[torch.nn.Module, torch.nn.Module | None, dict[str, Any]]:
+    """The attacked model, the shared classifier C when it is a traceable copy, and provenance."""
+    if (weights is None) == (copies_dir is None):
+        raise UserError("give exactly one of --weights MODEL and --copies RECORD_DIR")
+    if weights is not None:
+        if copy_index is not None:
+            raise UserError("--copy needs --copies RECORD_DIR")
+        from advforensics.models import load_model
+
+        model, card = load_model(weights)
+        return model, None, {"weights": str(weights), "weights_sha256": card.get("weights_sha256")}
+    if copy_index is None:
+        raise UserError("--copies needs --copy INDEX (the copy the attacker holds)")
+    from advforensics.tracing.record import load_copies
+
+    record, copies = load_copies(copies_dir)
+    if copy_index >= copies.num_copies:
+        raise UserError(f"--copy {copy_index} out of range: the record holds {copies.num_copies} copies")
+    provenance = {"copies": str(copies_dir), "copy": copy_index, "base_hash": record.base_hash,
+                  "copy_hash": record.copies[copy_index].copy_hash}
+    return copies.copy(copy_index), copies.classifier, provenance
 
 
 COMMANDS = [attacks]

@@ -1,7 +1,7 @@
 """`advforensics demo`: the end-to-end story on the embedded MNIST subset, told with the real commands.
 
 Each step runs a real `advforensics` command in-process and prints it first, so the demo doubles as a
-tutorial; only the attacker's step (a hard-label attack on one copy) is a library call.
+tutorial.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
 
 from advforensics.cli.common import handle_errors, seed_option
 
@@ -25,31 +23,6 @@ def _run(args: list[str]) -> None:
 
     click.secho("\n$ advforensics " + shlex.join(args), fg="cyan", bold=True)
     cli.main(args=args, prog_name="advforensics", standalone_mode=False)
-
-
-def _attack_copy(record_dir: Path, source: int, n: int, seed: int, out: Path) -> None:
-    """The malicious buyer: HopSkipJump with hard-label queries against copy `source` only."""
-    from advforensics.attacks import create_attack
-    from advforensics.data import load_dataset
-    from advforensics.tracing.record import load_copies
-
-    _, copies = load_copies(record_dir)
-    buyer_copy = copies.copy(source)  # a hard-label black box: only argmax is used
-    test = load_dataset(DATA, "test")
-    with torch.no_grad():
-        correct = (buyer_copy(test.images).argmax(1) == test.labels).nonzero().flatten()
-    pick = correct[torch.randperm(len(correct), generator=torch.Generator().manual_seed(seed))[:n]]
-    attack = create_attack("hopskipjump", max_iter=20, max_eval=1000, init_eval=100, seed=seed)
-    click.secho(f"\n# the attacker runs HopSkipJump (hard-label, {attack.params['max_iter']} iterations) "
-                f"on copy {source}, {n} test images", fg="cyan", bold=True)
-    started = time.perf_counter()
-    result = attack(buyer_copy, test.images[pick], test.labels[pick])
-    keep = result.success
-    np.savez(out, x_adv=result.x_adv[keep].numpy(), y=test.labels[pick][keep].numpy(),
-             source=np.full(int(keep.sum()), source))
-    click.echo(f"{int(keep.sum())}/{n} adversarial examples fool copy {source} "
-               f"(median L2 {result.l2[keep].median():.2f}, mean {result.queries.float().mean():.0f} queries, "
-               f"{time.perf_counter() - started:.0f} s) -> {out}")
 
 
 @click.command("demo")
@@ -85,7 +58,11 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
     _run(["trace", "separate", "--classifier", str(out_dir / "classifier"), "--copies", "5", "--alpha", "0.15",
           "--calibrate-data", DATA, "--calibration-size", "200", "--seed", s, "--out", str(out_dir / "copies")])
     source = 3
-    _attack_copy(out_dir / "copies", source, examples, seed, out_dir / "advs.npz")
+    click.secho(f"\n# the attacker holds copy {source} and runs HopSkipJump with hard-label queries only",
+                fg="cyan", bold=True)
+    _run(["attacks", "run", "--attack", "hopskipjump", "--copies", str(out_dir / "copies"), "--copy", str(source),
+          "--data", DATA, "--n", str(examples), "--param", "max_iter=20", "--param", "max_eval=1000",
+          "--seed", s, "--out", str(out_dir / "advs.npz")])
     _run(["trace", "identify", "--record", str(out_dir / "copies"), "--examples", str(out_dir / "advs.npz"),
           "--show", "5", "--json", str(out_dir / "trace.json")])
     click.secho(f"# ground truth: the examples were crafted on copy {source}", fg="green", bold=True)

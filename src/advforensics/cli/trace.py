@@ -131,7 +131,8 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, seed: int, js
 
 
 def load_examples(path: Path) -> torch.Tensor:
-    """x_adv from an .npz (key x_adv, else x, else the only array) without unpickling."""
+    """x_adv from an .npz (key x_adv, else x, else the only array) without unpickling; where a
+    `success` mask is stored beside x_adv (as `attacks run` writes), only successful rows."""
     if not path.is_file():
         raise DataFileError(f"examples file not found: {path}")
     try:
@@ -141,10 +142,17 @@ def load_examples(path: Path) -> torch.Tensor:
             if key is None:
                 raise DataFileError(f"{path} has arrays {keys}; expected one named x_adv")
             array = data[key]
+            success = data["success"] if key == "x_adv" and "success" in keys else None
     except (ValueError, OSError) as error:
         raise DataFileError(f"cannot read {path} as .npz without pickle: {error}") from None
     if array.dtype.kind != "f":
         raise InputValidationError(f"{path}:{key} must be floating point in [0, 1], got {array.dtype}")
+    if success is not None:  # written by `attacks run`: failed attempts are not adversarial examples
+        if success.shape != array.shape[:1] or success.dtype != np.bool_:
+            raise DataFileError(f"{path}: 'success' must be a boolean mask with one entry per x_adv row")
+        array = array[success]
+        if len(array) == 0:
+            raise InputValidationError(f"{path} holds no successful adversarial example")
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
 
 
