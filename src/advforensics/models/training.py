@@ -71,7 +71,7 @@ DEFAULT_TRAIN_CONFIGS: dict[str, TrainConfig] = {
     "resnet18": TrainConfig(epochs=6, lr=3e-3),
     "resnet50": TrainConfig(epochs=3, lr=3e-3),
     "vgg16": TrainConfig(epochs=2, lr=3e-3),
-    "vgg19": TrainConfig(epochs=2, lr=3e-3),
+    "vgg19": TrainConfig(epochs=3, lr=3e-3),
     "inception_v3": TrainConfig(epochs=3, lr=1e-2),
 }
 
