@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import UserError, emit_json, handle_errors, json_option, seed_option
+from advforensics.cli.common import UserError, emit_json, handle_errors, json_option, load_image_array, seed_option
 
 log = logging.getLogger("advforensics.attribution")
 
@@ -282,7 +282,7 @@ def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, sing
 
 
 def _read_images(path: Path):
-    """Images from a PNG/JPEG file, a directory of them, or an .npz with an 'images' array."""
+    """Images from a PNG/JPEG file, a directory of them, or an .npz (see `load_image_array`)."""
     import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
@@ -290,17 +290,7 @@ def _read_images(path: Path):
     from advforensics.errors import DataFileError, InputValidationError
 
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                if "images" not in data.files:
-                    raise InputValidationError(f"{path} has no 'images' array")
-                arr = data["images"]
-        except (OSError, ValueError) as error:
-            raise DataFileError(f"cannot read {path}: {error}") from None
-        if arr.ndim == 3:
-            arr = arr[:, None]
-        x = torch.from_numpy(arr.astype(np.float32) / 255.0 if arr.dtype == np.uint8 else arr.astype(np.float32))
-        return x, [f"{path.name}[{i}]" for i in range(len(x))]
+        return load_image_array(path)
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) \
         if path.is_dir() else [path]
     if not files:
@@ -324,24 +314,31 @@ def _read_images(path: Path):
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.option("--as-json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+@click.option("--float-evidence", is_flag=True,
+              help="Keep float inputs as they are (default: round to the 8-bit grid, as the corpus stores evidence).")
 @seed_option
 @json_option
 @handle_errors
-def predict_cmd(model_path: Path, source: Path, as_json: bool, seed: int, json_path: Path | None) -> None:
+def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: bool, seed: int,
+                json_path: Path | None) -> None:
     """Attribute adversarial images: attack, victim and hyperparameter with probabilities.
 
-    SOURCE is an image file, a directory of images, or an .npz with an 'images' array
+    SOURCE is an image file, a directory of images, or an .npz with an 'x_adv' or 'images' array
     (uint8 or float in [0, 1], shape (N, C, H, W) or (N, H, W)).
 
     \b
     Example:
       advforensics attribution predict --model runs/mtaa.safetensors evidence.npz --json preds.json
     """
+    import torch
+
     from advforensics.attribution.evaluate import predict_records
     from advforensics.attribution.train import load_attributor
 
     model, card = load_attributor(model_path)
     x, names = _read_images(source)
+    if not float_evidence:  # an 8-bit image is what evidence normally is, and what the corpus holds
+        x = torch.round(x * 255.0) / 255.0
     records = predict_records(model, card, x)
     for name, rec in zip(names, records):
         rec["source"] = name

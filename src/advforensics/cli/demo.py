@@ -79,6 +79,13 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
               "--no-progress", "--seed", s, "--out", str(out_dir / "mtaa.safetensors")])
         _run(["attribution", "evaluate", "--corpus", str(out_dir / "corpus"), "--model",
               str(out_dir / "mtaa.safetensors"), "--out", str(out_dir / "report")])
+        click.secho("\n# new evidence: PGD-Linf at eps 100/255 against the resnet18 victim, then attribution",
+                    fg="cyan", bold=True)
+        _run(["attacks", "run", "--attack", "pgd-linf", "--weights", str(victims / "resnet18"), "--data", DATA,
+              "--split", "train", "--n", "4", "--param", "eps=100/255", "--param", "alpha=10/255",
+              "--seed", s, "--out", str(out_dir / "evidence.npz")])
+        _run(["attribution", "predict", "--model", str(out_dir / "mtaa.safetensors"), str(out_dir / "evidence.npz")])
+        click.secho("# ground truth: pgd-linf, victim resnet18, hyperparameter 100 (eps x 255)", fg="green", bold=True)
     click.secho(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artifacts in {out_dir}", bold=True)
 
 

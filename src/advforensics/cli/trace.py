@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 import torch
 
-from advforensics.cli.common import emit_json, handle_errors, json_option, seed_option
-from advforensics.errors import DataFileError, InputValidationError
+from advforensics.cli.common import emit_json, handle_errors, json_option, load_image_array, seed_option
+from advforensics.errors import InputValidationError
 
 
 @click.group("trace")
@@ -131,29 +130,8 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, seed: int, js
 
 
 def load_examples(path: Path) -> torch.Tensor:
-    """x_adv from an .npz (key x_adv, else x, else the only array) without unpickling; where a
-    `success` mask is stored beside x_adv (as `attacks run` writes), only successful rows."""
-    if not path.is_file():
-        raise DataFileError(f"examples file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = list(data.keys())
-            key = "x_adv" if "x_adv" in keys else "x" if "x" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise DataFileError(f"{path} has arrays {keys}; expected one named x_adv")
-            array = data[key]
-            success = data["success"] if key == "x_adv" and "success" in keys else None
-    except (ValueError, OSError) as error:
-        raise DataFileError(f"cannot read {path} as .npz without pickle: {error}") from None
-    if array.dtype.kind != "f":
-        raise InputValidationError(f"{path}:{key} must be floating point in [0, 1], got {array.dtype}")
-    if success is not None:  # written by `attacks run`: failed attempts are not adversarial examples
-        if success.shape != array.shape[:1] or success.dtype != np.bool_:
-            raise DataFileError(f"{path}: 'success' must be a boolean mask with one entry per x_adv row")
-        array = array[success]
-        if len(array) == 0:
-            raise InputValidationError(f"{path} holds no successful adversarial example")
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    """x_adv rows of an .npz (only the successful ones where `attacks run` stored a success mask)."""
+    return load_image_array(path)[0]
 
 
 def _dataset_images(name: str, data_dir: str | None, split: str, limit: int, seed: int) -> torch.Tensor:
