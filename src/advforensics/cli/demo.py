@@ -25,9 +25,26 @@ def _run(args: list[str]) -> None:
     cli.main(args=args, prog_name="advforensics", standalone_mode=False)
 
 
+MARKER = ".advforensics-demo"
+
+
+def _fresh_directory(out_dir: Path) -> None:
+    """Empty `out_dir` for a new run, but only if an earlier demo made it: never delete a user's files."""
+    import shutil
+
+    from advforensics.errors import InputValidationError
+
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not (out_dir / MARKER).is_file():
+            raise InputValidationError(f"{out_dir} exists and was not made by the demo; choose another --out")
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("made by `advforensics demo`; the next demo run may replace this directory\n")
+
+
 @click.command("demo")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
-              show_default=True, help="Working directory for every artifact of the demo (replaced).")
+              show_default=True, help="Directory for every artifact; an earlier demo's directory is replaced, any other is refused.")
 @click.option("--examples", type=int, default=12, show_default=True, help="Images the attacker perturbs.")
 @click.option("--skip-attribution", is_flag=True, help="Only the tracing half.")
 @seed_option
@@ -45,12 +62,8 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
     Example:
       advforensics demo --out runs/demo --seed 0
     """
-    import shutil
-
     started = time.perf_counter()
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    _fresh_directory(out_dir)
     s = str(seed)
     click.secho("== Part 1: proactive tracing (separate-and-trace)", bold=True)
     _run(["models", "train", "--model", "lenet", "--data", DATA, "--epochs", "8", "--batch-size", "64", "--seed", s,
