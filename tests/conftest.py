@@ -73,3 +73,21 @@ def tiny_classifier(digits_data: tuple[torch.Tensor, torch.Tensor]) -> nn.Module
 @pytest.fixture()
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def mlp_victim(digits_data: tuple[torch.Tensor, torch.Tensor]):
+    """Factory: (hidden, seed) -> a small MLP digit classifier trained full-batch in about a second."""
+    images, labels = digits_data
+
+    def make(hidden: int, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(150):
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(model(images), labels).backward()
+            optimiser.step()
+        return model.eval().requires_grad_(False)
+
+    return make

@@ -12,14 +12,6 @@ from click.testing import CliRunner
 from advforensics.cli.main import cli
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, digits_data):
     """Two zoo LeNets (different widths) trained briefly on digits, saved with cards, and a tiny grid."""

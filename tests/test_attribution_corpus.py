@@ -7,8 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from advforensics.attribution import corpus as corpus_mod
 from advforensics.attribution.corpus import (
@@ -21,35 +19,14 @@ from advforensics.attribution.grid import AttackSpec, GridSpec, default_grid
 from advforensics.errors import DataFileError, InputValidationError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the 2 shared cores are oversubscribed and OpenMP spinning costs minutes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _victim(digits_data, hidden: int, seed: int) -> nn.Module:
-    """A small MLP digit classifier trained full-batch in about a second."""
-    images, labels = digits_data
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(images), labels).backward()
-        opt.step()
-    return model.eval().requires_grad_(False)
-
 GRID = GridSpec(attacks=(AttackSpec("fgsm", (30.0, 90.0, 150.0)),
                          AttackSpec("pgd-linf", (30.0, 90.0), {"steps": 3, "alpha_ratio": 0.5})),
                 include_clean=True)
 
 
 @pytest.fixture(scope="module")
-def victims(digits_data):
-    return {"tinya": _victim(digits_data, 32, 0)}
+def victims(mlp_victim):
+    return {"tinya": mlp_victim(32, 0)}
 
 
 @pytest.fixture(scope="module")

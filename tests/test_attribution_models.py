@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from advforensics.attribution.baselines import ablation_config, single_task_config
 from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus
@@ -16,32 +15,10 @@ from advforensics.attribution.train import TrainConfig, load_attributor, save_at
 from advforensics.errors import CheckpointError, InputValidationError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: the 2 shared cores are oversubscribed and OpenMP spinning costs minutes."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _victim(digits_data, hidden: int, seed: int) -> nn.Module:
-    """A small MLP digit classifier trained full-batch in about a second."""
-    images, labels = digits_data
-    torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(images), labels).backward()
-        opt.step()
-    return model.eval().requires_grad_(False)
-
-
 @pytest.fixture(scope="module")
-def tiny_corpus(tmp_path_factory, digits_data):
+def tiny_corpus(tmp_path_factory, digits_data, mlp_victim):
     images, labels = digits_data
-    victims = {"mlp32": _victim(digits_data, 32, 0), "mlp128": _victim(digits_data, 128, 1)}
+    victims = {"mlp32": mlp_victim(32, 0), "mlp128": mlp_victim(128, 1)}
     grid = GridSpec(attacks=(AttackSpec("fgsm", (40.0, 120.0)),
                              AttackSpec("pgd-linf", (40.0, 120.0), {"steps": 3, "alpha_ratio": 0.5})))
     out = tmp_path_factory.mktemp("corpus")
