@@ -10,7 +10,7 @@ import torch
 
 from advforensics.errors import CheckpointError, InputValidationError, UnknownNameError
 from advforensics.models import (
-    ModelConfig, count_parameters, create_model, list_models, load_model, save_model, weights_paths,
+    ModelConfig, build_model, count_parameters, create_model, list_models, load_model, save_model, weights_paths,
 )
 
 TINY = 0.0625  # width for the contract tests: 4-32 channels, fast on a CPU
@@ -70,7 +70,25 @@ def test_resnet_features_have_documented_channels() -> None:
     model = create_model("resnet18", seed=0).eval()
     features = model.forward_features(torch.rand(2, 1, 28, 28))
     assert [f.shape[1] for f in features] == model.feature_channels == [16, 32, 64, 128]
-    assert [f.shape[-1] for f in features] == [7, 4, 2, 1]
+    assert [f.shape[-1] for f in features] == [14, 7, 4, 2]  # revision 2: stem keeps 28 px at 14
+
+
+def test_old_cards_rebuild_the_revision_1_stem(tmp_path: Path) -> None:
+    """A card written before revisions existed (no "revision" key) rebuilds the 7x7-stem ResNet
+    its weights were trained with, instead of silently loading them into the 14x14 stem."""
+    old = build_model(ModelConfig("resnet18", revision=1), seed=0).eval()
+    assert [f.shape[-1] for f in old.forward_features(torch.rand(1, 1, 28, 28))] == [7, 4, 2, 1]
+    save_model(old, tmp_path / "old", card={})
+    card_path = tmp_path / "old.json"
+    card = json.loads(card_path.read_text())
+    del card["architecture"]["revision"]
+    card_path.write_text(json.dumps(card))
+    loaded, _ = load_model(tmp_path / "old")
+    assert loaded.config.revision == 1
+    x = torch.rand(3, 1, 28, 28)
+    assert torch.equal(loaded(x), old(x))
+    with pytest.raises(InputValidationError, match="revision"):
+        build_model(ModelConfig("resnet18", revision=7))
 
 
 @pytest.mark.parametrize("name", ALL)

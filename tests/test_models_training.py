@@ -119,6 +119,27 @@ def test_evaluate_and_predict_agree(digits: tuple) -> None:
     assert predict(model, test.images.numpy()).shape == (len(test.labels),)
 
 
+def test_random_shift_matches_scipy_translation() -> None:
+    """Each image is translated by its own integer offset with zero fill, as scipy.ndimage.shift
+    (order 0) does; the offsets come from the generator, so the augmentation is reproducible."""
+    from scipy import ndimage
+
+    x = torch.rand(16, 2, 9, 7)
+    out = training.random_shift(x, 2, torch.Generator().manual_seed(3))
+    again = training.random_shift(x, 2, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again) and out.shape == x.shape
+    # the same draws: top-left corners in the padded image, i.e. a translation by 2 - corner
+    corners = torch.randint(0, 5, (2, 16), generator=torch.Generator().manual_seed(3))
+    for i in range(16):
+        move = (0, 2 - int(corners[0, i]), 2 - int(corners[1, i]))
+        expected = ndimage.shift(x[i].numpy(), move, order=0, mode="constant", cval=0.0)
+        assert torch.equal(out[i], torch.from_numpy(expected))
+    assert len({tuple(corners[:, i].tolist()) for i in range(16)}) > 1  # per-image offsets
+    assert training.random_shift(x, 0, torch.Generator()) is x
+    with pytest.raises(InputValidationError, match="shift"):
+        TrainConfig(shift=-1).validate()
+
+
 def test_every_model_has_documented_defaults() -> None:
     for name in list_models():
         config = default_train_config(name)

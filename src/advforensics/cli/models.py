@@ -63,6 +63,8 @@ def list_cmd(as_json: bool) -> None:
 @click.option("--batch-size", type=int, default=None, help="Batch size [model default].")
 @click.option("--lr", type=float, default=None, help="Peak learning rate [model default].")
 @click.option("--width", type=float, default=None, help="Width multiplier [model default].")
+@click.option("--shift", type=int, default=None,
+              help="Random-shift augmentation: +-SHIFT px per training image [model default].")
 @click.option("--limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [torch default].")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
@@ -74,7 +76,8 @@ def list_cmd(as_json: bool) -> None:
 @json_option
 @handle_errors
 def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: int | None,
-              batch_size: int | None, lr: float | None, width: float | None, limit: int | None,
+              batch_size: int | None, lr: float | None, width: float | None, shift: int | None,
+              limit: int | None,
               threads: int | None, out: Path, resume: bool, overwrite: bool, progress: bool, seed: int,
               json_path: Path | None) -> None:
     """Train a zoo model and save weights + card; the test split is evaluated after every epoch.
@@ -112,7 +115,8 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
     channels, height, _ = train.info.shape
     model = create_model(model_name, num_classes=len(train.info.classes), in_channels=channels,
                          image_size=height, width=width, seed=seed)
-    config = default_train_config(model_name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
+    config = default_train_config(model_name, epochs=epochs, batch_size=batch_size, lr=lr, shift=shift,
+                                  seed=seed)
     started = time.perf_counter()
     result = train_model(model, train, test, config, checkpoint_path=state_path, progress=progress)
     wall = time.perf_counter() - started
@@ -131,7 +135,8 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
     }
     save_model(model, out, card, overwrite=overwrite or resume)
     payload = {"model": model_name, "width": model.config.width, "data": train.info.name,
-               "params": count_parameters(model), "epochs": config.epochs, "seed": seed,
+               "params": count_parameters(model), "epochs": config.epochs, "shift": config.shift,
+               "seed": seed, "revision": model.config.revision,
                "test_accuracy": result.test_accuracy, "train_seconds": result.train_seconds,
                "train_cpu_seconds": result.cpu_seconds, "wall_seconds_this_session": wall, "resumed_from_epoch": result.resumed_from_epoch,
                "threads": torch.get_num_threads(), "weights": str(weights_path),

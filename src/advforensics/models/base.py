@@ -19,6 +19,12 @@ from advforensics.errors import InputValidationError
 from advforensics.registry import Registry
 
 
+# Zoo architecture revision. 1: ResNet stems took 28 px inputs to 7 px; 2: ResNet-18/50 stems keep
+# 28 px inputs at 14 px (more accurate). Cards written before revisions existed read as 1, so old
+# weights are rebuilt with the stem they were trained with (same tensor shapes, different maps).
+CURRENT_REVISION = 2
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a zoo model's architecture (stored in every weights card)."""
@@ -28,6 +34,7 @@ class ModelConfig:
     in_channels: int = 1
     image_size: int = 28
     width: float = 1.0
+    revision: int = CURRENT_REVISION
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,7 +44,7 @@ class ModelConfig:
         try:
             return cls(name=str(payload["name"]), num_classes=int(payload["num_classes"]),
                        in_channels=int(payload["in_channels"]), image_size=int(payload["image_size"]),
-                       width=float(payload["width"]))
+                       width=float(payload["width"]), revision=int(payload.get("revision", 1)))
         except (KeyError, TypeError, ValueError) as error:
             raise InputValidationError(f"invalid model config {payload!r}: {error}") from None
 
@@ -152,5 +159,7 @@ def _check_config(config: ModelConfig) -> None:
         raise InputValidationError(f"in_channels must be 1 or 3, got {config.in_channels!r}")
     if not isinstance(config.image_size, int) or not 8 <= config.image_size <= 512:
         raise InputValidationError(f"image_size must be an integer in [8, 512], got {config.image_size!r}")
+    if config.revision not in (1, CURRENT_REVISION):
+        raise InputValidationError(f"unknown zoo architecture revision {config.revision!r}")
     if not (0.0 < config.width <= 4.0):
         raise InputValidationError(f"width must be in (0, 4], got {config.width!r}")
