@@ -25,16 +25,11 @@ def cli(verbose: int) -> None:
 
 
 def _register_groups() -> None:
-    # Imported here so that `advforensics --help` stays fast and groups stay independent.
+    # One module per command group; each keeps its heavy imports inside its commands.
     from importlib import import_module
 
     for module_name in ("data", "models", "attacks", "trace", "attribution", "demo"):
-        try:
-            module = import_module(f"advforensics.cli.{module_name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"advforensics.cli.{module_name}":
-                continue  # group not built yet
-            raise
+        module = import_module(f"advforensics.cli.{module_name}")
         for command in module.COMMANDS:
             cli.add_command(command)
 
