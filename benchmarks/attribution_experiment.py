@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from advforensics.attribution.corpus import load_corpus
-from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, markdown_table, write_report
+from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, results_table, write_report
 from advforensics.attribution.train import TrainConfig, save_attributor, train_attributor
 from advforensics.utils import write_json
 
@@ -88,7 +88,7 @@ def cmd_table(args: argparse.Namespace) -> None:
     rows = {p.stem: json.loads(p.read_text()) for p in sorted((out / "metrics").glob("*.json"))}
     single = {"attack_accuracy": rows.get("st-attack"), "victim_accuracy": rows.get("st-victim"),
               "rmse": rows.get("st-hyper")}
-    text = markdown_table([rows[k] for k in VARIANTS if k in rows])
+    text = results_table([rows[k] for k in VARIANTS if k in rows])
     if all(single.values()):
         for name in ("mtaa", "no-pe", "no-tsl", "plain-sum"):
             if name in rows:

@@ -20,6 +20,7 @@ from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.grid import CLEAN
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.utils import check_images, write_json
+from advforensics.reporting import markdown_table
 
 #: metric -> lower is better?
 MTL_METRICS = {"attack_accuracy": False, "victim_accuracy": False, "rmse": True}
@@ -167,22 +168,20 @@ def _plot_confusion(matrix: list[list[int]], names: list[str], title: str, path:
     plt.close(fig)
 
 
-def _fmt(value: Any, pct: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{100 * value:.2f}" if pct else (f"{value:.3f}" if isinstance(value, float) else str(value))
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+def results_table(rows: list[dict[str, Any]]) -> str:
     """One row per evaluated model: name, attack %, victim %, RMSE, per-attack RMSE, params, FLOPs."""
-    lines = ["| model | attack acc (%) | victim acc (%) | RMSE | RMSE per attack | params | FLOPs/image |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for r in rows:
-        per = ", ".join(f"{k} {v:.2f}" for k, v in (r.get("rmse_per_attack") or {}).items() if v is not None)
-        lines.append(f"| {r.get('name', r['kind'])} | {_fmt(r.get('attack_accuracy'), True)} | "
-                     f"{_fmt(r.get('victim_accuracy'), True)} | {_fmt(r.get('rmse'))} | {per or '-'} | "
-                     f"{r['n_params']:,} | {r['flops_per_image']:,} |")
-    return "\n".join(lines) + "\n"
+
+    def percent(value: float | None) -> float | None:
+        return None if value is None else 100 * value
+
+    table = [{"model": r.get("name", r["kind"]),
+              "attack acc (%)": percent(r.get("attack_accuracy")),
+              "victim acc (%)": percent(r.get("victim_accuracy")),
+              "RMSE": r.get("rmse"),
+              "RMSE per attack": ", ".join(f"{k} {v:.2f}" for k, v in (r.get("rmse_per_attack") or {}).items()
+                                           if v is not None) or None,
+              "params": f"{r['n_params']:,}", "FLOPs/image": f"{r['flops_per_image']:,}"} for r in rows]
+    return markdown_table(table) + "\n"
 
 
 def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
@@ -192,7 +191,7 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
     files = [root / "metrics.json", root / "report.md"]
     write_json(files[0], metrics)
     text = f"# Attribution evaluation ({metrics['kind']}, {metrics['split']} split, n={metrics['n']})\n\n"
-    text += markdown_table([metrics])
+    text += results_table([metrics])
     if metrics.get("delta_mtl") is not None:
         text += f"\nDelta_MTL vs single-task: {metrics['delta_mtl']:+.2f}%\n"
     for key, names in (("attack_confusion", "attack_names"), ("victim_confusion", "victim_names")):
@@ -206,4 +205,4 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 __all__ = ["evaluate_attributor", "predict_outputs", "predict_records", "count_flops", "delta_mtl", "write_report",
-           "markdown_table", "check_input", "MTL_METRICS"]
+           "results_table", "check_input", "MTL_METRICS"]
