@@ -4,7 +4,7 @@ Each model is trained by the real CLI (`advforensics models train ...`) in a sub
 table measures exactly what a user runs. Weights land in OUT_DIR/<model>.safetensors (+ .json card),
 the CLI's measurements in OUT_DIR/<model>.train.json.
 
-    python benchmarks/train_zoo.py --data-dir ../shared/data --out-dir runs/zoo --json runs/zoo/zoo.json
+    python benchmarks/train_zoo.py --data-dir ../shared/data --out-dir runs/zoo2 --json runs/zoo2/zoo.json
     python benchmarks/train_zoo.py --models resnet18 --threads 2      # one model, 2 torch threads
     python benchmarks/train_zoo.py --reuse            # train only the models without a finished run
     python benchmarks/train_zoo.py --report-only      # table of the finished runs, train nothing
@@ -26,7 +26,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=None, help="Subset of the zoo [all].")
     parser.add_argument("--data", default="mnist")
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
-    parser.add_argument("--out-dir", default="runs/zoo")
+    parser.add_argument("--out-dir", default="runs/zoo2")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per training run.")
     parser.add_argument("--reuse", action="store_true",
@@ -53,11 +53,12 @@ def main() -> None:
             subprocess.run(command, check=True)
         rows.append(json.loads(result_path.read_text()))
 
-    print("\n| model | width | params | epochs | threads | train wall time (s) | train CPU time (s) "
-          "| test accuracy |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(f"| {r['model']} | {r['width']:g} | {r['params']:,} | {r['epochs']} | {r['threads']} | "
+    print("\n| model | revision | width | params | epochs | shift | threads | train wall time (s) "
+          "| train CPU time (s) | test accuracy |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:  # runs from before revision 2 have no "revision" / "shift" (= 1 / 0)
+        print(f"| {r['model']} | {r.get('revision', 1)} | {r['width']:g} | {r['params']:,} | {r['epochs']} | "
+              f"{r.get('shift', 0)} | {r['threads']} | "
               f"{r['train_seconds']:.0f} | {r['train_cpu_seconds']:.0f} | {100 * r['test_accuracy']:.2f}% |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
