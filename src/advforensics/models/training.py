@@ -72,7 +72,7 @@ class TrainConfig:
 DEFAULT_TRAIN_CONFIGS: dict[str, TrainConfig] = {
     "lenet": TrainConfig(epochs=4, lr=6e-3),
     "resnet18": TrainConfig(epochs=6, lr=3e-3, shift=2),
-    "resnet50": TrainConfig(epochs=3, lr=3e-3),
+    "resnet50": TrainConfig(epochs=3, lr=3e-3, shift=2),
     "vgg16": TrainConfig(epochs=2, lr=3e-3),
     "vgg19": TrainConfig(epochs=3, lr=3e-3),
     "inception_v3": TrainConfig(epochs=3, lr=1e-2),
