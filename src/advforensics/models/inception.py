@@ -16,7 +16,7 @@ from torch import nn
 
 from advforensics.models.base import ModelConfig, ZooModel, as_input, register_model, scaled
 from advforensics.models.layers import conv_bn_relu as cbr
-from advforensics.models.layers import init_weights, make_stem
+from advforensics.models.layers import init_weights, make_stem, stage_outputs
 
 
 class BlockA(nn.Module):
@@ -121,12 +121,7 @@ class InceptionV3(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the three resolution stages: 3 tensors (B, C_i, H_i, W_i)."""
-        x = self.stem(as_input(x))
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return stage_outputs(self.stem(as_input(x)), self.stages)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.flatten(self.pool(self.forward_features(x)[-1]), 1)  # (B, C)

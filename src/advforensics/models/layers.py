@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 
@@ -53,3 +55,12 @@ def init_weights(module: nn.Module) -> None:
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0, 0.01)
             nn.init.zeros_(m.bias)
+
+
+def stage_outputs(x: torch.Tensor, stages: Iterable[nn.Module]) -> list[torch.Tensor]:
+    """Run `stages` in sequence and keep each one's output, shallow to deep (forward_features)."""
+    features = []
+    for stage in stages:
+        x = stage(x)
+        features.append(x)
+    return features

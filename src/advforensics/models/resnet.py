@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from advforensics.models.base import ModelConfig, ZooModel, as_input, register_model, scaled
-from advforensics.models.layers import init_weights, make_stem
+from advforensics.models.layers import init_weights, make_stem, stage_outputs
 
 
 class BasicBlock(nn.Module):
@@ -88,12 +88,7 @@ class ResNet(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Per-stage feature maps, shallow to deep: 4 tensors (B, C_i, H_i, W_i)."""
-        x = self.stem(as_input(x))
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return stage_outputs(self.stem(as_input(x)), self.stages)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         last = self.forward_features(x)[-1]  # (B, C4, H4, W4)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from advforensics.models.base import ModelConfig, ZooModel, as_input, register_model, scaled
-from advforensics.models.layers import init_weights
+from advforensics.models.layers import init_weights, stage_outputs
 
 _CFGS: dict[str, list[int | str]] = {
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
@@ -57,12 +57,7 @@ class VGG(ZooModel):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the five conv stages (after each pool): 5 tensors (B, C_i, H_i, W_i)."""
-        x = as_input(x)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
+        return stage_outputs(as_input(x), self.stages)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.pool(self.forward_features(x)[-1]))
