@@ -57,6 +57,12 @@ class ZooModel(nn.Module):
         self.config = config
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
+        # Shape checks cost nothing and turn torch's shape errors into one that names the contract;
+        # range and NaN checks live where user data enters (training, evaluation, attacks).
+        c = self.config
+        if x.dim() != 4 or x.shape[1] != c.in_channels or tuple(x.shape[2:]) != (c.image_size, c.image_size):
+            raise InputValidationError(
+                f"{c.name} expects images (B, {c.in_channels}, {c.image_size}, {c.image_size}), got {tuple(x.shape)}")
         return self._forward(as_input(x))
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
