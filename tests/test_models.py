@@ -216,7 +216,6 @@ def test_save_never_silently_replaces_another_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("shape", [(2, 3, 28, 28), (1, 28, 28), (2, 1, 8, 8)])
 def test_forward_names_the_expected_input_shape(shape: tuple[int, ...]) -> None:
-
     model = create_model("lenet").eval()
     with pytest.raises(InputValidationError, match=r"lenet expects images \(B, 1, 28, 28\)"):
         model(torch.rand(shape))
