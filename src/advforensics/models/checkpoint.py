@@ -22,6 +22,7 @@ from torch import nn
 from advforensics import __version__
 from advforensics.errors import AdvForensicsError, CheckpointError
 from advforensics.models.base import ModelConfig, ZooModel, build_model, count_parameters
+from advforensics.models.serialization import read_json
 from advforensics.utils import atomic_write_bytes, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
@@ -75,12 +76,7 @@ def save_model(model: nn.Module, path: str | Path, card: dict[str, Any] | None =
 def read_card(path: str | Path) -> dict[str, Any]:
     """The JSON card beside a weights file, validated for format and architecture fields."""
     _, card_path = weights_paths(path)
-    try:
-        card = json.loads(card_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"model card {card_path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"model card {card_path} is not valid JSON: {error}") from None
+    card = read_json(card_path, "model card")
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise CheckpointError(f"{card_path} is not an advforensics model card (format {CARD_FORMAT})")
     for key in ("architecture", "weights_sha256"):

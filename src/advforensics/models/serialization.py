@@ -63,15 +63,20 @@ def state_exists(base: Path) -> bool:
     return base.with_name(base.name + ".json").is_file()
 
 
+def read_json(path: Path, what: str) -> Any:
+    """Parse a JSON file we wrote; a missing or damaged one is a CheckpointError naming `what`."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{what} {path} is not valid JSON: {error}") from None
+
+
 def load_state(base: Path) -> dict[str, Any]:
     """Read a state written by save_state, checking the hash; CheckpointError on any damage."""
     json_path, st_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".safetensors")
-    try:
-        meta = json.loads(json_path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"training state {json_path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"training state {json_path} is not valid JSON: {error}") from None
+    meta = read_json(json_path, "training state")
     if not isinstance(meta, dict) or meta.get("format") != "advforensics-state/1":
         raise CheckpointError(f"{json_path} is not an advforensics training state")
     if not st_path.is_file():
