@@ -82,7 +82,7 @@ def run_attacks(args, attack, attack_copies, classifier, x_all, y_all, n_sources
              "successful": int(ok.sum()),
              "median_l2": float(data["l2"][ok].median()) if ok.any() else None,
              "mean_queries": float(data["queries"][ok].float().mean()) if ok.any() else None}
-    return data["x_adv"][ok], data["source"][ok], data["label"][ok], extra
+    return data["x_adv"][ok], data["source"][ok], data["label"][ok], data["clean"][ok], extra
 
 
 def main() -> None:
@@ -147,9 +147,10 @@ def main() -> None:
         sources = torch.from_numpy(saved["sources"])
         labels = torch.from_numpy(saved["labels"])
         extra = {k: old[k] for k in ("attacked", "successful", "median_l2", "mean_queries", "command")}
+        clean_x = torch.from_numpy(saved["clean"]) if "clean" in saved else None
         extra["rescored_by"] = "python " + " ".join(__import__("sys").argv)
     else:
-        x_adv, sources, labels, extra = run_attacks(args, attack, attack_copies, classifier, x_all, y_all, n_sources)
+        x_adv, sources, labels, clean_x, extra = run_attacks(args, attack, attack_copies, classifier, x_all, y_all, n_sources)
     copies.eval()
     classifier.eval()
     dol = dol_scores(copies, x_adv)
@@ -195,7 +196,7 @@ def main() -> None:
         summary["note"] = "source is C alone: 'tracing_accuracy' is the share attributed to copy 0; see histogram"
     np.savez_compressed(args.out / "examples.npz", x_adv=x_adv.numpy(), sources=sources.numpy(),
                         dol=dol.numpy(), c_fooled=c_fooled.numpy(), transfer=other_fooled.numpy(),
-                        labels=labels.numpy())
+                        labels=labels.numpy(), **({"clean": clean_x.numpy()} if clean_x is not None else {}))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from advforensics.cli.main import cli
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet, ModelCopy
-from advforensics.tracing.dol import Calibration, calibrate, dol_from_scores, dol_scores, trace
+from advforensics.tracing.dol import SCORE_RULES, Calibration, calibrate, copy_scores, dol_from_scores, dol_scores, trace
 from advforensics.tracing.permutations import make_permutations
 from advforensics.tracing.record import (
     copyset_from_copies,
@@ -95,18 +95,22 @@ def test_minimal_boundary_points_are_traced_to_their_copy(tiny_classifier, digit
 
     images, _ = digits_data
     copies = _copies(tiny_classifier, m=5)
-    hits, total = 0, 0
+    hits, total = dict.fromkeys(SCORE_RULES, 0), 0
     for i in range(copies.num_copies):
         points, valid = deepfool_points(copies, i, images[:60])
         assert valid.float().mean() > 0.9
         assert (copies.labels(points[valid])[:, i] != tiny_classifier(images[:60][valid]).argmax(1)).all()
-        hits += int((dol_scores(copies, points[valid]).argmax(1) == i).sum())
+        for rule in SCORE_RULES:
+            hits[rule] += int((copy_scores(copies, points[valid], rule).argmax(1) == i).sum())
         total += int(valid.sum())
-    assert hits / total > 0.28  # chance is 0.2 (binomial sd ~0.023 at 300 points)
+    for rule in SCORE_RULES:
+        assert hits[rule] / total > 0.28, rule  # chance is 0.2 (binomial sd ~0.023 at 300 points)
+    assert hits["proximity"] / total > 0.9  # the points end on their copy's boundary
     cal = calibrate(copies, images[:60], seed=0)
     report = trace(copies, images[:10], cal)
-    assert report.posterior is not None and torch.allclose(report.posterior.sum(1), torch.ones(10))
     assert report.false_alarm is not None and ((report.false_alarm > 0) & (report.false_alarm <= 1)).all()
+    # clean images sit on no copy's boundary: their top scores are ordinary innocent scores
+    assert float(report.false_alarm.median()) > 0.05
 
 
 def test_calibration_roundtrip_and_aggregation() -> None:
@@ -114,14 +118,46 @@ def test_calibration_roundtrip_and_aggregation() -> None:
     dol = torch.randn(200, 4, generator=gen) * 0.2
     sources = torch.arange(200) % 4
     dol[torch.arange(200), sources] += 0.6
-    cal = Calibration.from_dol(dol, sources, bins=20)
+    cal = Calibration.from_scores(dol, sources, rule="dol", bins=20)
     again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
-    assert torch.allclose(again.log_likelihood_ratio(dol), cal.log_likelihood_ratio(dol))
-    from advforensics.tracing.dol import trace_dol
+    assert torch.equal(again.false_alarm_rate(dol), cal.false_alarm_rate(dol))
+    from advforensics.tracing.dol import trace_scores
 
-    report = trace_dol(dol[sources == 2][:5], cal)
+    report = trace_scores(dol[sources == 2][:5], "dol", cal)
     assert report.aggregate_source == 2
-    assert float(report.aggregate_posterior[2]) > 0.9
+    payload = report.to_dict()
+    assert payload["aggregate"]["confidence"] > 0.99
+    # innocent copies' combined false-alarm rates are ordinary p-values, the source's is tiny
+    assert payload["aggregate"]["false_alarm_rate"][2] < 1e-4
+    assert min(v for i, v in enumerate(payload["aggregate"]["false_alarm_rate"]) if i != 2) > 1e-3
+    # under the null (scores drawn like innocent ones) the combined p-value is roughly uniform
+    null = torch.randn(400, 5, 4, generator=gen) * 0.2
+    p_null = torch.stack([cal.combined_false_alarm_rate(block) for block in null.unbind(0)])
+    assert 0.03 < float((p_null < 0.1).float().mean()) < 0.2
+    with pytest.raises(InputValidationError, match="measured for rule"):
+        trace_scores(dol[:5], "margin", cal)
+    with pytest.raises(InputValidationError, match="unknown fields"):
+        Calibration.from_dict({**cal.to_dict(), "pickle": "x"})
+    with pytest.raises(InputValidationError, match="unknown score rule"):
+        Calibration.from_dict({**cal.to_dict(), "rule": "nope"})
+    # a record written before score rules (no rule, no edges) reads as DOL on uniform bins
+    old = {k: v for k, v in cal.to_dict().items() if k not in ("rule", "edges")}
+    old.update(bins=20, source_counts=[1] * 20, innocent_counts=[1] * 20)
+    assert Calibration.from_dict(old).rule == "dol"
+
+
+def test_margin_and_proximity_rules_on_a_constructed_example() -> None:
+    from advforensics.tracing.dol import margin_from_scores, proximity_from_scores
+
+    # C prefers class 0 over class 2; copy 1's tracer lifted class 2 exactly onto the boundary
+    probs = torch.tensor([[0.46, 0.04, 0.40, 0.10]])
+    traced = torch.tensor([[[0.1, 0.0, -0.2, 0.3], [-0.2, 0.1, 0.2, 0.0], [0.4, 0.2, -0.1, -0.3]]])
+    scores = probs.unsqueeze(1) + 0.15 * traced
+    margin = margin_from_scores(scores, probs)
+    assert torch.allclose(margin[0], torch.tensor([-0.105, 0.0, -0.135]), atol=1e-6)
+    proximity = proximity_from_scores(scores)
+    assert int(proximity.argmax()) == 1 and abs(float(proximity[0, 1])) < 1e-6
+    assert (proximity <= 0).all()
 
 
 def test_tracer_save_load_and_tamper(tmp_path: Path) -> None:
@@ -227,6 +263,8 @@ def test_bad_inputs_raise(tiny_classifier) -> None:
                 torch.full((2, 1, 8, 8), float("nan"))):
         with pytest.raises(InputValidationError):
             dol_scores(copies, bad)
+    with pytest.raises(InputValidationError, match="unknown score rule"):
+        copy_scores(copies, torch.rand(2, 1, 8, 8), "nope")
     with pytest.raises(InputValidationError):
         CopySet(tiny_classifier, copies.tracer, torch.tensor([[0, 1, 2], [0, 1, 2]]), CopyParams())
     with pytest.raises(InputValidationError):
@@ -303,3 +341,49 @@ def test_cli_attack_target_must_be_one_model_or_one_copy(record_dir: Path) -> No
     assert result.exit_code == 2 and "out of range" in result.output
     result = runner.invoke(cli, ["attacks", "run", "--attack", "fgsm", "--data", "digits"])
     assert result.exit_code == 2 and "exactly one of --weights" in result.output
+
+
+def test_wilson_interval_matches_the_textbook_value() -> None:
+    from advforensics.tracing.experiment import wilson_interval
+
+    low, high = wilson_interval(8, 10)
+    assert abs(low - 0.4902) < 1e-3 and abs(high - 0.9433) < 1e-3
+    assert wilson_interval(0, 20)[0] == 0.0 and wilson_interval(20, 20)[1] > 0.999
+
+
+def test_cli_trace_experiment_runs_every_table_and_resumes(tmp_path: Path, zoo_classifier) -> None:
+    from advforensics.models import save_model
+
+    save_model(zoo_classifier, tmp_path / "c", card={"data": "digits"})
+    out = tmp_path / "exp"
+    args = ["trace", "experiment", "--classifier", str(tmp_path / "c"), "--data", "digits", "--attacks",
+            "hopskipjump", "--copies", "3", "--per-source", "6", "--copy-counts", "2,4", "--scaling-per-source", "2",
+            "--control-examples", "6", "--calibration-images", "60", "--clean-alphas", "0.15",
+            "--param", "hopskipjump.max_iter=5", "--param", "hopskipjump.max_eval=200", "--out", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    row = results["tracing"][0]
+    assert row["successful"] >= 12 and row["attacked"] == 18
+    # every kept example fools its own copy (Table 5's diagonal)
+    assert all(row["transfer"][i][i] == 1.0 for i in range(3))
+    # hard-label examples end on their copy's boundary: proximity names the source far above chance (1/3)
+    assert row["rules"]["proximity"]["accuracy"] > 0.8
+    assert [r["copies"] for r in results["scaling"]] == [2, 4]
+    assert {r["control"] for r in results["controls"]} == {"other tracer", "C alone"}
+    tables = (out / "tables.md").read_text()
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 5", "Fig. 4b", "Controls", "Robustness cost"):
+        assert heading in tables
+    assert (out / "plots" / "fig4b_accuracy_vs_copies.png").is_file()
+    assert (out / "plots" / "fig4a_hopskipjump_a0.15.png").is_file()
+    # a rerun reuses every cached attack set and reproduces the tables
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "results.json").read_text())["tracing"][0]["rules"] == row["rules"]
+    # other attack settings in the same directory: a clear error, the cache untouched
+    before = (out / "examples" / "hopskipjump_a0.15_m3.npz").read_bytes()
+    changed = CliRunner().invoke(cli, [*args[:-2], "--param", "hopskipjump.max_iter=6", "--out", str(out)])
+    assert changed.exit_code == 2 and "other settings" in changed.output
+    assert (out / "examples" / "hopskipjump_a0.15_m3.npz").read_bytes() == before
+    bad = CliRunner().invoke(cli, [*args[:4], "--attacks", "nope", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "unknown attack" in bad.output

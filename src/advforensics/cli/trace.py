@@ -9,6 +9,7 @@ import torch
 
 from advforensics.cli.common import emit_json, handle_errors, json_option, load_image_array, seed_option
 from advforensics.errors import InputValidationError
+from advforensics.tracing.dol import DEFAULT_RULE, SCORE_RULES
 
 
 @click.group("trace")
@@ -36,6 +37,8 @@ def trace() -> None:
               help="Data set whose test images calibrate the confidence (e.g. mnist, digits).")
 @click.option("--data-dir", default=None, help="Directory of the calibration data set.")
 @click.option("--calibration-size", type=int, default=500, show_default=True)
+@click.option("--rule", type=click.Choice(SCORE_RULES), default=DEFAULT_RULE, show_default=True,
+              help="Tracing score the calibration is measured for (dol is the paper's).")
 @click.option("--no-onnx", is_flag=True, help="Do not export per-copy ONNX files.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New directory for the seller record, C, T_0 and the copies.")
@@ -44,7 +47,8 @@ def trace() -> None:
 @handle_errors
 def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: float, tracer_kind: str,
                  length_scale: float, gain: float, calibrate_data: str | None, data_dir: str | None,
-                 calibration_size: int, no_onnx: bool, out_dir: Path, seed: int, json_path: Path | None) -> None:
+                 calibration_size: int, rule: str, no_onnx: bool, out_dir: Path, seed: int,
+                 json_path: Path | None) -> None:
     """Make m traceable copies of a classifier and write the seller record.
 
     A 'vae' tracer is trained here for a short CPU schedule; use a tracer file for a longer one.
@@ -80,7 +84,7 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
     probe = None
     if calibrate_data is not None:
         images = _dataset_images(calibrate_data, data_dir, "test", calibration_size, seed)
-        calibration = calibrate(CopySet(classifier, tracer, perms, params), images, seed=seed)
+        calibration = calibrate(CopySet(classifier, tracer, perms, params), images, seed=seed, rule=rule)
         probe = images[:64]
     record = separate(classifier, tracer, perms, params, out_dir, export=not no_onnx, calibration=calibration,
                       probe=probe, info={"classifier": str(classifier_path), "seed": seed})
@@ -89,7 +93,7 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
         click.echo(f"  copy {entry.index}: {entry.onnx_file or '(no onnx)'}  permutation {entry.permutation}")
     emit_json(json_path, {"out": str(out_dir), "copies": [e.__dict__ for e in record.copies],
                           "base_hash": record.base_hash, "tracer_hash": record.tracer_hash,
-                          "calibrated": calibration is not None})
+                          "calibrated": calibration is not None, "rule": rule})
 
 
 @trace.command("identify")
@@ -98,10 +102,14 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
 @click.option("--examples", "examples_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help=".npz with x_adv (N, C, H, W) float in [0, 1] (or a single array).")
 @click.option("--show", type=int, default=20, show_default=True, help="Per-example rows printed.")
+@click.option("--rule", type=click.Choice(SCORE_RULES), default=None,
+              help="Tracing score (default: the one the record was calibrated for, else "
+                   f"{DEFAULT_RULE}). Another rule than the calibration's traces without confidence.")
 @seed_option
 @json_option
 @handle_errors
-def identify_cmd(record_dir: Path, examples_path: Path, show: int, seed: int, json_path: Path | None) -> None:
+def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | None, seed: int,
+                 json_path: Path | None) -> None:
     """Name the copy that adversarial examples were crafted on (per example and aggregated).
 
     \b
@@ -115,18 +123,119 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, seed: int, js
     record, copies = load_copies(record_dir)
     x = load_examples(examples_path)
     calibration = Calibration.from_dict(record.calibration) if record.calibration else None
-    report = trace_examples(copies, x, calibration)
+    rule = rule or (calibration.rule if calibration is not None else DEFAULT_RULE)
+    if calibration is not None and calibration.rule != rule:
+        calibration = None
+    report = trace_examples(copies, x, calibration, rule=rule)
     payload = report.to_dict()
-    click.echo(f"{payload['num_examples']} examples, {payload['num_copies']} copies"
-               + ("" if calibration else " (uncalibrated: no confidence)"))
+    click.echo(f"{payload['num_examples']} examples, {payload['num_copies']} copies, rule {rule}"
+               + ("" if calibration else " (uncalibrated for this rule: no confidence)"))
     for b, row in enumerate(payload["per_example"][:show]):
-        extra = f"  confidence {row['confidence']:.3f}  false-alarm {row['false_alarm_rate']:.3f}" if calibration else ""
-        click.echo(f"  example {b}: copy {row['source']}  DOL {max(row['dol']):+.3f}  ranking {row['ranking']}{extra}")
+        extra = f"  confidence {row['confidence']:.3f}  false-alarm {row['false_alarm_rate']:.2g}" if calibration else ""
+        click.echo(f"  example {b}: copy {row['source']}  score {max(row['scores']):+.4f}  ranking {row['ranking']}{extra}")
     agg = payload["aggregate"]
-    click.echo(f"aggregate: copy {agg['source']}  ranking {agg['ranking']}  sum DOL "
-               + " ".join(f"{v:+.2f}" for v in agg["sum_dol"])
+    click.echo(f"aggregate: copy {agg['source']}  ranking {agg['ranking']}  {agg['evidence_kind']} "
+               + " ".join(f"{v:+.3f}" for v in agg["evidence"])
                + (f"  confidence {agg['confidence']:.4f}" if "confidence" in agg else ""))
     emit_json(json_path, payload)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputValidationError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputValidationError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@trace.command("experiment")
+@click.option("--classifier", "classifier_path", required=True, type=click.Path(path_type=Path),
+              help="Zoo checkpoint of C.")
+@click.option("--data", "data_name", default="mnist", show_default=True,
+              help="Data set: its test split is attacked, its train split calibrates.")
+@click.option("--data-dir", default=None, help="Directory of the data set.")
+@click.option("--attacks", default="hopskipjump,boundary", show_default=True,
+              help="Hard-label attacks, comma-separated (boundary, hopskipjump, qeba, surfree, signopt).")
+@click.option("--alphas", default="0.15", show_default=True, help="Tracer weights for Table 2.")
+@click.option("--clean-alphas", default="0.05,0.1,0.15,0.2", show_default=True, help="Tracer weights for Table 1.")
+@click.option("--tau", type=float, default=2.0, show_default=True)
+@click.option("--copies", "num_copies", type=int, default=5, show_default=True)
+@click.option("--per-source", type=int, default=45, show_default=True, help="Images attacked per copy (Table 2).")
+@click.option("--copy-counts", default="2,5,10,15,20", show_default=True, help="Copy counts for Fig. 4b.")
+@click.option("--scaling-attack", default="hopskipjump", show_default=True)
+@click.option("--scaling-per-source", type=int, default=10, show_default=True,
+              help="Images attacked per copy for Fig. 4b.")
+@click.option("--control-examples", type=int, default=45, show_default=True,
+              help="Images attacked per control (another tracer; C alone).")
+@click.option("--calibration-images", type=int, default=200, show_default=True)
+@click.option("--rule", type=click.Choice(SCORE_RULES), default=DEFAULT_RULE, show_default=True,
+              help="Main score rule (every rule is reported).")
+@click.option("--param", "raw_params", multiple=True, metavar="ATTACK.KEY=VALUE",
+              help="Override an attack's budget, e.g. hopskipjump.max_iter=50 (repeatable).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory for results.json, tables.md, plots/ and the cached examples (resumable).")
+@seed_option
+@json_option
+@handle_errors
+def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, attacks: str, alphas: str,
+                   clean_alphas: str, tau: float, num_copies: int, per_source: int, copy_counts: str,
+                   scaling_attack: str, scaling_per_source: int, control_examples: int, calibration_images: int,
+                   rule: str, raw_params: tuple[str, ...], out_dir: Path, seed: int, json_path: Path | None) -> None:
+    """Run the separate-and-trace tables (1, 2, 3, 5, Fig. 4a/4b, controls) and write them.
+
+    Every attack set is cached under OUT/examples: rerunning the same command resumes.
+
+    \b
+    Example:
+      advforensics trace experiment --classifier runs/tracing/lenet_mnist --data mnist \\
+          --data-dir ../shared/data --per-source 45 --out runs/trace-exp --seed 0
+    """
+    import logging
+
+    from advforensics.attacks import list_attacks
+    from advforensics.cli.attacks import parse_param
+    from advforensics.data import load_dataset
+    from advforensics.models import load_model
+    from advforensics.tracing.experiment import ExperimentConfig, TracingExperiment
+    from advforensics.tracing.experiment_report import markdown_report, write_plots
+    from advforensics.utils import seed_everything
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    seed_everything(seed)
+    attack_names = [a.strip() for a in attacks.split(",") if a.strip()]
+    for name in [*attack_names, scaling_attack]:
+        if name not in list_attacks():
+            raise InputValidationError(f"unknown attack {name!r}")
+    overrides: dict[str, dict] = {}
+    for text in raw_params:
+        attack_name, _, rest = text.partition(".")
+        if not rest:
+            raise InputValidationError(f"--param expects ATTACK.KEY=VALUE, got {text!r}")
+        key, value = parse_param(rest)
+        overrides.setdefault(attack_name, {})[key] = value
+    config = ExperimentConfig(attacks=attack_names, alphas=_floats(alphas), clean_alphas=_floats(clean_alphas),
+                              tau=tau, copies=num_copies, per_source=per_source, copy_counts=_ints(copy_counts),
+                              scaling_attack=scaling_attack, scaling_per_source=scaling_per_source,
+                              control_examples=control_examples, calibration_images=calibration_images,
+                              main_rule=rule, attack_params=overrides, seed=seed)
+    classifier, _ = load_model(classifier_path)
+    test = load_dataset(data_name, "test", data_dir=data_dir)
+    calibration = _dataset_images(data_name, data_dir, "train", calibration_images, seed)
+    experiment = TracingExperiment(classifier, test.images, test.labels, calibration, config, out_dir,
+                                   info={"classifier": str(classifier_path), "data": data_name})
+    results = experiment.run()
+    report = markdown_report(results)
+    (out_dir / "tables.md").write_text(report)
+    plots = write_plots(results, out_dir / "plots")
+    click.echo(report)
+    click.echo(f"wrote {out_dir / 'results.json'}, {out_dir / 'tables.md'} and {len(plots)} plots")
+    emit_json(json_path, {"out": str(out_dir), "elapsed_s": results["elapsed_s"]})
 
 
 def load_examples(path: Path) -> torch.Tensor:

@@ -1,0 +1,419 @@
+"""`advforensics trace experiment`: the separate-and-trace tables, actually run.
+
+Stages (each attack set is cached under OUT/examples/, so an interrupted run resumes):
+- Table 1, clean accuracy of C and of every copy against alpha.
+- Table 2, tracing accuracy per attack x alpha (m copies), for every score rule, with per-source
+  accuracy, a 95% interval and the prediction histogram. Only examples that fool their source
+  copy are kept; whether C alone is fooled is recorded.
+- Table 3, Kolmogorov-Smirnov D of the scores: source vs an innocent copy, innocent vs innocent.
+- Fig. 4a, score histograms of the source copy vs the other copies.
+- Fig. 4b, accuracy against the number of copies: examples are crafted on each of the first
+  max(copy_counts) copies, and those from the first m copies are traced among those m copies.
+  Permutation tables are prefix-stable (copy i is the same copy whatever m is), so this is what a
+  seller with m copies would see.
+- Table 5, transfer: the share of examples crafted on copy i that also fool copy j.
+- Controls: examples crafted on copies built with another tracer (a seller's innocent look-alike)
+  and on C alone, traced with the real copies: the measured null, including how often it yields a
+  confident (false) accusation. The robustness cost is the median L2 needed to fool a copy vs C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from advforensics.attacks import create_attack
+from advforensics.errors import InputValidationError
+from advforensics.tracing.copies import CopyParams, CopySet
+from advforensics.tracing.dol import DEFAULT_RULE, SCORE_RULES, Calibration, calibrate, copy_scores, trace_scores
+from advforensics.tracing.permutations import make_permutations, max_copies
+from advforensics.tracing.tracer import Tracer, create_tracer
+
+log = logging.getLogger(__name__)
+
+# Query budgets per attack (documented in docs/RESULTS.md); every attack ends on the boundary.
+DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
+    "hopskipjump": {"max_iter": 20, "max_eval": 1000, "init_eval": 100},
+    "boundary": {"max_iter": 200},
+    "qeba": {"max_queries": 4000},
+    "surfree": {"max_queries": 4000},
+    "signopt": {"max_queries": 3000},
+}
+CONFIDENT = 0.99  # a trace at or above this confidence is an accusation
+
+
+@dataclass
+class ExperimentConfig:
+    attacks: list[str] = field(default_factory=lambda: ["hopskipjump", "boundary"])
+    alphas: list[float] = field(default_factory=lambda: [0.15])
+    clean_alphas: list[float] = field(default_factory=lambda: [0.05, 0.10, 0.15, 0.20])
+    tau: float = 2.0
+    copies: int = 5
+    per_source: int = 45
+    copy_counts: list[int] = field(default_factory=lambda: [2, 5, 10, 15, 20])
+    scaling_attack: str = "hopskipjump"
+    scaling_per_source: int = 10
+    control_examples: int = 45
+    calibration_images: int = 200
+    length_scale: float = 1.5
+    gain: float = 0.8
+    main_rule: str = DEFAULT_RULE
+    attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seed: int = 0
+
+    def params_for(self, attack: str) -> dict[str, Any]:
+        return {**DEFAULT_ATTACK_PARAMS.get(attack, {}), **self.attack_params.get(attack, {})}
+
+    def validate(self, num_classes: int) -> None:
+        if self.main_rule not in SCORE_RULES:
+            raise InputValidationError(f"unknown score rule {self.main_rule!r}")
+        if not self.attacks:
+            raise InputValidationError("no attacks given")
+        for a in self.alphas + self.clean_alphas:
+            CopyParams(alpha=a, tau=self.tau).validate()
+        limit = max_copies(num_classes)
+        for m in [self.copies, *self.copy_counts]:
+            if not 2 <= m <= limit:
+                raise InputValidationError(f"copy count {m}: must be in 2..{limit} for {num_classes} classes")
+        for name in ("per_source", "scaling_per_source", "control_examples", "calibration_images"):
+            if int(getattr(self, name)) < 1:
+                raise InputValidationError(f"{name}: must be >= 1")
+
+
+@dataclass
+class ExampleSet:
+    """Successful adversarial examples with their source (-1: C alone) and attack bookkeeping."""
+
+    x_adv: torch.Tensor
+    clean: torch.Tensor
+    labels: torch.Tensor
+    sources: torch.Tensor
+    l2: torch.Tensor
+    queries: torch.Tensor
+    attacked: int
+
+    def save(self, path: Path, meta: dict[str, Any]) -> None:
+        arrays = {k: getattr(self, k).numpy() for k in ("x_adv", "clean", "labels", "sources", "l2", "queries")}
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, attacked=np.array(self.attacked), meta=np.array(json.dumps(meta)), **arrays)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, meta: dict[str, Any]) -> ExampleSet | None:
+        """The cached set, or None when absent; a cache made with other settings is an error."""
+        if not path.is_file():
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            stored = json.loads(str(data["meta"]))
+            if stored != meta:
+                raise InputValidationError(f"{path} was made with other settings; use a new --out directory")
+            tensors = {k: torch.from_numpy(data[k]) for k in ("x_adv", "clean", "labels", "sources", "l2", "queries")}
+            return cls(attacked=int(data["attacked"]), **tensors)
+
+
+class ClassifierOracle(nn.Module):
+    """C alone as a black box (the control): softmax scores, always in eval mode."""
+
+    def __init__(self, classifier: nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier.eval()
+
+    def train(self, mode: bool = True) -> ClassifierOracle:
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.classifier(x.float()), dim=1)
+
+
+def attack_sources(attack_name: str, params: dict[str, Any], models: list[nn.Module], source_ids: list[int],
+                   per_source: int, images: torch.Tensor, labels: torch.Tensor, seed: int) -> ExampleSet:
+    """Attack each model on `per_source` fresh test images it classifies correctly; keep successes."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    attack = create_attack(attack_name, seed=seed, **params)
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("x_adv", "clean", "labels", "sources", "l2", "queries")}
+    cursor, attacked = 0, 0
+    for model, source in zip(models, source_ids):
+        chosen: list[int] = []
+        while len(chosen) < per_source:
+            if cursor >= len(order):
+                raise InputValidationError("ran out of test images to attack; lower the example counts")
+            batch = order[cursor:cursor + 4 * per_source]
+            cursor += len(batch)
+            with torch.no_grad():
+                right = model(images[batch]).argmax(1) == labels[batch]
+            chosen += batch[right].tolist()[: per_source - len(chosen)]
+        idx = torch.tensor(chosen)
+        start = time.time()
+        result = attack(model, images[idx], labels[idx])
+        ok = result.success
+        log.info("%s on source %d: %d/%d successful (%.0f s)", attack_name, source, int(ok.sum()), len(idx),
+                 time.time() - start)
+        attacked += len(idx)
+        parts["x_adv"].append(result.x_adv[ok]); parts["clean"].append(images[idx][ok])
+        parts["labels"].append(labels[idx][ok]); parts["sources"].append(torch.full((int(ok.sum()),), source))
+        parts["l2"].append(result.l2[ok]); parts["queries"].append(result.queries[ok])
+    return ExampleSet(attacked=attacked, **{k: torch.cat(v) for k, v in parts.items()})
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def tracing_metrics(scores: torch.Tensor, sources: torch.Tensor, rule: str,
+                    calibration: Calibration | None) -> dict[str, Any]:
+    """Accuracy (with a Wilson 95% interval), per-source accuracy, prediction histogram, the
+    share of confident accusations, and 3-example pooled accuracy, for one score rule."""
+    m = scores.shape[1]
+    predicted = scores.argmax(1)
+    correct = predicted == sources
+    n = len(sources)
+    out: dict[str, Any] = {
+        "examples": n,
+        "accuracy": float(correct.float().mean()),
+        "ci95": list(wilson_interval(int(correct.sum()), n)),
+        "per_source": [float(correct[sources == i].float().mean()) if (sources == i).any() else None
+                       for i in range(m)],
+        "per_source_n": [int((sources == i).sum()) for i in range(m)],
+        "histogram": torch.bincount(predicted, minlength=m).tolist(),
+    }
+    if calibration is not None and calibration.rule == rule:
+        report = trace_scores(scores, rule, calibration)
+        confident = (1.0 - (m - 1) * report.false_alarm) >= CONFIDENT
+        out["confident_share"] = float(confident.float().mean())
+        out["confident_wrong"] = int((confident & ~correct).sum())
+    hits = groups = 0
+    for i in range(m):
+        rows = scores[sources == i]
+        for start in range(0, len(rows) - 2, 3):
+            groups += 1
+            hits += int(trace_scores(rows[start:start + 3], rule, None).aggregate_source == i)
+    out["pooled3_accuracy"] = hits / groups if groups else None
+    out["pooled3_groups"] = groups
+    return out
+
+
+def ks_statistics(scores: torch.Tensor, sources: torch.Tensor) -> dict[str, float]:
+    """KS D between the source copy's scores and one innocent copy's, and between two innocents."""
+    from scipy.stats import ks_2samp
+
+    m = scores.shape[1]
+    offsets = torch.arange(len(sources))
+    source = scores[offsets, sources].numpy()
+    innocent_a = scores[offsets, (sources + 1) % m].numpy()
+    innocent_b = scores[offsets, (sources + 2) % m].numpy()
+    return {"source_vs_innocent": float(ks_2samp(source, innocent_a).statistic),
+            "innocent_vs_innocent": float(ks_2samp(innocent_a, innocent_b).statistic)}
+
+
+def transfer_matrix(copies: CopySet, examples: ExampleSet) -> list[list[float]]:
+    """T[i][j] = share of examples crafted on copy i whose label under copy j differs from the clean label."""
+    fooled = copies.labels(examples.x_adv) != examples.labels.unsqueeze(1)  # (N, m)
+    return [[float(fooled[examples.sources == i, j].float().mean()) if (examples.sources == i).any() else float("nan")
+             for j in range(copies.num_copies)] for i in range(copies.num_copies)]
+
+
+class TracingExperiment:
+    """Runs every stage for one classifier and data set and writes OUT/results.json."""
+
+    def __init__(self, classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                 calibration_images: torch.Tensor, config: ExperimentConfig, out_dir: Path,
+                 info: dict[str, Any] | None = None) -> None:
+        self.classifier = classifier.eval()
+        self.images, self.labels = images, labels
+        self.num_classes = int(classifier(images[:1]).shape[1])
+        config.validate(self.num_classes)
+        self.config = config
+        self.calibration_images = calibration_images[: config.calibration_images]
+        self.out_dir = Path(out_dir)
+        (self.out_dir / "examples").mkdir(parents=True, exist_ok=True)
+        self.tracer = self._tracer(config.seed)
+        self.info = dict(info or {})
+        self._calibrations: dict[tuple[float, int, str], Calibration] = {}
+
+    def _tracer(self, seed: int) -> Tracer:
+        c, h, w = (int(v) for v in self.images.shape[1:])
+        return create_tracer("random", length_scale=self.config.length_scale, gain=self.config.gain, seed=seed,
+                             num_outputs=self.num_classes, in_channels=c, image_size=(h, w))
+
+    def copyset(self, alpha: float, m: int, tracer: Tracer | None = None) -> CopySet:
+        return CopySet(self.classifier, tracer or self.tracer, make_permutations(self.num_classes, m),
+                       CopyParams(alpha=alpha, tau=self.config.tau))
+
+    def calibration(self, alpha: float, m: int, rule: str) -> Calibration:
+        key = (alpha, m, rule)
+        if key not in self._calibrations:
+            self._calibrations[key] = calibrate(self.copyset(alpha, m), self.calibration_images,
+                                                seed=self.config.seed, rule=rule)
+        return self._calibrations[key]
+
+    def examples(self, name: str, attack: str, models: list[nn.Module], source_ids: list[int], per_source: int,
+                 meta: dict[str, Any]) -> ExampleSet:
+        path = self.out_dir / "examples" / f"{name}.npz"
+        meta = {"attack": attack, "params": self.config.params_for(attack), "per_source": per_source,
+                "sources": source_ids, "seed": self.config.seed, **meta}
+        cached = ExampleSet.load(path, meta)
+        if cached is not None:
+            log.info("reusing %s (%d examples)", path, len(cached.sources))
+            return cached
+        seed = self.config.seed + sum(map(ord, name))  # fresh images per set
+        result = attack_sources(attack, self.config.params_for(attack), models, source_ids, per_source,
+                                self.images, self.labels, seed)
+        result.save(path, meta)
+        return result
+
+    # ------------------------------------------------------------------ stages
+    def clean_table(self) -> list[dict[str, Any]]:
+        with torch.no_grad():
+            c_pred = torch.cat([self.classifier(chunk).argmax(1) for chunk in self.images.split(1000)])
+        rows = [{"alpha": 0.0, "classifier": float((c_pred == self.labels).float().mean()), "copies": []}]
+        for alpha in self.config.clean_alphas:
+            copies = self.copyset(alpha, self.config.copies)
+            pred = torch.cat([copies.labels(chunk) for chunk in self.images.split(1000)])
+            acc = (pred == self.labels.unsqueeze(1)).float().mean(0)
+            rows.append({"alpha": alpha, "classifier": rows[0]["classifier"], "copies": acc.tolist(),
+                         "worst_cost_points": 100 * (rows[0]["classifier"] - float(acc.min()))})
+        return rows
+
+    def tracing_table(self) -> list[dict[str, Any]]:
+        cfg = self.config
+        rows = []
+        for alpha in cfg.alphas:
+            copies = self.copyset(alpha, cfg.copies)
+            for attack in cfg.attacks:
+                ex = self.examples(f"{attack}_a{alpha}_m{cfg.copies}", attack,
+                                   [copies.copy(i) for i in range(cfg.copies)], list(range(cfg.copies)),
+                                   cfg.per_source, {"alpha": alpha, "copies": cfg.copies, "tau": cfg.tau})
+                rows.append(self._trace_row(attack, alpha, copies, ex))
+        return rows
+
+    def _trace_row(self, attack: str, alpha: float, copies: CopySet, ex: ExampleSet) -> dict[str, Any]:
+        row: dict[str, Any] = {"attack": attack, "alpha": alpha, "attacked": ex.attacked,
+                               "successful": len(ex.sources), "median_l2": _median(ex.l2),
+                               "mean_queries": float(ex.queries.float().mean()) if len(ex.queries) else None}
+        if len(ex.sources) == 0:
+            return row
+        with torch.no_grad():
+            row["c_fooled"] = float((self.classifier(ex.x_adv).argmax(1) != ex.labels).float().mean())
+        row["rules"], row["ks"], row["scores"] = {}, {}, {}
+        for rule in SCORE_RULES:
+            scores = copy_scores(copies, ex.x_adv, rule)
+            cal = self.calibration(alpha, copies.num_copies, rule)
+            row["rules"][rule] = tracing_metrics(scores, ex.sources, rule, cal)
+            row["ks"][rule] = ks_statistics(scores, ex.sources)
+            idx = torch.arange(len(ex.sources))
+            innocent = torch.ones_like(scores, dtype=torch.bool)
+            innocent[idx, ex.sources] = False
+            row["scores"][rule] = {"source": scores[idx, ex.sources].tolist(), "innocent": scores[innocent].tolist()}
+        row["transfer"] = transfer_matrix(copies, ex)
+        fooled = copies.labels(ex.x_adv) != ex.labels.unsqueeze(1)
+        transfers = fooled.sum(1) > 1
+        row["transfer_examples"] = int(transfers.sum())
+        if transfers.any():
+            main = copy_scores(copies, ex.x_adv[transfers], self.config.main_rule).argmax(1)
+            row["transfer_accuracy"] = float((main == ex.sources[transfers]).float().mean())
+        return row
+
+    def scaling_table(self) -> list[dict[str, Any]]:
+        cfg = self.config
+        alpha = cfg.alphas[-1]
+        m_max = max(cfg.copy_counts)
+        big = self.copyset(alpha, m_max)
+        ex = self.examples(f"scaling_{cfg.scaling_attack}_a{alpha}_m{m_max}", cfg.scaling_attack,
+                           [big.copy(i) for i in range(m_max)], list(range(m_max)), cfg.scaling_per_source,
+                           {"alpha": alpha, "copies": m_max, "tau": cfg.tau})
+        rows = []
+        for m in sorted(set(cfg.copy_counts)):
+            keep = ex.sources < m
+            copies = self.copyset(alpha, m)
+            row: dict[str, Any] = {"copies": m, "examples": int(keep.sum()), "chance": 1.0 / m, "rules": {}}
+            for rule in SCORE_RULES:
+                scores = copy_scores(copies, ex.x_adv[keep], rule)
+                row["rules"][rule] = {"accuracy": float((scores.argmax(1) == ex.sources[keep]).float().mean())}
+            rows.append(row)
+        return rows
+
+    def control_table(self) -> list[dict[str, Any]]:
+        """Examples from look-alike copies (another tracer) and from C alone, traced with the real copies."""
+        cfg = self.config
+        alpha = cfg.alphas[-1]
+        copies = self.copyset(alpha, cfg.copies)
+        lookalike = self.copyset(alpha, cfg.copies, tracer=self._tracer(cfg.seed + 1000))
+        per = max(1, cfg.control_examples // cfg.copies)
+        rows = []
+        for attack in cfg.attacks:
+            sets = {
+                "other tracer": self.examples(f"control_tracer_{attack}_a{alpha}", attack,
+                                              [lookalike.copy(i) for i in range(cfg.copies)],
+                                              list(range(cfg.copies)), per,
+                                              {"alpha": alpha, "copies": cfg.copies, "tracer_seed": cfg.seed + 1000}),
+                "C alone": self.examples(f"control_c_{attack}", attack, [ClassifierOracle(self.classifier)], [-1],
+                                         cfg.control_examples, {"control": "classifier"}),
+            }
+            for kind, ex in sets.items():
+                row: dict[str, Any] = {"attack": attack, "control": kind, "successful": len(ex.sources),
+                                       "median_l2": _median(ex.l2), "rules": {}}
+                for rule in SCORE_RULES:
+                    if len(ex.sources) == 0:
+                        continue
+                    scores = copy_scores(copies, ex.x_adv, rule)
+                    report = trace_scores(scores, rule, self.calibration(alpha, cfg.copies, rule))
+                    confidence = (1.0 - (cfg.copies - 1) * report.false_alarm).clamp(min=0)
+                    entry = {"histogram": torch.bincount(report.predicted, minlength=cfg.copies).tolist(),
+                             "confident_share": float((confidence >= CONFIDENT).float().mean()),
+                             "median_false_alarm": float(report.false_alarm.median())}
+                    if kind == "other tracer":  # same-index "accuracy": the chance level of the null
+                        entry["same_index_share"] = float((report.predicted == ex.sources).float().mean())
+                    row["rules"][rule] = entry
+                rows.append(row)
+        return rows
+
+    def run(self) -> dict[str, Any]:
+        start = time.time()
+        results: dict[str, Any] = {"config": asdict(self.config), "info": self.info}
+        stages = (("clean", self.clean_table), ("tracing", self.tracing_table),
+                  ("scaling", self.scaling_table), ("controls", self.control_table))
+        for name, stage in stages:
+            log.info("stage %s", name)
+            results[name] = stage()
+            self._write(results)
+        results["robustness_cost"] = robustness_cost(results)
+        results["elapsed_s"] = round(time.time() - start, 1)
+        self._write(results)
+        return results
+
+    def _write(self, results: dict[str, Any]) -> None:
+        tmp = self.out_dir / "results.json.tmp"
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(self.out_dir / "results.json")
+
+
+def robustness_cost(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Median L2 of successful examples on the copies vs on C alone, per attack (same attack budget)."""
+    rows = []
+    for attack in results["config"]["attacks"]:
+        on_c = next((r["median_l2"] for r in results.get("controls", [])
+                     if r["attack"] == attack and r["control"] == "C alone"), None)
+        for r in results.get("tracing", []):
+            if r["attack"] == attack:
+                ratio = r["median_l2"] / on_c if on_c and r["median_l2"] else None
+                rows.append({"attack": attack, "alpha": r["alpha"], "median_l2_copy": r["median_l2"],
+                             "median_l2_classifier": on_c, "ratio": ratio})
+    return rows
+
+
+def _median(values: torch.Tensor) -> float | None:
+    return float(values.median()) if len(values) else None

@@ -1,0 +1,149 @@
+"""Markdown tables and plots from a tracing experiment's results.json (see experiment.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from advforensics.reporting.tables import markdown_table
+from advforensics.tracing.dol import SCORE_RULES
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def _per_source(values: list[float | None]) -> str:
+    return " / ".join("-" if v is None else f"{100 * v:.1f}" for v in values)
+
+
+def markdown_report(results: dict[str, Any]) -> str:
+    cfg = results["config"]
+    main = cfg["main_rule"]
+    parts = [f"# Tracing experiment\n\nCopies: {cfg['copies']}, tau {cfg['tau']}, random tracer "
+             f"(l = {cfg['length_scale']}, g = {cfg['gain']}), seed {cfg['seed']}. Main score rule: {main}. "
+             "Accuracies in %."]
+
+    clean = results.get("clean", [])
+    if clean:
+        rows = [{"alpha": f"{r['alpha']:g}", "C": _pct(r["classifier"]),
+                 "copies (min / mean / max)": "-" if not r["copies"] else
+                 f"{100 * min(r['copies']):.2f} / {100 * sum(r['copies']) / len(r['copies']):.2f} / "
+                 f"{100 * max(r['copies']):.2f}",
+                 "worst cost (points)": r.get("worst_cost_points")} for r in clean]
+        parts.append("## Table 1: clean accuracy vs alpha\n\n" + markdown_table(rows))
+
+    tracing = results.get("tracing", [])
+    if tracing:
+        rows = []
+        for r in tracing:
+            row = {"attack": r["attack"], "alpha": f"{r['alpha']:g}", "successful / attacked": f"{r['successful']} / {r['attacked']}"}
+            for rule in SCORE_RULES:
+                metrics = r.get("rules", {}).get(rule)
+                row[rule] = None if metrics is None else (
+                    f"{100 * metrics['accuracy']:.1f} [{100 * metrics['ci95'][0]:.1f}, {100 * metrics['ci95'][1]:.1f}]")
+            row["C fooled"] = _pct(r.get("c_fooled"))
+            row["median L2"] = r.get("median_l2")
+            row["mean queries"] = r.get("mean_queries")
+            rows.append(row)
+        parts.append("## Table 2: tracing accuracy per attack x alpha [95% Wilson interval]\n\n" + markdown_table(rows))
+        detail = []
+        for r in tracing:
+            for rule in SCORE_RULES:
+                metrics = r.get("rules", {}).get(rule)
+                if metrics is None:
+                    continue
+                detail.append({"attack": r["attack"], "alpha": f"{r['alpha']:g}", "rule": rule,
+                               "per source": _per_source(metrics["per_source"]),
+                               "worst source": _pct(min(v for v in metrics["per_source"] if v is not None)),
+                               "histogram": str(metrics["histogram"]),
+                               "3 pooled": _pct(metrics["pooled3_accuracy"]),
+                               "confident": _pct(metrics.get("confident_share")),
+                               "confident & wrong": metrics.get("confident_wrong")})
+        parts.append("### Per source, prediction histogram, pooled evidence, confident accusations\n\n"
+                     + markdown_table(detail, digits=1))
+        ks = [{"attack": r["attack"], "alpha": f"{r['alpha']:g}", "rule": rule,
+               "D source vs innocent": r["ks"][rule]["source_vs_innocent"],
+               "D innocent vs innocent": r["ks"][rule]["innocent_vs_innocent"]}
+              for r in tracing if "ks" in r for rule in SCORE_RULES]
+        parts.append("## Table 3: Kolmogorov-Smirnov D of the scores\n\n" + markdown_table(ks, digits=3))
+        transfer = []
+        for r in tracing:
+            if "transfer" not in r:
+                continue
+            for i, line in enumerate(r["transfer"]):
+                transfer.append({"attack": r["attack"], "alpha": f"{r['alpha']:g}", "source": i,
+                                 **{f"fools copy {j}": _pct(v) for j, v in enumerate(line)}})
+        parts.append("## Table 5: transfer between copies (% of examples from the source that fool copy j)\n\n"
+                     + markdown_table(transfer, digits=1) + "\n\n"
+                     + markdown_table([{"attack": r["attack"], "alpha": f"{r['alpha']:g}",
+                                        "examples fooling another copy": r.get("transfer_examples"),
+                                        f"traced ({main})": _pct(r.get("transfer_accuracy"))}
+                                       for r in tracing], digits=1))
+
+    scaling = results.get("scaling", [])
+    if scaling:
+        rows = [{"copies": r["copies"], "examples": r["examples"], "chance": _pct(r["chance"]),
+                 **{rule: _pct(r["rules"][rule]["accuracy"]) for rule in SCORE_RULES}} for r in scaling]
+        parts.append(f"## Fig. 4b: accuracy vs number of copies ({cfg['scaling_attack']}, alpha {cfg['alphas'][-1]})\n\n"
+                     + markdown_table(rows, digits=1))
+
+    controls = results.get("controls", [])
+    if controls:
+        rows = []
+        for r in controls:
+            for rule, entry in r["rules"].items():
+                rows.append({"attack": r["attack"], "control": r["control"], "rule": rule,
+                             "examples": r["successful"], "histogram": str(entry["histogram"]),
+                             "same-index share": _pct(entry.get("same_index_share")),
+                             "confident accusations": _pct(entry["confident_share"]),
+                             "median false-alarm rate": entry["median_false_alarm"]})
+        parts.append("## Controls: examples not made on these copies, traced with them\n\n"
+                     + markdown_table(rows, digits=2))
+    if results.get("robustness_cost"):
+        parts.append("## Robustness cost: median L2 to fool a copy vs C alone\n\n"
+                     + markdown_table(results["robustness_cost"], digits=3))
+    return "\n\n".join(parts) + "\n"
+
+
+def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Fig. 4a (score histograms, source vs innocent copies) and Fig. 4b (accuracy vs copies)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for r in results.get("tracing", []):
+        if "scores" not in r:
+            continue
+        fig, axes = plt.subplots(1, len(SCORE_RULES), figsize=(4 * len(SCORE_RULES), 3))
+        for ax, rule in zip(axes, SCORE_RULES):
+            ax.hist(r["scores"][rule]["innocent"], bins=50, alpha=0.6, density=True, label="other copies")
+            ax.hist(r["scores"][rule]["source"], bins=50, alpha=0.6, density=True, label="source copy")
+            ax.set_title(f"{r['attack']}, alpha {r['alpha']}: {rule}")
+            ax.set_xlabel("score")
+        axes[0].legend()
+        fig.tight_layout()
+        path = out_dir / f"fig4a_{r['attack']}_a{r['alpha']}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    scaling = results.get("scaling", [])
+    if scaling:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        counts = [r["copies"] for r in scaling]
+        for rule in SCORE_RULES:
+            ax.plot(counts, [100 * r["rules"][rule]["accuracy"] for r in scaling], marker="o", label=rule)
+        ax.plot(counts, [100 * r["chance"] for r in scaling], linestyle="--", color="grey", label="chance")
+        ax.set_xlabel("number of copies")
+        ax.set_ylabel("tracing accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.legend()
+        fig.tight_layout()
+        path = out_dir / "fig4b_accuracy_vs_copies.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
