@@ -372,7 +372,8 @@ def test_cli_trace_experiment_runs_every_table_and_resumes(tmp_path: Path, zoo_c
     assert [r["copies"] for r in results["scaling"]] == [2, 4]
     assert {r["control"] for r in results["controls"]} == {"other tracer", "C alone"}
     tables = (out / "tables.md").read_text()
-    for heading in ("Table 1", "Table 2", "Table 3", "Table 5", "Fig. 4b", "Controls", "Robustness cost"):
+    assert results["collusion"][0]["successful"] >= 4
+    for heading in ("Table 1", "Table 2", "Table 3", "Table 5", "Table 6", "Fig. 4b", "Controls", "Robustness cost"):
         assert heading in tables
     assert (out / "plots" / "fig4b_accuracy_vs_copies.png").is_file()
     assert (out / "plots" / "fig4a_hopskipjump_a0.15.png").is_file()

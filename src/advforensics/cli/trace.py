@@ -187,7 +187,7 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
                    clean_alphas: str, tau: float, num_copies: int, per_source: int, copy_counts: str,
                    scaling_attack: str, scaling_per_source: int, control_examples: int, calibration_images: int,
                    rule: str, raw_params: tuple[str, ...], out_dir: Path, seed: int, json_path: Path | None) -> None:
-    """Run the separate-and-trace tables (1, 2, 3, 5, Fig. 4a/4b, controls) and write them.
+    """Run the separate-and-trace tables (1, 2, 3, 5, 6, Fig. 4a/4b, controls) and write them.
 
     Every attack set is cached under OUT/examples: rerunning the same command resumes.
 
@@ -206,7 +206,7 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
     from advforensics.tracing.experiment_report import markdown_report, write_plots
     from advforensics.utils import seed_everything
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     seed_everything(seed)
     attack_names = [a.strip() for a in attacks.split(",") if a.strip()]
     for name in [*attack_names, scaling_attack]:

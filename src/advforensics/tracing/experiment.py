@@ -12,6 +12,8 @@ Stages (each attack set is cached under OUT/examples/, so an interrupted run res
   Permutation tables are prefix-stable (copy i is the same copy whatever m is), so this is what a
   seller with m copies would see.
 - Table 5, transfer: the share of examples crafted on copy i that also fool copy j.
+- Table 6, two colluding buyers pool their query budgets: each query goes to one of their two copies
+  (chosen by a hash of the query, so the oracle is a fixed function); the trace should name one of them.
 - Controls: examples crafted on copies built with another tracer (a seller's innocent look-alike)
   and on C alone, traced with the real copies: the measured null, including how often it yields a
   confident (false) accusation. The robustness cost is the median L2 needed to fool a copy vs C.
@@ -132,6 +134,23 @@ class ClassifierOracle(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.classifier(x.float()), dim=1)
+
+
+class CollusionOracle(nn.Module):
+    """Two buyers answer an attacker's queries in turn: a query goes to copy a or copy b by a hash of
+    its pixels (deterministic, so the attacked function is fixed). Hard labels only are meaningful."""
+
+    def __init__(self, copy_a: nn.Module, copy_b: nn.Module) -> None:
+        super().__init__()
+        self.copy_a, self.copy_b = copy_a, copy_b
+
+    def train(self, mode: bool = True) -> CollusionOracle:
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        route_b = (x.flatten(1).double().sum(1) * 1e6).floor().remainder(2).bool()  # (B,)
+        return torch.where(route_b.unsqueeze(1), self.copy_b(x), self.copy_a(x))
 
 
 def attack_sources(attack_name: str, params: dict[str, Any], models: list[nn.Module], source_ids: list[int],
@@ -381,11 +400,36 @@ class TracingExperiment:
                 rows.append(row)
         return rows
 
+    def collusion_table(self) -> list[dict[str, Any]]:
+        """Buyers 0 and 1 collude (pooled queries); how often is one of them named?"""
+        cfg = self.config
+        alpha = cfg.alphas[-1]
+        copies = self.copyset(alpha, cfg.copies)
+        rows = []
+        for attack in cfg.attacks:
+            ex = self.examples(f"collusion_{attack}_a{alpha}", attack, [CollusionOracle(copies.copy(0), copies.copy(1))],
+                               [-2], cfg.control_examples, {"alpha": alpha, "copies": cfg.copies, "colluders": [0, 1]})
+            row: dict[str, Any] = {"attack": attack, "colluders": [0, 1], "successful": len(ex.sources), "rules": {}}
+            for rule in SCORE_RULES:
+                if len(ex.sources) == 0:
+                    continue
+                ranking = copy_scores(copies, ex.x_adv, rule).argsort(1, descending=True)
+                top = ranking[:, 0]
+                top2 = ranking[:, :2].sort(1).values
+                row["rules"][rule] = {
+                    "named_0": float((top == 0).float().mean()), "named_1": float((top == 1).float().mean()),
+                    "named_a_colluder": float((top <= 1).float().mean()),
+                    "top2_both": float((top2 == torch.tensor([0, 1])).all(1).float().mean()),
+                }
+            rows.append(row)
+        return rows
+
     def run(self) -> dict[str, Any]:
         start = time.time()
         results: dict[str, Any] = {"config": asdict(self.config), "info": self.info}
         stages = (("clean", self.clean_table), ("tracing", self.tracing_table),
-                  ("scaling", self.scaling_table), ("controls", self.control_table))
+                  ("scaling", self.scaling_table), ("controls", self.control_table),
+                  ("collusion", self.collusion_table))
         for name, stage in stages:
             log.info("stage %s", name)
             results[name] = stage()

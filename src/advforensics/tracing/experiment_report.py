@@ -100,6 +100,14 @@ def markdown_report(results: dict[str, Any]) -> str:
                              "median false-alarm rate": entry["median_false_alarm"]})
         parts.append("## Controls: examples not made on these copies, traced with them\n\n"
                      + markdown_table(rows, digits=2))
+    collusion = results.get("collusion", [])
+    if collusion:
+        rows = [{"attack": r["attack"], "rule": rule, "examples": r["successful"],
+                 "named copy 0": _pct(e["named_0"]), "named copy 1": _pct(e["named_1"]),
+                 "named a colluder": _pct(e["named_a_colluder"]), "top 2 = both colluders": _pct(e["top2_both"])}
+                for r in collusion for rule, e in r["rules"].items()]
+        parts.append("## Table 6: two colluding buyers (copies 0 and 1) pool their queries\n\n"
+                     + markdown_table(rows, digits=1))
     if results.get("robustness_cost"):
         parts.append("## Robustness cost: median L2 to fool a copy vs C alone\n\n"
                      + markdown_table(results["robustness_cost"], digits=3))
