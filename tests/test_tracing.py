@@ -386,5 +386,12 @@ def test_cli_trace_experiment_runs_every_table_and_resumes(tmp_path: Path, zoo_c
     changed = CliRunner().invoke(cli, [*args[:-2], "--param", "hopskipjump.max_iter=6", "--out", str(out)])
     assert changed.exit_code == 2 and "other settings" in changed.output
     assert (out / "examples" / "hopskipjump_a0.15_m3.npz").read_bytes() == before
-    bad = CliRunner().invoke(cli, [*args[:4], "--attacks", "nope", "--out", str(tmp_path / "x")])
+    bad = CliRunner().invoke(cli, [*args[:6], "--attacks", "nope", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "unknown attack" in bad.output
+    only = CliRunner().invoke(cli, [*args[:6], "--stages", "clean", "--clean-alphas", "0.1",
+                                    "--out", str(tmp_path / "clean-only")])
+    assert only.exit_code == 0, only.output
+    assert set(json.loads((tmp_path / "clean-only" / "results.json").read_text())) >= {"clean", "config"}
+    assert "tracing" not in json.loads((tmp_path / "clean-only" / "results.json").read_text())
+    wrong = CliRunner().invoke(cli, [*args[:6], "--stages", "everything", "--out", str(tmp_path / "y")])
+    assert wrong.exit_code == 2 and "stages must be" in wrong.output

@@ -51,6 +51,7 @@ DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     "signopt": {"max_queries": 3000},
 }
 CONFIDENT = 0.99  # a trace at or above this confidence is an accusation
+STAGES = ("clean", "tracing", "scaling", "controls", "collusion")
 
 
 @dataclass
@@ -69,6 +70,7 @@ class ExperimentConfig:
     length_scale: float = 1.5
     gain: float = 0.8
     main_rule: str = DEFAULT_RULE
+    stages: list[str] = field(default_factory=lambda: list(STAGES))
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
 
@@ -80,6 +82,9 @@ class ExperimentConfig:
             raise InputValidationError(f"unknown score rule {self.main_rule!r}")
         if not self.attacks:
             raise InputValidationError("no attacks given")
+        unknown = set(self.stages) - set(STAGES)
+        if unknown or not self.stages:
+            raise InputValidationError(f"stages must be some of {', '.join(STAGES)}; got {self.stages}")
         for a in self.alphas + self.clean_alphas:
             CopyParams(alpha=a, tau=self.tau).validate()
         limit = max_copies(num_classes)
@@ -427,13 +432,13 @@ class TracingExperiment:
     def run(self) -> dict[str, Any]:
         start = time.time()
         results: dict[str, Any] = {"config": asdict(self.config), "info": self.info}
-        stages = (("clean", self.clean_table), ("tracing", self.tracing_table),
-                  ("scaling", self.scaling_table), ("controls", self.control_table),
-                  ("collusion", self.collusion_table))
-        for name, stage in stages:
-            log.info("stage %s", name)
-            results[name] = stage()
-            self._write(results)
+        stages = {"clean": self.clean_table, "tracing": self.tracing_table, "scaling": self.scaling_table,
+                  "controls": self.control_table, "collusion": self.collusion_table}
+        for name in STAGES:
+            if name in self.config.stages:
+                log.info("stage %s", name)
+                results[name] = stages[name]()
+                self._write(results)
         results["robustness_cost"] = robustness_cost(results)
         results["elapsed_s"] = round(time.time() - start, 1)
         self._write(results)
