@@ -376,11 +376,17 @@ def test_cli_trace_experiment_runs_every_table_and_resumes(tmp_path: Path, zoo_c
     for heading in ("Table 1", "Table 2", "Table 3", "Table 5", "Table 6", "Fig. 4b", "Controls", "Robustness cost"):
         assert heading in tables
     assert (out / "plots" / "fig4b_accuracy_vs_copies.png").is_file()
+    peer = results["peer"]
+    assert min(peer["clean_accuracy"]) > 0.8 and peer["rows"][0]["successful"] >= 12
+    assert peer["rows"][0]["accuracy"] > 0.5  # chance is 1/3
+    assert "Peer scheme" in tables and (out / "peer_copies.safetensors").is_file()
     assert (out / "plots" / "fig4a_hopskipjump_a0.15.png").is_file()
     # a rerun reuses every cached attack set and reproduces the tables
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0, again.output
-    assert json.loads((out / "results.json").read_text())["tracing"][0]["rules"] == row["rules"]
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["tracing"][0]["rules"] == row["rules"]
+    assert rerun["peer"] == peer  # the peer copies are reloaded, not fine-tuned again
     # other attack settings in the same directory: a clear error, the cache untouched
     before = (out / "examples" / "hopskipjump_a0.15_m3.npz").read_bytes()
     changed = CliRunner().invoke(cli, [*args[:-2], "--param", "hopskipjump.max_iter=6", "--out", str(out)])

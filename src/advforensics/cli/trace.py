@@ -190,7 +190,7 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
                    clean_alphas: str, tau: float, num_copies: int, per_source: int, copy_counts: str,
                    scaling_attack: str, scaling_per_source: int, control_examples: int, calibration_images: int,
                    rule: str, stages: str, raw_params: tuple[str, ...], out_dir: Path, seed: int, json_path: Path | None) -> None:
-    """Run the separate-and-trace tables (1, 2, 3, 5, 6, Fig. 4a/4b, controls) and write them.
+    """Run the separate-and-trace tables (1, 2, 3, 5, 6, Fig. 4a/4b, controls, the peer scheme).
 
     Every attack set is cached under OUT/examples: rerunning the same command resumes.
 
@@ -230,9 +230,11 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
                               attack_params=overrides, seed=seed)
     classifier, _ = load_model(classifier_path)
     test = load_dataset(data_name, "test", data_dir=data_dir)
-    calibration = _dataset_images(data_name, data_dir, "train", calibration_images, seed)
-    experiment = TracingExperiment(classifier, test.images, test.labels, calibration, config, out_dir,
-                                   info={"classifier": str(classifier_path), "data": data_name})
+    train = load_dataset(data_name, "train", data_dir=data_dir)
+    order = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(seed))
+    experiment = TracingExperiment(classifier, test.images, test.labels, train.images[order[:calibration_images]],
+                                   config, out_dir, info={"classifier": str(classifier_path), "data": data_name},
+                                   train_data=(train.images[order], train.labels[order]))
     results = experiment.run()
     report = markdown_report(results)
     (out_dir / "tables.md").write_text(report)

@@ -14,6 +14,9 @@ Stages (each attack set is cached under OUT/examples/, so an interrupted run res
 - Table 5, transfer: the share of examples crafted on copy i that also fool copy j.
 - Table 6, two colluding buyers pool their query budgets: each query goes to one of their two copies
   (chosen by a hash of the query, so the oracle is a fixed function); the trace should name one of them.
+- Peer: the random-mask copies of Cheng et al. (ICML 2023, peer.py) built from the same C, attacked
+  with the same attacks and budgets on the same number of copies, traced with their data-limited
+  score (which also needs the clean image; ours does not).
 - Controls: examples crafted on copies built with another tracer (a seller's innocent look-alike)
   and on C alone, traced with the real copies: the measured null, including how often it yields a
   confident (false) accusation. The robustness cost is the median L2 needed to fool a copy vs C.
@@ -51,7 +54,7 @@ DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     "signopt": {"max_queries": 3000},
 }
 CONFIDENT = 0.99  # a trace at or above this confidence is an accusation
-STAGES = ("clean", "tracing", "scaling", "controls", "collusion")
+STAGES = ("clean", "tracing", "scaling", "controls", "collusion", "peer")
 
 
 @dataclass
@@ -70,6 +73,8 @@ class ExperimentConfig:
     length_scale: float = 1.5
     gain: float = 0.8
     main_rule: str = DEFAULT_RULE
+    peer_train_images: int = 10000
+    peer_epochs: int = 3
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     attack_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
@@ -91,7 +96,8 @@ class ExperimentConfig:
         for m in [self.copies, *self.copy_counts]:
             if not 2 <= m <= limit:
                 raise InputValidationError(f"copy count {m}: must be in 2..{limit} for {num_classes} classes")
-        for name in ("per_source", "scaling_per_source", "control_examples", "calibration_images"):
+        for name in ("per_source", "scaling_per_source", "control_examples", "calibration_images",
+                     "peer_train_images", "peer_epochs"):
             if int(getattr(self, name)) < 1:
                 raise InputValidationError(f"{name}: must be >= 1")
 
@@ -255,7 +261,8 @@ class TracingExperiment:
 
     def __init__(self, classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  calibration_images: torch.Tensor, config: ExperimentConfig, out_dir: Path,
-                 info: dict[str, Any] | None = None) -> None:
+                 info: dict[str, Any] | None = None,
+                 train_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         self.classifier = classifier.eval()
         self.images, self.labels = images, labels
         self.num_classes = int(classifier(images[:1]).shape[1])
@@ -266,6 +273,9 @@ class TracingExperiment:
         (self.out_dir / "examples").mkdir(parents=True, exist_ok=True)
         self.tracer = self._tracer(config.seed)
         self.info = dict(info or {})
+        if "peer" in config.stages and train_data is None:
+            raise InputValidationError("the peer stage needs training images to fine-tune the copies' heads")
+        self.train_data = train_data
         self._calibrations: dict[tuple[float, int, str], Calibration] = {}
 
     def _tracer(self, seed: int) -> Tracer:
@@ -429,11 +439,57 @@ class TracingExperiment:
             rows.append(row)
         return rows
 
+    def peer_copies(self) -> Any:
+        """Cheng et al.'s copies of C, fine-tuned once and kept in OUT/peer_copies.safetensors."""
+        from safetensors.torch import load_file, save_file
+
+        from advforensics.tracing.peer import MaskConfig, build_masked_copies
+
+        cfg = self.config
+        assert self.train_data is not None
+        images, labels = (t[: cfg.peer_train_images] for t in self.train_data)
+        mask_config = MaskConfig(finetune_epochs=cfg.peer_epochs, seed=cfg.seed)
+        path = self.out_dir / "peer_copies.safetensors"
+        if path.is_file():  # same structure with no fine-tuning, then the stored weights
+            copies = build_masked_copies(self.classifier, images[:1], labels[:1], cfg.copies,
+                                         MaskConfig(finetune_epochs=1, lr=1e-12, seed=cfg.seed))
+            copies.load_state_dict(load_file(str(path)))
+            return copies.eval()
+        copies = build_masked_copies(self.classifier, images, labels, cfg.copies, mask_config)
+        save_file({k: v.contiguous() for k, v in copies.state_dict().items()}, str(path))
+        return copies
+
+    def peer_table(self) -> dict[str, Any]:
+        from advforensics.tracing.peer import peer_scores
+
+        cfg = self.config
+        copies = self.peer_copies()
+        pred = torch.cat([copies.labels(chunk) for chunk in self.images.split(1000)])
+        out: dict[str, Any] = {"clean_accuracy": (pred == self.labels.unsqueeze(1)).float().mean(0).tolist(),
+                               "mask_size": int(copies.masks[0].sum()), "rows": []}
+        for attack in cfg.attacks:
+            ex = self.examples(f"peer_{attack}_m{cfg.copies}", attack, [copies.copy(i) for i in range(cfg.copies)],
+                               list(range(cfg.copies)), cfg.per_source,
+                               {"copies": cfg.copies, "peer_epochs": cfg.peer_epochs,
+                                "peer_train_images": cfg.peer_train_images})
+            row: dict[str, Any] = {"attack": attack, "attacked": ex.attacked, "successful": len(ex.sources),
+                                   "median_l2": _median(ex.l2)}
+            if len(ex.sources):
+                scores = peer_scores(copies, ex.x_adv, ex.clean, labels=ex.labels)
+                predicted = scores.argmax(1)
+                correct = predicted == ex.sources
+                row.update(accuracy=float(correct.float().mean()),
+                           ci95=list(wilson_interval(int(correct.sum()), len(correct))),
+                           per_source=[float(correct[ex.sources == i].float().mean()) for i in range(cfg.copies)],
+                           histogram=torch.bincount(predicted, minlength=cfg.copies).tolist())
+            out["rows"].append(row)
+        return out
+
     def run(self) -> dict[str, Any]:
         start = time.time()
         results: dict[str, Any] = {"config": asdict(self.config), "info": self.info}
         stages = {"clean": self.clean_table, "tracing": self.tracing_table, "scaling": self.scaling_table,
-                  "controls": self.control_table, "collusion": self.collusion_table}
+                  "controls": self.control_table, "collusion": self.collusion_table, "peer": self.peer_table}
         for name in STAGES:
             if name in self.config.stages:
                 log.info("stage %s", name)

@@ -108,6 +108,25 @@ def markdown_report(results: dict[str, Any]) -> str:
                 for r in collusion for rule, e in r["rules"].items()]
         parts.append("## Table 6: two colluding buyers (copies 0 and 1) pool their queries\n\n"
                      + markdown_table(rows, digits=1))
+    peer = results.get("peer")
+    if peer:
+        ours = {r["attack"]: r for r in tracing if r.get("alpha") == cfg["alphas"][-1]}
+        rows = []
+        for r in peer["rows"]:
+            mine = ours.get(r["attack"], {}).get("rules", {}).get(main)
+            rows.append({"attack": r["attack"], "peer examples": r["successful"],
+                         "peer accuracy": None if "accuracy" not in r else
+                         f"{100 * r['accuracy']:.1f} [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]",
+                         "peer per source": _per_source(r.get("per_source", [])),
+                         "peer median L2": r["median_l2"],
+                         f"ours ({main}, alpha {cfg['alphas'][-1]:g})": None if mine is None else
+                         f"{100 * mine['accuracy']:.1f} [{100 * mine['ci95'][0]:.1f}, {100 * mine['ci95'][1]:.1f}]"})
+        acc = peer["clean_accuracy"]
+        parts.append(f"## Peer scheme: Cheng et al. random-mask copies ({peer['mask_size']} masked inputs per copy), "
+                     "same C, attacks and budgets\n\nPeer copies' clean accuracy: "
+                     + " / ".join(f"{100 * a:.2f}" for a in acc)
+                     + ". The peer score also uses the clean image; ours uses the example alone.\n\n"
+                     + markdown_table(rows, digits=3))
     if results.get("robustness_cost"):
         parts.append("## Robustness cost: median L2 to fool a copy vs C alone\n\n"
                      + markdown_table(results["robustness_cost"], digits=3))
