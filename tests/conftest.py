@@ -91,3 +91,24 @@ def mlp_victim(digits_data: tuple[torch.Tensor, torch.Tensor]):
         return model.eval().requires_grad_(False)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def zoo_classifier(digits_data: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+    """A zoo LeNet for 8x8 digits trained for a few seconds on all digits (saveable with the
+    project's checkpoints; tracing and the peer scheme build their copies from it), in eval mode."""
+    from advforensics.models import create_model
+
+    images, labels = digits_data
+    torch.manual_seed(0)
+    model = create_model("lenet", num_classes=10, in_channels=1, image_size=8, seed=0)
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(6):
+        for batch in torch.randperm(len(images), generator=gen).split(64):
+            optimiser.zero_grad()
+            nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+            optimiser.step()
+    model.eval()
+    return model

@@ -26,26 +26,6 @@ from advforensics.tracing.record import (
 from advforensics.tracing.tracer import create_tracer, load_tracer, save_tracer
 
 
-@pytest.fixture(scope="module")
-def zoo_classifier(digits_data: tuple[torch.Tensor, torch.Tensor]) -> torch.nn.Module:
-    """A zoo LeNet for 8x8 digits trained for a few seconds (saveable with the project's checkpoints)."""
-    from advforensics.models import create_model
-
-    images, labels = digits_data
-    torch.manual_seed(0)
-    model = create_model("lenet", num_classes=10, in_channels=1, image_size=8, seed=0)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(6):
-        for batch in torch.randperm(len(images), generator=gen).split(64):
-            optimiser.zero_grad()
-            torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimiser.step()
-    model.eval()
-    return model
-
-
 def _copies(classifier: torch.nn.Module, m: int = 5, seed: int = 0, alpha: float = 0.15) -> CopySet:
     tracer = create_tracer("random", image_size=8, length_scale=1.0, seed=seed)
     return CopySet(classifier, tracer, make_permutations(10, m), CopyParams(alpha=alpha, tau=2.0))

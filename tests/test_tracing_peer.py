@@ -25,26 +25,6 @@ TRAIN = 1200  # heads are fine-tuned on images[:TRAIN]; accuracy is measured on 
 
 
 @pytest.fixture(scope="module")
-def zoo_classifier(digits_data: tuple[torch.Tensor, torch.Tensor]) -> torch.nn.Module:
-    """A zoo LeNet for 8x8 digits trained for a few seconds (same recipe as tests/test_tracing.py)."""
-    from advforensics.models import create_model
-
-    images, labels = digits_data
-    torch.manual_seed(0)
-    model = create_model("lenet", num_classes=10, in_channels=1, image_size=8, seed=0)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(6):
-        for batch in torch.randperm(len(images), generator=gen).split(64):
-            optimiser.zero_grad()
-            torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
-            optimiser.step()
-    model.eval()
-    return model
-
-
-@pytest.fixture(scope="module")
 def peer_copies(zoo_classifier, digits_data) -> MaskedCopySet:
     images, labels = digits_data
     return build_masked_copies(zoo_classifier, images[:TRAIN], labels[:TRAIN], NUM_COPIES,
