@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from advforensics.reporting.tables import markdown_table
 from advforensics.tracing.dol import SCORE_RULES
 
@@ -147,10 +149,14 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             continue
         fig, axes = plt.subplots(1, len(SCORE_RULES), figsize=(4 * len(SCORE_RULES), 3))
         for ax, rule in zip(axes, SCORE_RULES):
-            ax.hist(r["scores"][rule]["innocent"], bins=50, alpha=0.6, density=True, label="other copies")
-            ax.hist(r["scores"][rule]["source"], bins=50, alpha=0.6, density=True, label="source copy")
-            ax.set_title(f"{r['attack']}, alpha {r['alpha']}: {rule}")
+            innocent, source = r["scores"][rule]["innocent"], r["scores"][rule]["source"]
+            edges = np.linspace(min(innocent + source), max(innocent + source), 61)  # shared bins
+            ax.hist(innocent, bins=edges, alpha=0.6, label="other copies")
+            ax.hist(source, bins=edges, alpha=0.6, label="source copy")
+            ax.set_yscale("log")  # the source's spike next to the innocents' spread
+            ax.set_title(f"{r['attack']}, alpha {r['alpha']:g}: {rule}")
             ax.set_xlabel("score")
+            ax.set_ylabel("examples")
         axes[0].legend()
         fig.tight_layout()
         path = out_dir / f"fig4a_{r['attack']}_a{r['alpha']}.png"
