@@ -277,6 +277,8 @@ def test_cli_separate_and_identify_round_trip(tmp_path: Path, zoo_classifier, di
     assert result.exit_code == 0, result.output
     payload = json.loads((tmp_path / "id.json").read_text())
     assert payload["aggregate"]["source"] == 1
+    assert set(payload["other_rules"]) == {"dol", "margin"}  # the default rule is proximity
+    assert "other rules: dol -> copy" in result.output
     assert "confidence" in payload["aggregate"] and "confidence" in payload["per_example"][0]
     # bad examples file: out of range -> one clear error line, exit 2
     np.savez(tmp_path / "bad.npz", x_adv=(points * 3).numpy())

@@ -117,7 +117,7 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     Example:
       advforensics trace identify --record runs/copies --examples advs.npz --json trace.json
     """
-    from advforensics.tracing.dol import Calibration, trace as trace_examples
+    from advforensics.tracing.dol import Calibration, copy_scores, trace as trace_examples, trace_scores
     from advforensics.tracing.record import load_copies
 
     torch.manual_seed(seed)
@@ -134,10 +134,23 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     for b, row in enumerate(payload["per_example"][:show]):
         extra = f"  confidence {row['confidence']:.3f}  false-alarm {row['false_alarm_rate']:.2g}" if calibration else ""
         click.echo(f"  example {b}: copy {row['source']}  score {max(row['scores']):+.4f}  ranking {row['ranking']}{extra}")
+    # every rule's verdict beside: they agree on examples left as the attack made them, and
+    # disagree when evidence was moved (an attacker who overshoots the boundary defeats proximity)
+    payload["other_rules"] = {}
+    for other in SCORE_RULES:
+        if other != rule:
+            verdict = trace_scores(copy_scores(copies, x, other), other)
+            payload["other_rules"][other] = {"aggregate_source": verdict.aggregate_source,
+                                             "per_example_sources": verdict.predicted.tolist()}
     agg = payload["aggregate"]
     click.echo(f"aggregate: copy {agg['source']}  ranking {agg['ranking']}  {agg['evidence_kind']} "
                + " ".join(f"{v:+.3f}" for v in agg["evidence"])
                + (f"  confidence {agg['confidence']:.4f}" if "confidence" in agg else ""))
+    others = payload["other_rules"]
+    agree = all(v["aggregate_source"] == agg["source"] for v in others.values())
+    click.echo("other rules: " + ", ".join(f"{k} -> copy {v['aggregate_source']}" for k, v in others.items())
+               + (" (agree)" if agree else " (DISAGREE: the evidence may have been moved after the attack, "
+                                          "e.g. past the boundary; see docs/RESULTS.md, score rules)"))
     emit_json(json_path, payload)
 
 
