@@ -383,3 +383,11 @@ def test_cli_trace_experiment_runs_every_table_and_resumes(tmp_path: Path, zoo_c
     assert "tracing" not in json.loads((tmp_path / "clean-only" / "results.json").read_text())
     wrong = CliRunner().invoke(cli, [*args[:6], "--stages", "everything", "--out", str(tmp_path / "y")])
     assert wrong.exit_code == 2 and "stages must be" in wrong.output
+    save_tracer(create_tracer("random", image_size=16, seed=1), tmp_path / "t16.safetensors")
+    misfit = CliRunner().invoke(cli, [*args[:6], "--tracer", str(tmp_path / "t16.safetensors"), "--out",
+                                      str(tmp_path / "z")])
+    assert misfit.exit_code == 2 and "tracer takes" in misfit.output
+    # a saved tracer of the right shape is used, and the cache made with the random tracer is not reused
+    save_tracer(create_tracer("random", image_size=8, length_scale=1.0, seed=7), tmp_path / "t8.safetensors")
+    other = CliRunner().invoke(cli, [*args, "--tracer", str(tmp_path / "t8.safetensors")])
+    assert other.exit_code == 2 and "other settings" in other.output

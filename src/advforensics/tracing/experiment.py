@@ -41,7 +41,7 @@ from advforensics.errors import InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.dol import DEFAULT_RULE, SCORE_RULES, Calibration, calibrate, copy_scores, trace_scores
 from advforensics.tracing.permutations import make_permutations, max_copies
-from advforensics.tracing.tracer import Tracer, create_tracer
+from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class ExperimentConfig:
     calibration_images: int = 200
     length_scale: float = 1.5
     gain: float = 0.8
+    tracer_file: str | None = None  # a saved tracer (e.g. a trained VAE) instead of the random one
     main_rule: str = DEFAULT_RULE
     peer_train_images: int = 10000
     peer_epochs: int = 3
@@ -271,7 +272,10 @@ class TracingExperiment:
         self.calibration_images = calibration_images[: config.calibration_images]
         self.out_dir = Path(out_dir)
         (self.out_dir / "examples").mkdir(parents=True, exist_ok=True)
-        self.tracer = self._tracer(config.seed)
+        self.tracer = self._tracer(config.seed) if config.tracer_file is None else load_tracer(config.tracer_file)
+        if self.tracer.input_shape != tuple(int(v) for v in images.shape[1:]):
+            raise InputValidationError(f"tracer takes {self.tracer.input_shape}, images are {tuple(images.shape[1:])}")
+        self.tracer_hash = self.tracer.content_hash()  # cached attack sets are only reused for this tracer
         self.info = dict(info or {})
         if "peer" in config.stages and train_data is None:
             raise InputValidationError("the peer stage needs training images to fine-tune the copies' heads")
@@ -279,6 +283,7 @@ class TracingExperiment:
         self._calibrations: dict[tuple[float, int, str], Calibration] = {}
 
     def _tracer(self, seed: int) -> Tracer:
+        """The smooth random tracer (also the control's look-alike when a tracer file is used)."""
         c, h, w = (int(v) for v in self.images.shape[1:])
         return create_tracer("random", length_scale=self.config.length_scale, gain=self.config.gain, seed=seed,
                              num_outputs=self.num_classes, in_channels=c, image_size=(h, w))
@@ -298,7 +303,7 @@ class TracingExperiment:
                  meta: dict[str, Any]) -> ExampleSet:
         path = self.out_dir / "examples" / f"{name}.npz"
         meta = {"attack": attack, "params": self.config.params_for(attack), "per_source": per_source,
-                "sources": source_ids, "seed": self.config.seed, **meta}
+                "sources": source_ids, "seed": self.config.seed, "tracer": self.tracer_hash, **meta}
         cached = ExampleSet.load(path, meta)
         if cached is not None:
             log.info("reusing %s (%d examples)", path, len(cached.sources))

@@ -22,9 +22,10 @@ def _per_source(values: list[float | None]) -> str:
 def markdown_report(results: dict[str, Any]) -> str:
     cfg = results["config"]
     main = cfg["main_rule"]
-    parts = [f"# Tracing experiment\n\nCopies: {cfg['copies']}, tau {cfg['tau']}, random tracer "
-             f"(l = {cfg['length_scale']}, g = {cfg['gain']}), seed {cfg['seed']}. Main score rule: {main}. "
-             "Accuracies in %."]
+    tracer = (f"tracer {cfg['tracer_file']}" if cfg.get("tracer_file") else
+              f"random tracer (l = {cfg['length_scale']}, g = {cfg['gain']})")
+    parts = [f"# Tracing experiment\n\nCopies: {cfg['copies']}, tau {cfg['tau']}, {tracer}, seed {cfg['seed']}. "
+             f"Main score rule: {main}. Accuracies in %."]
 
     clean = results.get("clean", [])
     if clean:
