@@ -39,7 +39,8 @@ from torch import nn
 from advforensics.attacks import create_attack
 from advforensics.errors import InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet
-from advforensics.tracing.dol import DEFAULT_RULE, SCORE_RULES, Calibration, calibrate, copy_scores, trace_scores
+from advforensics.tracing.dol import (DEFAULT_RULE, SCORE_RULES, Calibration, calibrate, confidence_from_false_alarm,
+                                      copy_scores, trace_scores)
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
 
@@ -223,7 +224,7 @@ def tracing_metrics(scores: torch.Tensor, sources: torch.Tensor, rule: str,
     }
     if calibration is not None and calibration.rule == rule:
         report = trace_scores(scores, rule, calibration)
-        confident = (1.0 - (m - 1) * report.false_alarm) >= CONFIDENT
+        confident = confidence_from_false_alarm(report.false_alarm, m) >= CONFIDENT
         out["confident_share"] = float(confident.float().mean())
         out["confident_wrong"] = int((confident & ~correct).sum())
     hits = groups = 0
@@ -410,7 +411,7 @@ class TracingExperiment:
                         continue
                     scores = copy_scores(copies, ex.x_adv, rule)
                     report = trace_scores(scores, rule, self.calibration(alpha, cfg.copies, rule))
-                    confidence = (1.0 - (cfg.copies - 1) * report.false_alarm).clamp(min=0)
+                    confidence = confidence_from_false_alarm(report.false_alarm, cfg.copies)
                     entry = {"histogram": torch.bincount(report.predicted, minlength=cfg.copies).tolist(),
                              "confident_share": float((confidence >= CONFIDENT).float().mean()),
                              "median_false_alarm": float(report.false_alarm.median())}
