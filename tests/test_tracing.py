@@ -279,6 +279,13 @@ def test_cli_separate_and_identify_round_trip(tmp_path: Path, zoo_classifier, di
     assert payload["aggregate"]["source"] == 1
     assert set(payload["other_rules"]) == {"dol", "margin"}  # the default rule is proximity
     assert "other rules: dol -> copy" in result.output
+    # every rule was calibrated: the paper's rule also reports a confidence
+    result = runner.invoke(cli, ["trace", "identify", "--record", str(out), "--examples", str(tmp_path / "advs.npz"),
+                                 "--rule", "dol", "--json", str(tmp_path / "id-dol.json")])
+    assert result.exit_code == 0, result.output
+    dol_payload = json.loads((tmp_path / "id-dol.json").read_text())
+    assert dol_payload["rule"] == "dol" and "confidence" in dol_payload["aggregate"]
+    assert set(read_record(out).other_calibrations) == {"dol", "margin"}
     assert "confidence" in payload["aggregate"] and "confidence" in payload["per_example"][0]
     # bad examples file: out of range -> one clear error line, exit 2
     np.savez(tmp_path / "bad.npz", x_adv=(points * 3).numpy())

@@ -39,7 +39,7 @@ def trace() -> None:
 @click.option("--data-dir", default=None, help="Directory of the calibration data set.")
 @click.option("--calibration-size", type=int, default=500, show_default=True)
 @click.option("--rule", type=click.Choice(SCORE_RULES), default=DEFAULT_RULE, show_default=True,
-              help="Tracing score the calibration is measured for (dol is the paper's).")
+              help="Main tracing score (dol is the paper's); every rule is calibrated.")
 @click.option("--no-onnx", is_flag=True, help="Do not export per-copy ONNX files.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New directory for the seller record, C, T_0 and the copies.")
@@ -61,7 +61,7 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
     """
     from advforensics.models import load_model
     from advforensics.tracing.copies import CopyParams, CopySet
-    from advforensics.tracing.dol import calibrate
+    from advforensics.tracing.dol import calibrate_rules
     from advforensics.tracing.permutations import make_permutations
     from advforensics.tracing.record import separate
     from advforensics.tracing.tracer import create_tracer, load_tracer
@@ -82,13 +82,16 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
     params = CopyParams(alpha=alpha, tau=tau)
     perms = make_permutations(int(config.num_classes), num_copies)
     calibration = None
+    calibrations: dict = {}
     probe = None
     if calibrate_data is not None:
         images = _dataset_images(calibrate_data, data_dir, "test", calibration_size, seed)
-        calibration = calibrate(CopySet(classifier, tracer, perms, params), images, seed=seed, rule=rule)
+        calibrations = calibrate_rules(CopySet(classifier, tracer, perms, params), images, seed=seed)
+        calibration = calibrations.pop(rule)
         probe = images[:64]
     record = separate(classifier, tracer, perms, params, out_dir, export=not no_onnx, calibration=calibration,
-                      probe=probe, info={"classifier": str(classifier_path), "seed": seed})
+                      probe=probe, info={"classifier": str(classifier_path), "seed": seed},
+                      other_calibrations=calibrations or None)
     click.echo(f"wrote {len(record.copies)} copies ({record.tracer_kind} tracer, alpha {alpha}, tau {tau}) to {out_dir}")
     for entry in record.copies:
         click.echo(f"  copy {entry.index}: {entry.onnx_file or '(no onnx)'}  permutation {entry.permutation}")
@@ -104,8 +107,8 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
               help=".npz with x_adv (N, C, H, W) float in [0, 1] (or a single array).")
 @click.option("--show", type=int, default=20, show_default=True, help="Per-example rows printed.")
 @click.option("--rule", type=click.Choice(SCORE_RULES), default=None,
-              help="Tracing score (default: the one the record was calibrated for, else "
-                   f"{DEFAULT_RULE}). Another rule than the calibration's traces without confidence.")
+              help="Tracing score (default: the record's main rule, else "
+                   f"{DEFAULT_RULE}). A rule the record holds no calibration for traces without confidence.")
 @seed_option
 @json_option
 @handle_errors
@@ -123,10 +126,10 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     torch.manual_seed(seed)
     record, copies = load_copies(record_dir)
     x = load_examples(examples_path)
-    calibration = Calibration.from_dict(record.calibration) if record.calibration else None
-    rule = rule or (calibration.rule if calibration is not None else DEFAULT_RULE)
-    if calibration is not None and calibration.rule != rule:
-        calibration = None
+    main = Calibration.from_dict(record.calibration) if record.calibration else None
+    rule = rule or (main.rule if main is not None else DEFAULT_RULE)
+    stored = record.calibration_for(rule)  # every rule is calibrated in records made since session 2
+    calibration = Calibration.from_dict(stored) if stored else None
     report = trace_examples(copies, x, calibration, rule=rule)
     payload = report.to_dict()
     click.echo(f"{payload['num_examples']} examples, {payload['num_copies']} copies, rule {rule}"

@@ -319,11 +319,18 @@ def calibrate(copies: CopySet, x: torch.Tensor, method: str = "deepfool", seed: 
 
     method "deepfool" (default): `deepfool_points`, a minimal-distance attack; "bisection": line
     search towards another image (a weak proxy, kept for comparison)."""
+    return calibrate_rules(copies, x, method, seed, bins, rules=(rule,))[rule]
+
+
+def calibrate_rules(copies: CopySet, x: torch.Tensor, method: str = "deepfool", seed: int = 0, bins: int = 40,
+                    rules: tuple[str, ...] = SCORE_RULES) -> dict[str, Calibration]:
+    """`calibrate` for several rules from one set of boundary points (the points are the cost)."""
     c, h, w = copies.tracer.input_shape
     check_images(x, "calibration images", channels=c, size=(h, w))
     if len(x) < 2:
         raise InputValidationError("calibration needs at least 2 images")
-    check_rule(rule)
+    for rule in rules:
+        check_rule(rule)
     if method not in ("deepfool", "bisection"):
         raise InputValidationError(f"calibration method must be deepfool or bisection, got {method!r}")
     gen = torch.Generator().manual_seed(seed)
@@ -334,9 +341,11 @@ def calibrate(copies: CopySet, x: torch.Tensor, method: str = "deepfool", seed: 
         else:
             points, valid = boundary_points(copies, i, x, x[torch.randperm(len(x), generator=gen)])
         if valid.any():
-            per_copy.append(copy_scores(copies, points[valid], rule))
+            per_copy.append(points[valid])
             sources.append(torch.full((int(valid.sum()),), i, dtype=torch.int64))
     if not per_copy:
         raise InputValidationError("no calibration point crossed a decision boundary")
-    return Calibration.from_scores(torch.cat(per_copy), torch.cat(sources), rule=rule, bins=bins, method=method,
-                                   info={"images": int(len(x)), "seed": seed})
+    points, source = torch.cat(per_copy), torch.cat(sources)
+    return {rule: Calibration.from_scores(copy_scores(copies, points, rule), source, rule=rule, bins=bins,
+                                          method=method, info={"images": int(len(x)), "seed": seed})
+            for rule in rules}

@@ -39,7 +39,7 @@ from torch import nn
 from advforensics.attacks import create_attack
 from advforensics.errors import InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet
-from advforensics.tracing.dol import (DEFAULT_RULE, SCORE_RULES, Calibration, calibrate, confidence_from_false_alarm,
+from advforensics.tracing.dol import (DEFAULT_RULE, SCORE_RULES, Calibration, calibrate_rules, confidence_from_false_alarm,
                                       copy_scores, trace_scores)
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
@@ -294,11 +294,11 @@ class TracingExperiment:
                        CopyParams(alpha=alpha, tau=self.config.tau))
 
     def calibration(self, alpha: float, m: int, rule: str) -> Calibration:
-        key = (alpha, m, rule)
-        if key not in self._calibrations:
-            self._calibrations[key] = calibrate(self.copyset(alpha, m), self.calibration_images,
-                                                seed=self.config.seed, rule=rule)
-        return self._calibrations[key]
+        if (alpha, m, rule) not in self._calibrations:  # one set of boundary points serves every rule
+            for name, cal in calibrate_rules(self.copyset(alpha, m), self.calibration_images,
+                                             seed=self.config.seed).items():
+                self._calibrations[(alpha, m, name)] = cal
+        return self._calibrations[(alpha, m, rule)]
 
     def examples(self, name: str, attack: str, models: list[nn.Module], source_ids: list[int], per_source: int,
                  meta: dict[str, Any]) -> ExampleSet:

@@ -65,9 +65,16 @@ class SellerRecord:
     copies: list[CopyEntry]
     classifier_file: str = CLASSIFIER_BASE
     tracer_file: str = TRACER_FILE
-    calibration: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None  # the main rule's (what `identify` uses by default)
     info: dict[str, Any] = field(default_factory=dict)
     format: str = RECORD_FORMAT
+    other_calibrations: dict[str, dict[str, Any]] | None = None  # rule -> calibration, for `identify --rule`
+
+    def calibration_for(self, rule: str | None) -> dict[str, Any] | None:
+        """The stored calibration of `rule` (None: the main one), or None if it was not measured."""
+        if rule is None or (self.calibration is not None and self.calibration.get("rule", "dol") == rule):
+            return self.calibration
+        return (self.other_calibrations or {}).get(rule)
 
     @property
     def params(self) -> CopyParams:
@@ -159,7 +166,8 @@ def onnx_labels(path: str | Path, x: torch.Tensor) -> torch.Tensor:
 
 def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, params: CopyParams,
              out_dir: str | Path, export: bool = True, calibration: Calibration | None = None,
-             info: dict[str, Any] | None = None, probe: torch.Tensor | None = None) -> SellerRecord:
+             info: dict[str, Any] | None = None, probe: torch.Tensor | None = None,
+             other_calibrations: dict[str, Calibration] | None = None) -> SellerRecord:
     """Build the copies, write C, T_0, each copy's ONNX file and the seller record into `out_dir`.
 
     `probe` (B, C, H, W): inputs on which every exported ONNX copy must give the same labels as the
@@ -194,7 +202,9 @@ def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, 
                           input_shape=[c, h, w], base_hash=base_hash, tracer_hash=tracer_hash,
                           tracer_kind=tracer.kind, copies=entries,
                           calibration=calibration.to_dict() if calibration is not None else None,
-                          info=dict(info or {}))
+                          info=dict(info or {}),
+                          other_calibrations={rule: cal.to_dict() for rule, cal in other_calibrations.items()}
+                          if other_calibrations else None)
     write_record(record, out)
     return record
 
