@@ -93,22 +93,24 @@ def mlp_victim(digits_data: tuple[torch.Tensor, torch.Tensor]):
     return make
 
 
-@pytest.fixture(scope="session")
-def zoo_classifier(digits_data: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
-    """A zoo LeNet for 8x8 digits trained for a few seconds on all digits (saveable with the
-    project's checkpoints; tracing and the peer scheme build their copies from it), in eval mode."""
+def train_digits_lenet(images: torch.Tensor, labels: torch.Tensor, epochs: int) -> nn.Module:
+    """A zoo LeNet for 1x8x8 digits (saveable with the project's checkpoints), seeded, in eval mode."""
     from advforensics.models import create_model
 
-    images, labels = digits_data
     torch.manual_seed(0)
     model = create_model("lenet", num_classes=10, in_channels=1, image_size=8, seed=0)
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(6):
+    for _ in range(epochs):
         for batch in torch.randperm(len(images), generator=gen).split(64):
             optimiser.zero_grad()
             nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
             optimiser.step()
-    model.eval()
-    return model
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def zoo_classifier(digits_data: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+    """The digits LeNet trained 6 epochs on all digits: tracing and the peer scheme build their copies from it."""
+    return train_digits_lenet(*digits_data, epochs=6)

@@ -7,31 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
-from torch import nn
 
 from advforensics.cli.main import cli
+from conftest import train_digits_lenet
 
 
 @pytest.fixture(scope="module")
 def digits_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A zoo LeNet for 1x8x8 digits trained for a few epochs and saved with its card."""
     from advforensics.data import load_dataset
-    from advforensics.models import create_model, save_model
+    from advforensics.models import save_model
 
     train = load_dataset("digits", split="train")
-    torch.manual_seed(0)
-    model = create_model("lenet", num_classes=10, in_channels=1, image_size=8, seed=0)
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(0)
-    model.train()
-    for _ in range(8):
-        for batch in torch.randperm(len(train), generator=generator).split(64):
-            optimiser.zero_grad()
-            nn.functional.cross_entropy(model(train.images[batch]), train.labels[batch]).backward()
-            optimiser.step()
-    model.eval()
+    model = train_digits_lenet(train.images, train.labels, epochs=8)
     return save_model(model, tmp_path_factory.mktemp("models") / "lenet-digits", card={"data": "digits"})
 
 

@@ -120,7 +120,7 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     Example:
       advforensics trace identify --record runs/copies --examples advs.npz --json trace.json
     """
-    from advforensics.tracing.dol import Calibration, copy_scores, trace as trace_examples, trace_scores
+    from advforensics.tracing.dol import Calibration, rule_scores, trace_scores
     from advforensics.tracing.record import load_copies
 
     torch.manual_seed(seed)
@@ -130,7 +130,8 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     rule = rule or (main.rule if main is not None else DEFAULT_RULE)
     stored = record.calibration_for(rule)  # every rule is calibrated in records made since session 2
     calibration = Calibration.from_dict(stored) if stored else None
-    report = trace_examples(copies, x, calibration, rule=rule)
+    scores = rule_scores(copies, x)  # one shared pass scores every rule
+    report = trace_scores(scores[rule], rule, calibration)
     payload = report.to_dict()
     click.echo(f"{payload['num_examples']} examples, {payload['num_copies']} copies, rule {rule}"
                + ("" if calibration else " (uncalibrated for this rule: no confidence)"))
@@ -142,7 +143,7 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     payload["other_rules"] = {}
     for other in SCORE_RULES:
         if other != rule:
-            verdict = trace_scores(copy_scores(copies, x, other), other)
+            verdict = trace_scores(scores[other], other)
             payload["other_rules"][other] = {"aggregate_source": verdict.aggregate_source,
                                              "per_example_sources": verdict.predicted.tolist()}
     agg = payload["aggregate"]

@@ -69,26 +69,34 @@ def proximity_from_scores(scores: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def copy_scores(copies: CopySet, x: torch.Tensor, rule: str = DEFAULT_RULE,
-                batch_size: int = 4096) -> torch.Tensor:
-    """Tracing score of every copy for every example under `rule`: x (B, C, H, W) in [0, 1] -> (B, m)."""
-    check_rule(rule)
+def rule_scores(copies: CopySet, x: torch.Tensor, rules: tuple[str, ...] = SCORE_RULES,
+                batch_size: int = 4096) -> dict[str, torch.Tensor]:
+    """Tracing scores under several rules from ONE shared pass: x (B, C, H, W) in [0, 1] -> {rule: (B, m)}."""
+    for rule in rules:
+        check_rule(rule)
     c, h, w = copies.tracer.input_shape
     check_images(x, "examples", channels=c, size=(h, w))
     if len(x) == 0:
-        return torch.empty(0, copies.num_copies)
-    out = []
+        return {rule: torch.empty(0, copies.num_copies) for rule in rules}
+    out: dict[str, list[torch.Tensor]] = {rule: [] for rule in rules}
     for chunk in x.split(batch_size):
         probs, t0 = copies.shared_pass(chunk)
         traced = copies.traced_outputs(t0)
         scores = probs.unsqueeze(1) + float(copies.params.alpha) * traced
-        if rule == "dol":
-            out.append(dol_from_scores(scores, traced))
-        elif rule == "margin":
-            out.append(margin_from_scores(scores, probs))
-        else:
-            out.append(proximity_from_scores(scores))
-    return torch.cat(out)
+        for rule in rules:
+            if rule == "dol":
+                out[rule].append(dol_from_scores(scores, traced))
+            elif rule == "margin":
+                out[rule].append(margin_from_scores(scores, probs))
+            else:
+                out[rule].append(proximity_from_scores(scores))
+    return {rule: torch.cat(parts) for rule, parts in out.items()}
+
+
+def copy_scores(copies: CopySet, x: torch.Tensor, rule: str = DEFAULT_RULE,
+                batch_size: int = 4096) -> torch.Tensor:
+    """Tracing score of every copy for every example under `rule`: x (B, C, H, W) in [0, 1] -> (B, m)."""
+    return rule_scores(copies, x, (rule,), batch_size)[rule]
 
 
 def dol_scores(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
@@ -346,6 +354,7 @@ def calibrate_rules(copies: CopySet, x: torch.Tensor, method: str = "deepfool", 
     if not per_copy:
         raise InputValidationError("no calibration point crossed a decision boundary")
     points, source = torch.cat(per_copy), torch.cat(sources)
-    return {rule: Calibration.from_scores(copy_scores(copies, points, rule), source, rule=rule, bins=bins,
+    scores = rule_scores(copies, points, rules)
+    return {rule: Calibration.from_scores(scores[rule], source, rule=rule, bins=bins,
                                           method=method, info={"images": int(len(x)), "seed": seed})
             for rule in rules}

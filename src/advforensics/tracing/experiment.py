@@ -40,7 +40,7 @@ from advforensics.attacks import create_attack
 from advforensics.errors import InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.dol import (DEFAULT_RULE, SCORE_RULES, Calibration, calibrate_rules, confidence_from_false_alarm,
-                                      copy_scores, trace_scores)
+                                      rule_scores, trace_scores)
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
 
@@ -349,8 +349,9 @@ class TracingExperiment:
         with torch.no_grad():
             row["c_fooled"] = float((self.classifier(ex.x_adv).argmax(1) != ex.labels).float().mean())
         row["rules"], row["ks"], row["scores"] = {}, {}, {}
+        all_scores = rule_scores(copies, ex.x_adv)
         for rule in SCORE_RULES:
-            scores = copy_scores(copies, ex.x_adv, rule)
+            scores = all_scores[rule]
             cal = self.calibration(alpha, copies.num_copies, rule)
             row["rules"][rule] = tracing_metrics(scores, ex.sources, rule, cal)
             row["ks"][rule] = ks_statistics(scores, ex.sources)
@@ -363,7 +364,7 @@ class TracingExperiment:
         transfers = fooled.sum(1) > 1
         row["transfer_examples"] = int(transfers.sum())
         if transfers.any():
-            main = copy_scores(copies, ex.x_adv[transfers], self.config.main_rule).argmax(1)
+            main = all_scores[self.config.main_rule][transfers].argmax(1)
             row["transfer_accuracy"] = float((main == ex.sources[transfers]).float().mean())
         return row
 
@@ -380,8 +381,9 @@ class TracingExperiment:
             keep = ex.sources < m
             copies = self.copyset(alpha, m)
             row: dict[str, Any] = {"copies": m, "examples": int(keep.sum()), "chance": 1.0 / m, "rules": {}}
+            all_scores = rule_scores(copies, ex.x_adv[keep])
             for rule in SCORE_RULES:
-                scores = copy_scores(copies, ex.x_adv[keep], rule)
+                scores = all_scores[rule]
                 row["rules"][rule] = {"accuracy": float((scores.argmax(1) == ex.sources[keep]).float().mean())}
             rows.append(row)
         return rows
@@ -406,10 +408,8 @@ class TracingExperiment:
             for kind, ex in sets.items():
                 row: dict[str, Any] = {"attack": attack, "control": kind, "successful": len(ex.sources),
                                        "median_l2": _median(ex.l2), "rules": {}}
-                for rule in SCORE_RULES:
-                    if len(ex.sources) == 0:
-                        continue
-                    scores = copy_scores(copies, ex.x_adv, rule)
+                all_scores = rule_scores(copies, ex.x_adv) if len(ex.sources) else {}
+                for rule, scores in all_scores.items():
                     report = trace_scores(scores, rule, self.calibration(alpha, cfg.copies, rule))
                     confidence = confidence_from_false_alarm(report.false_alarm, cfg.copies)
                     entry = {"histogram": torch.bincount(report.predicted, minlength=cfg.copies).tolist(),
@@ -431,10 +431,9 @@ class TracingExperiment:
             ex = self.examples(f"collusion_{attack}_a{alpha}", attack, [CollusionOracle(copies.copy(0), copies.copy(1))],
                                [-2], cfg.control_examples, {"alpha": alpha, "copies": cfg.copies, "colluders": [0, 1]})
             row: dict[str, Any] = {"attack": attack, "colluders": [0, 1], "successful": len(ex.sources), "rules": {}}
-            for rule in SCORE_RULES:
-                if len(ex.sources) == 0:
-                    continue
-                ranking = copy_scores(copies, ex.x_adv, rule).argsort(1, descending=True)
+            all_scores = rule_scores(copies, ex.x_adv) if len(ex.sources) else {}
+            for rule, scores in all_scores.items():
+                ranking = scores.argsort(1, descending=True)
                 top = ranking[:, 0]
                 top2 = ranking[:, :2].sort(1).values
                 row["rules"][rule] = {
