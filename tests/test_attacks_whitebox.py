@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from advforensics.attacks import create_attack
-from advforensics.attacks.cw import kappa_scale_for, logit_margin
+from advforensics.attacks.cw import cw_kappa_sweep, kappa_scale_for, logit_margin
 from advforensics.attacks.fgsm import fgsm_multi_eps, fgsm_multi_eps_adv
 from advforensics.errors import InputValidationError
 
@@ -129,6 +129,49 @@ def test_cw_kappa_shapes_the_example(tiny_classifier: nn.Module, batch: tuple[to
     kappa_column = torch.tensor(kappas).repeat_interleave(len(y))
     margins = torch.cat([r.extras["margin"] for r in results])
     assert float(torch.corrcoef(torch.stack([kappa_column, margins]))[0, 1]) > 0.95
+
+
+def test_cw_kappa_sweep_reuses_work_and_keeps_kappa_meaningful(
+        tiny_classifier: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = batch[0][:12], batch[1][:12]
+    kappas = [10.0, 0.0, 20.0, 2.0, 5.0]  # any order: results come back in the order given
+    schedule = {"search_steps": 4, "steps": 60, "lr": 0.1}
+    sweep = cw_kappa_sweep(tiny_classifier, x, y, kappas, warm_search_steps=2, warm_steps=30, **schedule)
+    alone = {k: create_attack("cw-l2", kappa=k, **schedule)(tiny_classifier, x, y) for k in (0.0, 20.0)}
+    assert [r.params["kappa"] for r in sweep] == kappas
+    by_kappa = dict(zip(kappas, sweep))
+    assert torch.equal(by_kappa[0.0].x_adv, alone[0.0].x_adv)  # the smallest kappa is an ordinary call
+    for kappa, result in by_kappa.items():
+        reached = result.extras["reached"]
+        assert reached.float().mean() >= 0.9, f"kappa {kappa}: reached {reached.float().mean():.2f}"
+        assert (result.extras["margin"][reached] >= kappa - 1e-4).all()
+        with torch.no_grad():
+            assert torch.allclose(result.extras["margin"], logit_margin(tiny_classifier(result.x_adv), y), atol=1e-4)
+    ordered = [by_kappa[k] for k in sorted(kappas)]
+    for first, second in zip(ordered, ordered[1:]):
+        assert not torch.equal(first.x_adv, second.x_adv)
+        assert first.extras["margin"].median() < second.extras["margin"].median()
+        assert (second.queries == first.queries + 2 * 30).all()  # the chain's queries are counted
+    # the warm start lands where a search from scratch lands: median L2 within 10% at the top kappa
+    assert float(by_kappa[20.0].l2.median()) <= 1.1 * float(alone[20.0].l2.median())
+    total = sum(int(r.queries[0]) for r in ordered[:1]) + 2 * 30 * (len(kappas) - 1)
+    assert total < 0.5 * len(kappas) * 4 * 60  # less than half the work of independent calls
+
+
+def test_cw_kappa_sweep_rejects_bad_arguments(tiny_classifier: nn.Module,
+                                              batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = batch[0][:2], batch[1][:2]
+    with pytest.raises(InputValidationError, match="kappas"):
+        cw_kappa_sweep(tiny_classifier, x, y, [])
+    with pytest.raises(InputValidationError, match="warm_steps"):
+        cw_kappa_sweep(tiny_classifier, x, y, [1.0, 2.0], warm_steps=0)
+    with pytest.raises(InputValidationError, match="kappa"):
+        cw_kappa_sweep(tiny_classifier, x, y, [1.0], kappa=3.0)
+    attack = create_attack("cw-l2", kappa=1.0, search_steps=1, steps=2)
+    with pytest.raises(InputValidationError, match="c_start"):
+        attack.starting_from(x, torch.ones(3))
+    with pytest.raises(InputValidationError, match="start"):
+        attack.starting_from(x[:1], torch.ones(1))(tiny_classifier, x, y)
 
 
 def test_cw_kappa_scale_is_kappa_times_scale(tiny_classifier: nn.Module,

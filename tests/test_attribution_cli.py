@@ -88,6 +88,19 @@ def test_corpus_train_evaluate_predict_round_trip(workdir):
     # training again onto the same file is refused
     r = _run(["attribution", "train", "--corpus", str(root / "corpus"), "--out", str(model), "--no-progress"])
     assert r.exit_code == 2
+    # a scalability-table model: one attack on one victim; evaluate picks the same subset from the card
+    small = root / "mtaa-1x1.safetensors"
+    r = _run(["attribution", "train", "--corpus", str(root / "corpus"), "--out", str(small), "--epochs", "1",
+              "--width", "4", "--max-steps", "2", "--no-progress", "--attacks", "pgd-linf", "--only-victims", "lenet-w1"])
+    assert r.exit_code == 0, r.output
+    r = _run(["attribution", "evaluate", "--corpus", str(root / "corpus"), "--model", str(small), "--out",
+              str(root / "report-1x1"), "--json", str(root / "eval-1x1.json")])
+    assert r.exit_code == 0, r.output
+    sub = json.loads((root / "eval-1x1.json").read_text())
+    assert sub["attack_names"] == ["pgd-linf"] and sub["victim_names"] == ["lenet-w1"] and sub["n"] < metrics["n"]
+    r = _run(["attribution", "train", "--corpus", str(root / "corpus"), "--out", str(root / "x.safetensors"),
+              "--attacks", "cw-l2", "--no-progress"])
+    assert r.exit_code == 2 and "cw-l2" in r.output and not (root / "x.safetensors").exists()
 
 
 def test_cli_errors(workdir, tmp_path):
@@ -97,5 +110,9 @@ def test_cli_errors(workdir, tmp_path):
     r = _run(["attribution", "evaluate", "--corpus", str(tmp_path), "--model", str(tmp_path / "m.safetensors"),
               "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "manifest" in r.output
+    if not torch.cuda.is_available():
+        r = _run(["attribution", "corpus", "--data", "digits", "--victims", str(workdir / "zoo"),
+                  "--grid", str(workdir / "grid.json"), "--out", str(tmp_path / "gpu"), "--device", "cuda"])
+        assert r.exit_code == 2 and "CUDA" in r.output and not (tmp_path / "gpu").exists()
     r = _run(["attribution", "--help"])
     assert r.exit_code == 0 and "Example" in r.output

@@ -193,8 +193,9 @@ def test_bad_inputs(tmp_path, clean, victims):
         load_corpus(tmp_path / "nothing")
 
 
-def test_cw_cells_record_reached_and_margin(tmp_path, clean, victims):
-    grid = GridSpec(attacks=(AttackSpec("cw-l2", (5.0, 50.0), {"search_steps": 2, "steps": 10, "lr": 0.1}),))
+@pytest.mark.parametrize("warm", [{}, {"warm_search_steps": 1, "warm_steps": 5}], ids=["independent", "sweep"])
+def test_cw_cells_record_reached_and_margin(tmp_path, clean, victims, warm):
+    grid = GridSpec(attacks=(AttackSpec("cw-l2", (5.0, 50.0), {"search_steps": 2, "steps": 10, "lr": 0.1, **warm}),))
     images, labels = clean
     config = CorpusConfig(shard_images=16, victim_params={"tinya": {"cw-l2": {"kappa_scale": 0.05}}})
     report = generate_corpus(images[:16], labels[:16], victims, grid, tmp_path / "cw", config=config,
@@ -204,3 +205,4 @@ def test_cw_cells_record_reached_and_margin(tmp_path, clean, victims):
     assert (corpus.columns["margin"] > 0).all()  # stored evidence fools the victim
     assert all(c["reached"] <= c["succeeded"] for c in report.cells)
     assert corpus.manifest["config"]["victim_params"]["tinya"]["cw-l2"]["kappa_scale"] == 0.05
+    assert corpus.manifest["grid"]["attacks"][0]["params"] == grid.attacks[0].params  # the schedule is recorded

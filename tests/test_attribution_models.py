@@ -8,11 +8,12 @@ import torch
 
 from advforensics.attribution.baselines import ablation_config, single_task_config
 from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus
-from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, predict_records, write_report
+from advforensics.attribution.evaluate import (clean_class_rates, delta_mtl, evaluate_attributor, false_alarm_table,
+                                              predict_records, write_report)
 from advforensics.attribution.grid import AttackSpec, GridSpec
 from advforensics.attribution.mtaa import MTAA, MTAAConfig, UncertaintyWeighting
 from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
-from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.errors import CheckpointError, InputValidationError, UnknownNameError
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +145,48 @@ def test_balanced_sampling_weights_classes_equally():
 def test_balanced_training_runs(tiny_corpus):
     result = train_attributor(tiny_corpus, _cfg(balance=True), progress=False)
     assert result.card["train"]["balance"] is True and result.card["steps"] == 3
+
+
+def test_subset_has_its_own_vocabulary_and_evaluates_on_the_same_subset(tiny_corpus):
+    sub = tiny_corpus.subset(["pgd-linf"], ["mlp128"])
+    assert sub.attack_names == ["pgd-linf"] and sub.victim_names == ["mlp128"]
+    expected = (tiny_corpus.columns["attack"] == "pgd-linf") & (tiny_corpus.columns["victim"] == "mlp128")
+    assert len(sub) == int(expected.sum()) > 0
+    assert np.array_equal(sub.images, tiny_corpus.images[expected])
+    assert (sub.attack_targets() == 0).all() and (sub.victim_targets() == 0).all()
+    assert sub.corpus_id != tiny_corpus.corpus_id
+    assert sub.corpus_id == tiny_corpus.subset(["pgd-linf"], ["mlp128"]).corpus_id  # deterministic
+    result = train_attributor(sub, _cfg(), progress=False)
+    assert result.card["subset"]["victims"] == ["mlp128"]
+    on_parent = evaluate_attributor(result.model, result.card, tiny_corpus)  # the card selects the subset
+    on_subset = evaluate_attributor(result.model, result.card, sub)
+    assert on_parent["n"] == on_subset["n"] and on_parent["attack_accuracy"] == on_subset["attack_accuracy"]
+    with pytest.raises(UnknownNameError, match="cw-l2"):
+        tiny_corpus.subset(["cw-l2"], None)
+    with pytest.raises(UnknownNameError, match="resnet"):
+        tiny_corpus.subset(None, ["resnet"])
+    with pytest.raises(InputValidationError, match="at least one"):
+        tiny_corpus.subset([], None)
+
+
+def test_clean_class_rates_count_false_alarms_and_misses():
+    names = ["fgsm", "pgd-linf", "clean"]
+    true = np.array([2, 2, 2, 2, 0, 0, 1, 1])
+    pred = np.array([2, 0, 2, 1, 0, 2, 1, 1])
+    rates = clean_class_rates(pred, true, names)
+    assert rates["n_clean"] == 4 and rates["n_adversarial"] == 4
+    assert rates["false_alarm_rate"] == 0.5 and rates["clean_recognised_rate"] == 0.5
+    assert rates["missed_rate"] == 0.25 and rates["missed_per_attack"] == {"fgsm": 0.5, "pgd-linf": 0.0}
+    table = false_alarm_table([{"kind": "mtaa", "false_alarm": rates, "attack_accuracy": 0.5}])
+    assert "| mtaa | 4 | 50.00 | 25.00 | fgsm 50.0, pgd-linf 0.0 |" in table
+
+
+def test_training_rejects_a_device_this_machine_lacks(tiny_corpus):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(InputValidationError, match="CUDA"):
+        train_attributor(tiny_corpus, _cfg(), progress=False, device="cuda")
+    with pytest.raises(InputValidationError, match="device"):
+        train_attributor(tiny_corpus, _cfg(), progress=False, device="quantum")
+    result = train_attributor(tiny_corpus, _cfg(), progress=False, device="auto")
+    assert result.card["train_device"] == "cpu"

@@ -26,17 +26,24 @@ passes per example.
 
 extras (all (B,)): margin (achieved, on the returned x_adv), reached (bool: margin >= kappa_eff),
 c (the constant that produced the returned iterate), kappa_eff.
+
+A grid of kappas reuses work (`cw_kappa_sweep`): the L2-minimal example moves continuously with
+kappa, so each kappa after the smallest starts from the previous kappa's example and constant c and
+needs only a short schedule (`warm_search_steps` x `warm_steps`) instead of a search from the clean
+image. The examples are not bit-identical to independent calls; benchmarks/cw_sweep.py measures the
+speed, the reached rate and the L2 against independent calls.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from advforensics.attacks.base import ATTACKS, Attack, Norm, ThreatModel, require
+from advforensics.attacks.base import ATTACKS, Attack, AttackResult, Norm, ThreatModel, require
 from advforensics.utils import check_images, check_labels
 
 _TANH_SHRINK = 0.999999
@@ -77,6 +84,23 @@ class CarliniWagnerL2(Attack):
                  search_steps: int = 6, steps: int = 200, lr: float = 0.05) -> None:
         super().__init__(kappa=kappa, kappa_scale=kappa_scale, c0=c0, search_steps=search_steps,
                          steps=steps, lr=lr)
+        self._warm: tuple[torch.Tensor, torch.Tensor] | None = None  # (start images, start c)
+
+    def starting_from(self, start: torch.Tensor, c_start: torch.Tensor) -> CarliniWagnerL2:
+        """A copy of this attack whose search starts at `start` (B, C, H, W) with constant `c_start` (B,).
+
+        Used by `cw_kappa_sweep` to continue from a smaller kappa's examples; each search round
+        restarts Adam from `start` instead of the clean image. Non-finite or non-positive c_start
+        entries fall back to c0.
+        """
+        check_images(start, "start")
+        require(c_start.shape == (start.shape[0],), "c_start", f"must have shape ({start.shape[0]},), got "
+                f"{tuple(c_start.shape)}")
+        clone = CarliniWagnerL2(**self._params)
+        c_start = c_start.detach().to(start.dtype)
+        good = torch.isfinite(c_start) & (c_start > 0)
+        clone._warm = (start.detach(), torch.where(good, c_start, torch.full_like(c_start, float(self._params["c0"]))))
+        return clone
 
     def _check_params(self) -> None:
         p = self._params
@@ -96,8 +120,14 @@ class CarliniWagnerL2(Attack):
              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         p = self._params
         batch, kappa = x.shape[0], self.kappa_eff
-        w0 = _to_tanh_space(x)  # (B, C, H, W)
-        c = torch.full((batch,), float(p["c0"]), dtype=x.dtype, device=x.device)
+        if self._warm is None:
+            w0 = _to_tanh_space(x)  # (B, C, H, W)
+            c = torch.full((batch,), float(p["c0"]), dtype=x.dtype, device=x.device)
+        else:
+            start, c = self._warm
+            require(start.shape == x.shape, "start", f"must have the shape of x {tuple(x.shape)}, got "
+                    f"{tuple(start.shape)}")
+            w0, c = _to_tanh_space(start.to(x.device).clamp(0, 1)), c.to(x.device)
         lower = torch.zeros_like(c)
         upper = torch.full_like(c, float("inf"))
         best_l2 = torch.full_like(c, float("inf"))  # smallest L2 among iterates that reach kappa
@@ -145,6 +175,33 @@ class CarliniWagnerL2(Attack):
         return x_adv, queries, extras
 
 
+def cw_kappa_sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kappas: Sequence[float], *,
+                   warm_search_steps: int = 2, warm_steps: int = 100, **params: Any) -> list[AttackResult]:
+    """C&W-L2 at every kappa in `kappas` on the same (x, y), reusing work along the kappa axis.
+
+    The smallest kappa runs the full schedule of `params` (CarliniWagnerL2's keywords except kappa);
+    each larger kappa starts from the previous one's examples and constants and runs
+    warm_search_steps x warm_steps. Returns one AttackResult per kappa, in the order given; `queries`
+    counts the whole chain that produced each example.
+    """
+    require(len(kappas) > 0, "kappas", "needs at least one value")
+    require(_is_count(warm_search_steps), "warm_search_steps", f"must be an integer >= 1, got {warm_search_steps!r}")
+    require(_is_count(warm_steps), "warm_steps", f"must be an integer >= 1, got {warm_steps!r}")
+    require("kappa" not in params, "kappa", "is given by `kappas`")
+    results: list[AttackResult | None] = [None] * len(kappas)
+    previous: AttackResult | None = None
+    for i in sorted(range(len(kappas)), key=lambda j: float(kappas[j])):
+        if previous is None:
+            result = CarliniWagnerL2(kappa=float(kappas[i]), **params)(model, x, y)
+        else:
+            warm = {**params, "search_steps": warm_search_steps, "steps": warm_steps}
+            attack = CarliniWagnerL2(kappa=float(kappas[i]), **warm).starting_from(previous.x_adv, previous.extras["c"])
+            result = attack(model, x, y)
+            result.queries = result.queries + previous.queries
+        results[i] = previous = result
+    return [r for r in results if r is not None]
+
+
 def reachable_margin(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 200,
                      lr: float = 0.1) -> torch.Tensor:
     """The largest logit margin (best other minus true) found anywhere in [0, 1]^d, per example.  # (B,)
@@ -188,4 +245,4 @@ def kappa_scale_for(model: nn.Module, x: torch.Tensor, y: torch.Tensor, quantile
     return level / float(nominal_max)
 
 
-__all__ = ["CarliniWagnerL2", "kappa_scale_for", "logit_margin", "reachable_margin"]
+__all__ = ["CarliniWagnerL2", "cw_kappa_sweep", "kappa_scale_for", "logit_margin", "reachable_margin"]

@@ -105,7 +105,8 @@ class SingleLabelNet(nn.Module):
         """Joint class index per example; -100 (ignored by cross-entropy) for unseen combinations."""
         use_hyper = self.config.label_mode == "attack+victim+hyper"
         return torch.tensor([self._lookup.get((a, v, float(h) if use_hyper else 0.0), -100)
-                             for a, v, h in zip(attack.tolist(), victim.tolist(), hyper.tolist())], dtype=torch.int64)
+                             for a, v, h in zip(attack.tolist(), victim.tolist(), hyper.tolist())],
+                            dtype=torch.int64, device=attack.device)
 
     def losses(self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                fm_delta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

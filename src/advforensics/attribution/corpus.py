@@ -38,8 +38,9 @@ from torch import nn
 from tqdm import tqdm
 
 from advforensics.attribution.grid import CLEAN, AttackSpec, GridSpec
-from advforensics.errors import DataFileError, InputValidationError
-from advforensics.utils import atomic_write_bytes, check_images, check_labels, sha256_bytes, sha256_file, write_json
+from advforensics.errors import DataFileError, InputValidationError, UnknownNameError
+from advforensics.utils import (atomic_write_bytes, check_images, check_labels, resolve_device, sha256_bytes, sha256_file,
+                                write_json)
 
 log = logging.getLogger(__name__)
 
@@ -105,14 +106,20 @@ def run_grid_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torc
     """Run every hyperparameter value of `spec` on (x, y) with the project's attacks.
 
     FGSM uses `fgsm_multi_eps`: one gradient serves all epsilons (bit-identical to separate calls).
+    C&W with `warm_search_steps`/`warm_steps` among its params uses `cw_kappa_sweep`: each kappa
+    continues from the next smaller one's examples (not bit-identical; benchmarks/cw_sweep.py).
     """
     from advforensics.attacks import create_attack
+    from advforensics.attacks.cw import cw_kappa_sweep
     from advforensics.attacks.fgsm import fgsm_multi_eps
 
     params = {**spec.params, **extra}
     if spec.name == "fgsm":
         results = fgsm_multi_eps(model, x, y, [v / 255.0 for v in spec.values])
         return [CellResult(v, r.x_adv) for v, r in zip(spec.values, results)]
+    if spec.name == "cw-l2" and ("warm_search_steps" in params or "warm_steps" in params):
+        results = cw_kappa_sweep(model, x, y, [float(v) for v in spec.values], **params)
+        return [CellResult(v, r.x_adv, r.extras["reached"].bool()) for v, r in zip(spec.values, results)]
     out = []
     for value in spec.values:
         if spec.name == "pgd-linf":
@@ -185,9 +192,16 @@ def _to_storage(x: torch.Tensor, quantize: bool) -> np.ndarray:
     return x.detach().float().cpu().numpy()
 
 
+def _model_device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The model's logits on CPU images `x`, computed on the model's device, returned on the CPU."""
+    device = _model_device(model)
     with torch.no_grad():
-        return torch.cat([model(chunk).float() for chunk in x.split(batch_size)]) if len(x) else torch.empty(0)
+        return torch.cat([model(chunk.to(device)).float().cpu() for chunk in x.split(batch_size)]) if len(x) \
+            else torch.empty(0)
 
 
 def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -276,14 +290,16 @@ def _generate_unit(unit: tuple[str, str, str, int, int], grid: GridSpec, victims
     runs = 0
     for b0 in range(0, len(xc), config.batch_size):
         xb, yb, pb = xc[b0:b0 + config.batch_size], yc[b0:b0 + config.batch_size], pc[b0:b0 + config.batch_size]
-        cells = runner(spec, model, xb, yb, seed + b0, extra)
+        device = _model_device(model)
+        cells = runner(spec, model, xb.to(device), yb.to(device), seed + b0, extra)
         runs += len(xb) * len(cells)
         for cell in cells:
-            x_adv = _quantise(cell.x_adv) if config.quantize else cell.x_adv.detach().clamp(0, 1)  # (b, C, H, W)
+            x_adv = cell.x_adv.detach().cpu()
+            x_adv = _quantise(x_adv) if config.quantize else x_adv.clamp(0, 1)  # (b, C, H, W)
             logits = _logits(model, x_adv, config.batch_size)
             pred = logits.argmax(dim=1)
             ok = pred != yb
-            reached = cell.reached if cell.reached is not None else torch.ones_like(ok)
+            reached = cell.reached.cpu() if cell.reached is not None else torch.ones_like(ok)
             st = stats[float(cell.hyper)]
             st["attempted"] += int(len(xb))
             st["succeeded"] += int(ok.sum())
@@ -398,7 +414,7 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
                     indices: np.ndarray | None = None, data_info: dict[str, Any] | None = None,
                     victim_info: dict[str, Any] | None = None, resume: bool = False,
                     runner: AttackRunner | None = None, progress: bool = True,
-                    max_units: int | None = None) -> CorpusReport:
+                    max_units: int | None = None, device: str | torch.device = "cpu") -> CorpusReport:
     """Attack `images` (N, C, H, W) in [0, 1] with every grid cell on every victim; store the evidence.
 
     indices: data-set index of each clean image (the train/test split key; default 0..N-1).
@@ -406,8 +422,12 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
         without it an existing corpus is an error (nothing is overwritten).
     runner: replaces `run_grid_attack` (tests, other attack back ends).
     max_units: stop after generating this many units (a deliberate interruption, for tests).
+    device: where the victims run the attacks ("auto", "cpu", "cuda"); the victims are moved there.
+        Evidence is stored from the CPU either way; GPU arithmetic may differ from the CPU's in the
+        last bits, so resuming on another device can change which borderline examples succeed.
     """
     config = config or CorpusConfig()
+    device = resolve_device(device)
     runner = runner or run_grid_attack
     check_images(images, "images")
     check_labels(labels, images.shape[0])
@@ -454,7 +474,7 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
         atomic_write_bytes(root / CLEAN_FILE, clean_bytes)
         write_json(root / MANIFEST, manifest)
     for model in victims.values():
-        model.eval()
+        model.to(device).eval()
     plan = _plan_units(list(victims), grid, n_clean, config.shard_images)
     todo = [unit for unit in plan if unit[0] not in manifest["units"]]
     reused = [unit[0] for unit in plan if unit[0] in manifest["units"]]
@@ -546,6 +566,40 @@ class Corpus:
         """The clean image each evidence row was made from, (B, C, H, W) in [0, 1]."""
         pos = self.columns["clean_pos"] if rows is None else self.columns["clean_pos"][rows]
         return torch.from_numpy(self.clean_images[pos]).float() / 255.0
+
+    def subset(self, attacks: Sequence[str] | None = None, victims: Sequence[str] | None = None) -> Corpus:
+        """The rows made by these attacks on these victims (clean rows stay if the grid has them).
+
+        For the scalability tables (2 attacks x 3 victims, 3 x 5): the subset is a corpus of its own,
+        with its own vocabularies and an id derived from the parent's id and the selection, so an
+        attributor trained on it evaluates only on the same subset.
+        """
+        grid = self.grid
+        attacks = list(grid.attack_names if attacks is None else attacks)
+        victims = list(self.manifest["victims"] if victims is None else victims)
+        for name in attacks:
+            if name != CLEAN:
+                grid.attack(name)  # unknown names fail here
+        unknown = [v for v in victims if v not in self.manifest["victims"]]
+        if unknown:
+            raise UnknownNameError(f"victims {unknown} are not in the corpus; corpus victims: "
+                                   f"{', '.join(self.manifest['victims'])}")
+        if not [a for a in attacks if a != CLEAN] or not victims:
+            raise InputValidationError("a corpus subset needs at least one attack and one victim")
+        adversarial = np.isin(self.columns["attack"], attacks) & np.isin(self.columns["victim"], victims)
+        keep = adversarial | (self.columns["attack"] == CLEAN) if grid.include_clean else adversarial
+        rows = np.flatnonzero(keep)
+        sub_grid = GridSpec(attacks=tuple(a for a in grid.attacks if a.name in attacks),
+                            include_clean=grid.include_clean)
+        selection = {"parent": self.corpus_id, "attacks": [a.name for a in sub_grid.attacks],
+                     "victims": [v for v in self.manifest["victims"] if v in victims]}
+        manifest = {**self.manifest, "grid": sub_grid.to_dict(), "victims": selection["victims"],
+                    "subset": selection,
+                    "corpus_id": hashlib.sha256(json.dumps(selection, sort_keys=True).encode()).hexdigest()}
+        return Corpus(path=self.path, manifest=manifest, images=self.images[rows],
+                      columns={name: values[rows] for name, values in self.columns.items()},
+                      clean_images=self.clean_images, clean_labels=self.clean_labels,
+                      clean_indices=self.clean_indices)
 
 
 def load_corpus(path: str | Path, *, verify: bool = True, allow_incomplete: bool = False) -> Corpus:

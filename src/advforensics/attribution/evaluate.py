@@ -35,18 +35,22 @@ def check_input(card: dict[str, Any], x: torch.Tensor) -> None:
 @torch.no_grad()
 def predict_outputs(model: nn.Module, card: dict[str, Any], x: torch.Tensor, batch_size: int = 256
                     ) -> dict[str, np.ndarray]:
-    """attack_probs (B, A), victim_probs (B, V), hyper (B,) where the model has those heads."""
+    """attack_probs (B, A), victim_probs (B, V), hyper (B,) where the model has those heads.
+
+    Runs on the model's device, a batch at a time; the outputs come back as CPU arrays.
+    """
     check_input(card, x)
     model.eval()
+    device = _model_device(model)
     parts: dict[str, list[np.ndarray]] = {}
     for chunk in x.split(batch_size):
-        out = model(chunk)
+        out = model(chunk.to(device))
         if "attack_logits" in out:
-            parts.setdefault("attack_probs", []).append(out["attack_logits"].softmax(1).numpy())
+            parts.setdefault("attack_probs", []).append(out["attack_logits"].softmax(1).cpu().numpy())
         if "victim_logits" in out:
-            parts.setdefault("victim_probs", []).append(out["victim_logits"].softmax(1).numpy())
+            parts.setdefault("victim_probs", []).append(out["victim_logits"].softmax(1).cpu().numpy())
         if "hyper" in out:
-            parts.setdefault("hyper", []).append(out["hyper"].float().numpy())
+            parts.setdefault("hyper", []).append(out["hyper"].float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
@@ -77,11 +81,15 @@ def predict_records(model: nn.Module, card: dict[str, Any], x: torch.Tensor) -> 
 def count_flops(model: nn.Module, card: dict[str, Any]) -> int:
     """Forward FLOPs for one image, counted by torch.utils.flop_counter.FlopCounterMode."""
     c, h, w = card["image_shape"]
-    x = torch.rand(1, int(c), int(h), int(w))
+    x = torch.rand(1, int(c), int(h), int(w), device=_model_device(model))
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return int(counter.get_total_flops())
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def _rmse(pred: np.ndarray, true: np.ndarray) -> float | None:
@@ -90,7 +98,14 @@ def _rmse(pred: np.ndarray, true: np.ndarray) -> float | None:
 
 def evaluate_attributor(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, split: str = "test"
                         ) -> dict[str, Any]:
-    """Metrics of a trained attributor on the card's split of `corpus` (must be the training corpus)."""
+    """Metrics of a trained attributor on the card's split of `corpus` (must be the training corpus).
+
+    An attributor trained on a subset (`Corpus.subset`, recorded in its card) is evaluated on the
+    same subset of its parent corpus.
+    """
+    subset = card.get("subset")
+    if subset and corpus.manifest.get("subset") is None and corpus.corpus_id == subset.get("parent"):
+        corpus = corpus.subset(subset["attacks"], subset["victims"])
     if card.get("corpus_id") != corpus.corpus_id:
         raise CheckpointError(f"the attributor was trained on corpus {str(card.get('corpus_id'))[:12]}..., "
                               f"not on {corpus.path} ({corpus.corpus_id[:12]}...); evaluate it on its own corpus")
@@ -114,6 +129,8 @@ def evaluate_attributor(model: nn.Module, card: dict[str, Any], corpus: Corpus, 
         pred = out["attack_probs"].argmax(1)
         metrics["attack_accuracy"] = float((pred == attack_true).mean())
         metrics["attack_confusion"] = confusion_matrix(attack_true, pred, labels=range(len(attack_names))).tolist()
+        if CLEAN in attack_names:
+            metrics["false_alarm"] = clean_class_rates(pred, attack_true, attack_names)
     if "victim_probs" in out:
         pred = out["victim_probs"].argmax(1)
         metrics["victim_accuracy"] = float((pred == victim_true).mean())
@@ -130,6 +147,23 @@ def evaluate_attributor(model: nn.Module, card: dict[str, Any], corpus: Corpus, 
         metrics["mae"] = float(np.mean(np.abs(out["hyper"][adv] - hyper_true[adv]))) if adv.any() else None
     metrics["attack_names"], metrics["victim_names"] = attack_names, victim_names
     return metrics
+
+
+def clean_class_rates(pred: np.ndarray, true: np.ndarray, attack_names: list[str]) -> dict[str, Any]:
+    """How the attack head treats the clean class: clean images called attacked (false alarms) and
+    adversarial examples called clean (misses), overall and per true attack."""
+    clean = attack_names.index(CLEAN)
+    is_clean = true == clean
+
+    def rate(mask: np.ndarray) -> float | None:
+        return float(mask.mean()) if mask.size else None
+
+    return {"n_clean": int(is_clean.sum()), "n_adversarial": int((~is_clean).sum()),
+            "false_alarm_rate": rate(pred[is_clean] != clean),
+            "clean_recognised_rate": rate(pred[is_clean] == clean),
+            "missed_rate": rate(pred[~is_clean] == clean),
+            "missed_per_attack": {name: rate(pred[true == i] == clean) for i, name in enumerate(attack_names)
+                                  if name != CLEAN and (true == i).any()}}
 
 
 def delta_mtl(mtl: dict[str, Any], single: dict[str, dict[str, Any]]) -> float:
@@ -184,6 +218,26 @@ def results_table(rows: list[dict[str, Any]]) -> str:
     return markdown_table(table) + "\n"
 
 
+def false_alarm_table(rows: list[dict[str, Any]]) -> str:
+    """One row per model evaluated on a corpus with a clean class: clean images called attacked,
+    adversarial examples called clean (overall and per attack), next to the usual accuracies."""
+
+    def percent(value: float | None) -> str | None:
+        return None if value is None else f"{100 * value:.2f}"
+
+    table = []
+    for r in rows:
+        rates = r.get("false_alarm") or {}
+        table.append({"model": r.get("name", r["kind"]), "clean images": rates.get("n_clean"),
+                      "false alarms (%)": percent(rates.get("false_alarm_rate")),
+                      "adversarial called clean (%)": percent(rates.get("missed_rate")),
+                      "per attack": ", ".join(f"{k} {100 * v:.1f}" for k, v in
+                                              (rates.get("missed_per_attack") or {}).items() if v is not None) or None,
+                      "attack acc (%)": percent(r.get("attack_accuracy")),
+                      "victim acc (%)": percent(r.get("victim_accuracy")), "RMSE": r.get("rmse")})
+    return markdown_table(table) + "\n"
+
+
 def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """metrics.json, report.md and confusion PNGs in `out_dir`; returns the files written."""
     root = Path(out_dir)
@@ -194,6 +248,8 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
     text += results_table([metrics])
     if metrics.get("delta_mtl") is not None:
         text += f"\nDelta_MTL vs single-task: {metrics['delta_mtl']:+.2f}%\n"
+    if metrics.get("false_alarm"):
+        text += "\n## Clean class (false alarms)\n\n" + false_alarm_table([metrics])
     for key, names in (("attack_confusion", "attack_names"), ("victim_confusion", "victim_names")):
         if key in metrics:
             path = root / f"{key}.png"
@@ -205,4 +261,4 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 __all__ = ["evaluate_attributor", "predict_outputs", "predict_records", "count_flops", "delta_mtl", "write_report",
-           "results_table", "check_input", "MTL_METRICS"]
+           "results_table", "false_alarm_table", "clean_class_rates", "check_input", "MTL_METRICS"]

@@ -149,8 +149,8 @@ class UncertaintyWeighting(nn.Module):
 
     def forward(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         if not self.learnable:
-            return sum((losses[t] for t in self.tasks), torch.zeros(()))
-        total = torch.zeros(())
+            return sum((losses[t] for t in self.tasks), self.log_vars.new_zeros(()))
+        total = self.log_vars.new_zeros(())
         for i, task in enumerate(self.tasks):
             s = self.log_vars[i]
             factor = 0.5 if TASK_KIND[task] == "regression" else 1.0

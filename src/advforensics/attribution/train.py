@@ -28,7 +28,7 @@ from advforensics.attribution.baselines import SingleLabelConfig, SingleLabelNet
 from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
 from advforensics.errors import CheckpointError, InputValidationError
-from advforensics.utils import atomic_write_bytes, seed_everything, write_json
+from advforensics.utils import atomic_write_bytes, resolve_device, seed_everything, write_json
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def build_model(kind: str, config: dict[str, Any]) -> Attributor:
 
 
 def _pretrain_pe_backbone(model: MTAA, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int,
-                          generator: torch.Generator) -> float:
+                          generator: torch.Generator, device: torch.device) -> float:
     """Train the PE backbone as a classifier on clean images, then freeze it; returns train accuracy."""
     backbone = model.pe_backbone
     assert backbone is not None
@@ -120,18 +120,25 @@ def _pretrain_pe_backbone(model: MTAA, images: torch.Tensor, labels: torch.Tenso
     for _ in range(epochs):
         for batch in torch.randperm(len(images), generator=generator).split(batch_size):
             optimiser.zero_grad()
-            F.cross_entropy(backbone.classify(images[batch]), labels[batch]).backward()
+            F.cross_entropy(backbone.classify(images[batch].to(device)), labels[batch].to(device)).backward()
             optimiser.step()
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
     with torch.no_grad():
-        return float((backbone.classify(images).argmax(1) == labels).float().mean())
+        predicted = torch.cat([backbone.classify(chunk.to(device)).argmax(1).cpu() for chunk in images.split(1024)])
+        return float((predicted == labels).float().mean())
 
 
-def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progress: bool = True) -> TrainResult:
-    """Train an attributor on the training split of `corpus` (split by clean image)."""
+def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progress: bool = True,
+                     device: str | torch.device = "cpu") -> TrainResult:
+    """Train an attributor on the training split of `corpus` (split by clean image).
+
+    device: where the model trains ("auto", "cpu", "cuda"); the data stay on the CPU and travel a
+    batch at a time. The returned model is on that device.
+    """
     config = config or TrainConfig()
+    device = resolve_device(device)
     if not corpus.manifest.get("complete"):
         raise InputValidationError("cannot train on an incomplete corpus")
     generator = seed_everything(config.seed)
@@ -157,6 +164,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
                           blocks=config.blocks, task_specific=config.task_specific, use_pe=config.use_pe,
                           pe_width=config.pe_width, pe_channels=config.pe_channels, weighting=config.weighting)
         model = MTAA(single_task_config(base, config.task) if config.model == "single-task" else base)
+    model.to(device)
     x_train = corpus.float_images(rows)  # (M, C, H, W)
     backbone_acc = None
     if isinstance(model, MTAA) and model.pe_backbone is not None:
@@ -164,7 +172,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         clean_x = torch.from_numpy(corpus.clean_images[pos]).float() / 255.0
         clean_y = torch.from_numpy(corpus.clean_labels[pos]).long()
         backbone_acc = _pretrain_pe_backbone(model, clean_x, clean_y, config.backbone_epochs, config.batch_size,
-                                             generator)
+                                             generator, device)
         clean_train = corpus.float_clean(rows)
     else:
         clean_train = None
@@ -190,9 +198,9 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         for batch in order.split(config.batch_size):
             if step >= total_steps:
                 break
-            xb = x_train[batch]
-            tb = {k: v[batch] for k, v in targets.items()}
-            fm_delta = model.feature_delta(xb, clean_train[batch]) if clean_train is not None else None
+            xb = x_train[batch].to(device)
+            tb = {k: v[batch].to(device) for k, v in targets.items()}
+            fm_delta = model.feature_delta(xb, clean_train[batch].to(device)) if clean_train is not None else None
             out = model(xb)
             losses = model.losses(out, tb, fm_delta)
             loss = model.total_loss(losses, config.pe_weight)
@@ -220,6 +228,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     card = {"format": CARD_FORMAT, "kind": kind, "config": model.config.to_dict(),
             "attack_names": corpus.attack_names, "victim_names": corpus.victim_names,
             "image_shape": list(corpus.image_shape), "corpus_id": corpus.corpus_id,
+            "subset": corpus.manifest.get("subset"), "train_device": str(device),
             "hyper_units": {a.name: a.unit for a in corpus.grid.attacks},
             "split": {"by": "clean_index", "test_fraction": config.test_fraction, "seed": config.seed},
             "train": _config_dict(config), "n_train": int(len(rows)), "steps": step,

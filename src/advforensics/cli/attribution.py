@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import UserError, emit_json, handle_errors, json_option, load_image_array, seed_option
+from advforensics.cli.common import (UserError, device_option, emit_json, handle_errors, json_option, load_image_array,
+                                     seed_option)
 
 log = logging.getLogger("advforensics.attribution")
 
@@ -93,12 +94,14 @@ def _load_grid(grid: str, include_clean: bool):
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Corpus directory.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted corpus in OUT.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+@device_option
 @seed_option
 @json_option
 @handle_errors
 def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | None, victims: str, grid: str,
                clean_class: bool, cw_kappa_scale: str, cw_headroom: float, float_evidence: bool, shard_images: int,
-               batch_size: int, threads: int, out: Path, resume: bool, progress: bool, seed: int, json_path: Path | None) -> None:
+               batch_size: int, threads: int, out: Path, resume: bool, progress: bool, device: str, seed: int,
+               json_path: Path | None) -> None:
     """Attack a data set with every grid cell on every victim and store the successful examples.
 
     \b
@@ -112,11 +115,15 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
     from advforensics.attribution.corpus import CorpusConfig, generate_corpus
     from advforensics.data import load_dataset
     from advforensics.errors import InputValidationError
+    from advforensics.utils import resolve_device
 
     torch.set_num_threads(max(1, threads))
+    target = resolve_device(device)
     grid_spec = _load_grid(grid, clean_class)
     dataset = load_dataset(data_name, split=split, data_dir=data_dir, limit=limit)
     victim_models, victim_info = _load_victims(victims)
+    for model in victim_models.values():
+        model.to(target)
     victim_params: dict = {}
     existing = out / "manifest.json"
     if resume and existing.is_file():  # reuse the stored C&W scales: re-measuring could differ in the last bit
@@ -130,7 +137,7 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 
             if cw_headroom < 1:
                 raise InputValidationError(f"--cw-headroom must be >= 1, got {cw_headroom}")
-            x, y = dataset.images[:32], dataset.labels[:32]
+            x, y = dataset.images[:32].to(target), dataset.labels[:32].to(target)
             for name, model in victim_models.items():
                 with torch.no_grad():
                     ok = model(x).argmax(1) == y
@@ -151,7 +158,8 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
                           victim_params=victim_params)
     start = time.perf_counter()
     report = generate_corpus(dataset.images, dataset.labels, victim_models, grid_spec, out, config=config,
-                             data_info=data_info, victim_info=victim_info, resume=resume, progress=progress)
+                             data_info=data_info, victim_info=victim_info, resume=resume, progress=progress,
+                             device=target)
     seconds = time.perf_counter() - start
     click.echo(f"corpus {out}: {report.n_examples} examples in {report.units_total} units "
                f"({len(report.units_generated)} generated, {len(report.units_reused)} reused) in {seconds:.1f}s")
@@ -191,14 +199,18 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @click.option("--balance", is_flag=True, help="Sample attack x victim classes equally (small clean class).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--attacks", default=None, help="Train on these attacks only (comma list; scalability tables).")
+@click.option("--only-victims", "only_victims", default=None,
+              help="Train on these victims only (comma list; scalability tables).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@device_option
 @seed_option
 @json_option
 @handle_errors
 def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mode: str, epochs: int,
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
-              no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, threads: int, progress: bool,
-              seed: int,
+              no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, threads: int,
+              attacks: str | None, only_victims: str | None, progress: bool, device: str, seed: int,
               json_path: Path | None) -> None:
     """Train an attributor on a corpus's training split (split by clean image) and save it.
 
@@ -207,6 +219,8 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
       advforensics attribution train --corpus runs/corpus --out runs/mtaa.safetensors --epochs 10
       advforensics attribution train --corpus runs/corpus --model single-task --task victim --out runs/st-v.safetensors
       advforensics attribution train --corpus runs/corpus --shuffle-labels --out runs/control.safetensors
+      advforensics attribution train --corpus runs/corpus --attacks fgsm,pgd-linf \
+          --only-victims resnet18,vgg16,vgg19 --out runs/mtaa-2x3.safetensors
     """
     import torch
 
@@ -217,12 +231,14 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
     if out.exists():
         raise UserError(f"{out} exists; choose another --out (nothing is overwritten)")
     corpus = load_corpus(corpus_dir)
+    if attacks or only_victims:
+        corpus = corpus.subset(_comma_list(attacks), _comma_list(only_victims))
     config = TrainConfig(model=kind, task=task, label_mode=label_mode, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, width=width, weighting=weighting,
                          task_specific=not no_task_specific, use_pe=not no_pe, seed=seed,
                          shuffle_labels=shuffle_labels, balance=balance, max_steps=max_steps)
     start = time.perf_counter()
-    result = train_attributor(corpus, config, progress=progress)
+    result = train_attributor(corpus, config, progress=progress, device=device)
     seconds = time.perf_counter() - start
     result.card["train_seconds"] = seconds
     save_attributor(result.model, result.card, out)
@@ -241,11 +257,12 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
 @click.option("--single-task", "single_task", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Single-task models (attack, victim, hyper) for Delta_MTL; repeat the option.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@device_option
 @seed_option
 @json_option
 @handle_errors
 def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, single_task: tuple[Path, ...],
-                 threads: int, seed: int, json_path: Path | None) -> None:
+                 threads: int, device: str, seed: int, json_path: Path | None) -> None:
     """Accuracy, RMSE (overall, per attack), params, FLOPs, confusion plots; Delta_MTL with --single-task.
 
     \b
@@ -258,16 +275,19 @@ def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, sing
     from advforensics.attribution.corpus import load_corpus
     from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, write_report
     from advforensics.attribution.train import load_attributor
+    from advforensics.utils import resolve_device
 
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(seed)
+    target = resolve_device(device)
     corpus = load_corpus(corpus_dir)
     model, card = load_attributor(model_path)
-    metrics = evaluate_attributor(model, card, corpus, split=split)
+    metrics = evaluate_attributor(model.to(target), card, corpus, split=split)
     if single_task:
         single = {}
         for path in single_task:
             m, c = load_attributor(path)
+            m.to(target)
             task_metrics = evaluate_attributor(m, c, corpus, split=split)
             for metric in ("attack_accuracy", "victim_accuracy", "rmse"):
                 if metric in task_metrics and len(c["config"]["tasks"]) == 1:
@@ -279,6 +299,10 @@ def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, sing
                + (f" Delta_MTL {metrics['delta_mtl']:+.2f}%" if "delta_mtl" in metrics else "")
                + f"; report in {out}")
     emit_json(json_path, metrics)
+
+
+def _comma_list(text: str | None) -> list[str] | None:
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _read_images(path: Path):

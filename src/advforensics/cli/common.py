@@ -42,6 +42,8 @@ json_option = click.option(
     help="Also write the measured figures as JSON to this file.",
 )
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+device_option = click.option("--device", default="auto", show_default=True,
+                             help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.")
 
 
 def emit_json(json_path: Path | None, payload: dict[str, Any]) -> None:
