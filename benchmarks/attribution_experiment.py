@@ -10,7 +10,12 @@ Usage (each stage resumable / skippable; outputs under --out):
 `train` trains each requested model (mtaa, st-attack, st-victim, st-hyper, single-label, single-label-av,
 no-pe, plain-sum, control) that has no weights yet, evaluates it on the test split, and writes
 <out>/models/<name>.{safetensors,json} and <out>/metrics/<name>.json; `table` joins the metrics
-into Markdown (with Delta_MTL when the three single-task models exist) and prints it.
+into Markdown (with Delta_MTL when the three single-task models exist, the clean-class table when
+the corpus has one, and the scalability table) and prints it.
+
+Scalability (paper Tables 9-10): a name with a suffix, e.g. `mtaa@2x3` or `single-label@3x5`,
+trains that variant on a subset of the corpus (SCALES: 2x3 = FGSM and PGD on resnet18, vgg16,
+vgg19; 3x5 = every attack on every victim).
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from pathlib import Path
 import torch
 
 from advforensics.attribution.corpus import load_corpus
-from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, results_table, write_report
+from advforensics.attribution.evaluate import (delta_mtl, evaluate_attributor, false_alarm_table, results_table,
+                                              write_report)
 from advforensics.attribution.train import TrainConfig, save_attributor, train_attributor
 from advforensics.utils import write_json
 
@@ -43,6 +49,21 @@ VARIANTS = {
 }
 
 
+#: name -> (attacks, victims) of a scalability subset; None means all of the corpus's
+SCALES: dict[str, tuple[list[str] | None, list[str] | None]] = {
+    "2x3": (["fgsm", "pgd-linf"], ["resnet18", "vgg16", "vgg19"]),
+    "3x5": (None, None),
+}
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """'mtaa@2x3' -> ('mtaa', '2x3'); 'mtaa' -> ('mtaa', None)."""
+    variant, _, scale = name.partition("@")
+    if variant not in VARIANTS or (scale and scale not in SCALES):
+        raise SystemExit(f"unknown model {name!r}; variants {sorted(VARIANTS)}, scales {sorted(SCALES)}")
+    return variant, scale or None
+
+
 def cmd_corpus(args: argparse.Namespace) -> None:
     from click.testing import CliRunner
 
@@ -50,7 +71,11 @@ def cmd_corpus(args: argparse.Namespace) -> None:
 
     argv = ["attribution", "corpus", "--data", args.data, "--split", args.split, "--limit", str(args.limit),
             "--victims", args.victims, "--grid", args.grid, "--out", str(Path(args.out) / "corpus"),
-            "--seed", str(args.seed), "--shard-images", str(args.shard_images), "--json", str(Path(args.out) / "corpus_report.json"), "--no-progress"]
+            "--seed", str(args.seed), "--shard-images", str(args.shard_images), "--json",
+            str(Path(args.out) / "corpus_report.json"), "--no-progress", "--device", args.device,
+            "--threads", str(args.threads), "--batch-size", str(args.batch_size)]
+    if args.data_dir:
+        argv += ["--data-dir", args.data_dir]
     if args.clean_class:
         argv.append("--clean-class")
     if (Path(args.out) / "corpus" / "manifest.json").exists():
@@ -60,17 +85,20 @@ def cmd_corpus(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    corpus = load_corpus(out / "corpus")
+    full = load_corpus(out / "corpus")
     for name in args.models.split(","):
+        variant, scale = split_name(name)
+        corpus = full if scale is None else full.subset(*SCALES[scale])
         weights = out / "models" / f"{name}.safetensors"
         if weights.exists():
             logging.info("%s exists, skipped", weights)
             continue
-        config = TrainConfig(epochs=args.epochs, width=args.width, seed=args.seed, **VARIANTS[name])
+        config = TrainConfig(epochs=args.epochs, width=args.width, seed=args.seed, batch_size=args.batch_size,
+                             **VARIANTS[variant])
         start = time.perf_counter()
-        result = train_attributor(corpus, config, progress=False)
+        result = train_attributor(corpus, config, progress=False, device=args.device)
         result.card["train_seconds"] = time.perf_counter() - start
         weights.parent.mkdir(parents=True, exist_ok=True)
         save_attributor(result.model, result.card, weights)
@@ -93,6 +121,14 @@ def cmd_table(args: argparse.Namespace) -> None:
         for name in ("mtaa", "no-pe", "no-tsl", "plain-sum"):
             if name in rows:
                 text += f"\nDelta_MTL({name} vs single-task) = {delta_mtl(rows[name], single):+.2f}%\n"
+    with_clean = [rows[k] for k in VARIANTS if k in rows and rows[k].get("false_alarm")]
+    if with_clean:
+        text += "\n### Clean class (false alarms)\n\n" + false_alarm_table(with_clean)
+    scaled = [dict(rows[k], name=f"{k} ({len(rows[k]['attack_names'])} attack classes x "
+                                 f"{len(rows[k]['victim_names'])} victim classes)")
+              for k in sorted(rows) if "@" in k]
+    if scaled:
+        text += "\n### Scalability (subsets of the corpus)\n\n" + results_table(scaled)
     print(text)
     (out / "table.md").write_text(text)
 
@@ -111,12 +147,19 @@ def main() -> None:
     p.add_argument("--shard-images", type=int, default=50)
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=128)
     p = sub.add_parser("train")
     p.add_argument("--out", required=True)
     p.add_argument("--models", default="mtaa,st-attack,st-victim,st-hyper,single-label,control")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("table")
     p.add_argument("--out", required=True)
     args = parser.parse_args()

@@ -97,7 +97,11 @@ class GridSpec:
 
 #: PGD's step size and steps and C&W's search schedule are OPEN in the paper; these are the choices.
 PGD_PARAMS: dict[str, Any] = {"steps": 10, "alpha_ratio": 0.25, "random_start": True}
-CW_PARAMS: dict[str, Any] = {}  # the attack's defaults: 6 search rounds x 200 Adam steps, lr 0.05
+#: Default grid C&W: kappa 5 runs the attack's defaults (6 search rounds x 200 Adam steps, lr 0.05); each
+#: next kappa continues from the previous one's examples for 2 x 50 steps (`cw_kappa_sweep`). Measured
+#: on a ResNet-18 victim (docs/RESULTS.md): 7.4x faster than 20 independent calls, every kappa reached,
+#: median L2 3% below the independent calls'.
+CW_PARAMS: dict[str, Any] = {"warm_search_steps": 2, "warm_steps": 50}
 #: The small grid's C&W schedule (lab notes: 5 x 100 steps at lr 0.1 costs 3-15% more L2, 2x faster);
 #: cut further to 3 x 50 so that a CPU run finishes in minutes. `reached` records what it achieved.
 CW_PARAMS_SMALL: dict[str, Any] = {"search_steps": 3, "steps": 50, "lr": 0.1}
