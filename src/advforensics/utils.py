@@ -43,6 +43,11 @@ def resolve_device(name: str | torch.device = "cpu") -> torch.device:
     return device
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (the CPU for a module without parameters)."""
+    return next(iter(module.parameters()), torch.empty(0)).device
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

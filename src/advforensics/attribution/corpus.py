@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from advforensics.attribution.grid import CLEAN, AttackSpec, GridSpec
 from advforensics.errors import DataFileError, InputValidationError, UnknownNameError
-from advforensics.utils import (atomic_write_bytes, check_images, check_labels, resolve_device, sha256_bytes, sha256_file,
-                                write_json)
+from advforensics.utils import (atomic_write_bytes, check_images, check_labels, module_device, resolve_device,
+                                sha256_bytes, sha256_file, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +192,9 @@ def _to_storage(x: torch.Tensor, quantize: bool) -> np.ndarray:
     return x.detach().float().cpu().numpy()
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
-
-
 def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     """The model's logits on CPU images `x`, computed on the model's device, returned on the CPU."""
-    device = _model_device(model)
+    device = module_device(model)
     with torch.no_grad():
         return torch.cat([model(chunk.to(device)).float().cpu() for chunk in x.split(batch_size)]) if len(x) \
             else torch.empty(0)
@@ -290,7 +286,7 @@ def _generate_unit(unit: tuple[str, str, str, int, int], grid: GridSpec, victims
     runs = 0
     for b0 in range(0, len(xc), config.batch_size):
         xb, yb, pb = xc[b0:b0 + config.batch_size], yc[b0:b0 + config.batch_size], pc[b0:b0 + config.batch_size]
-        device = _model_device(model)
+        device = module_device(model)
         cells = runner(spec, model, xb.to(device), yb.to(device), seed + b0, extra)
         runs += len(xb) * len(cells)
         for cell in cells:

@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.grid import CLEAN
 from advforensics.errors import CheckpointError, InputValidationError
-from advforensics.utils import check_images, write_json
+from advforensics.utils import check_images, module_device, write_json
 from advforensics.reporting import markdown_table
 
 #: metric -> lower is better?
@@ -41,7 +41,7 @@ def predict_outputs(model: nn.Module, card: dict[str, Any], x: torch.Tensor, bat
     """
     check_input(card, x)
     model.eval()
-    device = _model_device(model)
+    device = module_device(model)
     parts: dict[str, list[np.ndarray]] = {}
     for chunk in x.split(batch_size):
         out = model(chunk.to(device))
@@ -81,15 +81,11 @@ def predict_records(model: nn.Module, card: dict[str, Any], x: torch.Tensor) -> 
 def count_flops(model: nn.Module, card: dict[str, Any]) -> int:
     """Forward FLOPs for one image, counted by torch.utils.flop_counter.FlopCounterMode."""
     c, h, w = card["image_shape"]
-    x = torch.rand(1, int(c), int(h), int(w), device=_model_device(model))
+    x = torch.rand(1, int(c), int(h), int(w), device=module_device(model))
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return int(counter.get_total_flops())
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def _rmse(pred: np.ndarray, true: np.ndarray) -> float | None:
