@@ -73,3 +73,17 @@ def test_help_texts_have_examples(runner: CliRunner) -> None:
     for args in (["data", "--help"], ["data", "list", "--help"], ["data", "info", "--help"]):
         result = runner.invoke(cli, args)
         assert result.exit_code == 0 and "advforensics data" in result.output
+
+
+def test_cli_help_does_not_import_torch() -> None:
+    """`advforensics --help` and each group's --help stay instant: torch loads only when a command runs."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom advforensics.cli.main import cli\n"
+            "for args in ([], ['data'], ['models'], ['attacks'], ['trace'], ['attribution'], ['trace', 'identify']):\n"
+            "    result = CliRunner().invoke(cli, [*args, '--help'])\n"
+            "    assert result.exit_code == 0, result.output\n"
+            "print(sorted(m for m in ('torch', 'numpy', 'sklearn') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

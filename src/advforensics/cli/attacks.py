@@ -10,13 +10,14 @@ import platform
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
-import torch
 
 from advforensics.cli.common import UserError, emit_json, handle_errors, json_option, seed_option
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("advforensics.cli.attacks")
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
@@ -130,6 +131,8 @@ def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, cop
       advforensics attacks run --attack hopskipjump --copies runs/copies --copy 3 --data mnist-5k \\
           --param max_iter=20 --n 20 --out runs/advs.npz
     """
+    import numpy as np
+    import torch
     from tqdm import tqdm
 
     from advforensics.attacks import create_attack

@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 import click
 
 from advforensics.errors import AdvForensicsError
-from advforensics.utils import write_json
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,6 +47,8 @@ device_option = click.option("--device", default="auto", show_default=True,
 
 def emit_json(json_path: Path | None, payload: dict[str, Any]) -> None:
     if json_path is not None:
+        from advforensics.utils import write_json
+
         write_json(json_path, payload)
         logging.getLogger("advforensics").info("wrote %s", json_path)
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import torch
 
 from advforensics.cli.common import emit_json, handle_errors, json_option
-from advforensics.data import dataset_spec, list_datasets, load_dataset
 
 
 @click.group("data")
@@ -31,6 +29,8 @@ def list_command() -> None:
     Example:
       advforensics data list
     """
+    from advforensics.data import dataset_spec, list_datasets
+
     rows = [("NAME", "SHAPE", "CLASSES", "SPLITS", "SOURCE")]
     for name in list_datasets():
         spec = dataset_spec(name)
@@ -64,6 +64,10 @@ def info_command(name: str, split: str, data_dir: Path | None, limit: int | None
       advforensics data info cifar10 --data-dir ../shared/data --limit 1000 --json cifar.json
       advforensics data info imagefolder --data-dir my_images/ --split val
     """
+    import torch
+
+    from advforensics.data import load_dataset
+
     dataset = load_dataset(name, split=split, data_dir=data_dir, download=download, limit=limit)
     info = dataset.info
     counts = torch.bincount(dataset.labels, minlength=len(info.classes)).tolist()

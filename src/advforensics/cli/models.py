@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import click
-import torch
 
 from advforensics import __version__
 from advforensics.cli.common import UserError, emit_json, handle_errors, json_option, seed_option
@@ -91,6 +90,8 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
           --out runs/zoo/resnet18 --json runs/zoo/resnet18.train.json
       advforensics models train --model lenet --data digits --epochs 3 --out runs/lenet --resume
     """
+    import torch
+
     from advforensics.data import load_dataset
     from advforensics.models import (
         count_parameters, create_model, default_train_config, save_model, train_model, weights_paths,
@@ -166,6 +167,8 @@ def eval_cmd(weights: Path, data_name: str, data_dir: Path | None, split: str, l
     Example:
       advforensics models eval --weights runs/zoo/resnet18 --data mnist --data-dir ../shared/data
     """
+    import torch
+
     from advforensics.data import load_dataset
     from advforensics.errors import InputValidationError
     from advforensics.models import evaluate, load_model

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
 from advforensics.cli.common import emit_json, handle_errors, json_option, load_image_array, seed_option
 from advforensics.errors import InputValidationError
-from advforensics.tracing.dol import DEFAULT_RULE, SCORE_RULES
-from advforensics.tracing.experiment import STAGES
+from advforensics.tracing.names import DEFAULT_RULE, SCORE_RULES, STAGES
+
+if TYPE_CHECKING:
+    import torch
 
 
 @click.group("trace")
@@ -120,6 +122,8 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     Example:
       advforensics trace identify --record runs/copies --examples advs.npz --json trace.json
     """
+    import torch
+
     from advforensics.tracing.dol import Calibration, rule_scores, trace_scores
     from advforensics.tracing.record import load_copies
 
@@ -222,6 +226,8 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
     """
     import logging
 
+    import torch
+
     from advforensics.attacks import list_attacks
     from advforensics.cli.attacks import parse_param
     from advforensics.data import load_dataset
@@ -272,6 +278,8 @@ def load_examples(path: Path) -> torch.Tensor:
 
 
 def _dataset_images(name: str, data_dir: str | None, split: str, limit: int, seed: int) -> torch.Tensor:
+    import torch
+
     from advforensics.data import load_dataset
 
     data = load_dataset(name, split, data_dir=data_dir)

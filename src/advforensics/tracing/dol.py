@@ -34,11 +34,10 @@ import torch
 
 from advforensics.errors import InputValidationError
 from advforensics.tracing.copies import CopySet
+from advforensics.tracing.names import DEFAULT_RULE, SCORE_RULES
 from advforensics.utils import check_images
 
 DOL_RANGE = (-2.0, 2.0)  # tracer outputs lie in [-1, 1]
-SCORE_RULES = ("dol", "margin", "proximity")
-DEFAULT_RULE = "proximity"
 
 
 def check_rule(rule: str) -> str:

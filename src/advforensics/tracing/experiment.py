@@ -41,6 +41,7 @@ from advforensics.errors import InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.dol import (DEFAULT_RULE, SCORE_RULES, Calibration, calibrate_rules, confidence_from_false_alarm,
                                       rule_scores, trace_scores)
+from advforensics.tracing.names import STAGES
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
 
@@ -55,7 +56,6 @@ DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     "signopt": {"max_queries": 3000},
 }
 CONFIDENT = 0.99  # a trace at or above this confidence is an accusation
-STAGES = ("clean", "tracing", "scaling", "controls", "collusion", "peer")
 
 
 @dataclass

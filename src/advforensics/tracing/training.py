@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 
 from advforensics.errors import InputValidationError
 from advforensics.tracing.tracer import VAETracer
-from advforensics.utils import check_images
 
 log = logging.getLogger(__name__)
 TRAP_VARIANTS = ("literal-squared", "literal-signed", "pairwise")
