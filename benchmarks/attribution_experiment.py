@@ -6,6 +6,7 @@ Usage (each stage resumable / skippable; outputs under --out):
     python benchmarks/attribution_experiment.py train --out runs/attribution/exp --models mtaa,control \
         --epochs 4 --width 8
     python benchmarks/attribution_experiment.py table --out runs/attribution/exp
+    python benchmarks/attribution_experiment.py corpus-table --out runs/attribution/exp
 
 `train` trains each requested model (mtaa, st-attack, st-victim, st-hyper, single-label, single-label-av,
 no-pe, plain-sum, control) that has no weights yet, evaluates it on the test split, and writes
@@ -81,6 +82,39 @@ def cmd_corpus(args: argparse.Namespace) -> None:
         argv.append("--resume")
     result = CliRunner().invoke(cli, argv, catch_exceptions=False)
     print(result.output)
+
+
+def cmd_corpus_table(args: argparse.Namespace) -> None:
+    """Success rate per grid cell (victims x values, per attack; C&W also the share that reached
+    kappa) and generation throughput per victim x attack, from the corpus manifest."""
+    manifest = json.loads((Path(args.out) / "corpus" / "manifest.json").read_text())
+    cells, victims = manifest["cells"], manifest["victims"]
+    text = ""
+    for spec in manifest["grid"]["attacks"]:
+        values = spec["values"]
+        text += f"\n{spec['name']} success (%)" + (", reached kappa (%) in brackets" if spec["name"] == "cw-l2" else "")
+        text += "\n\n| victim | " + " | ".join(f"{v:g}" for v in values) + " |\n"
+        text += "| --- |" + " ---: |" * len(values) + "\n"
+        for victim in victims:
+            row = {c["hyper"]: c for c in cells if c["victim"] == victim and c["attack"] == spec["name"]}
+            parts = []
+            for v in values:
+                c = row[v]
+                part = f"{100 * c['success_rate']:.0f}"
+                if spec["name"] == "cw-l2" and c["attempted"]:
+                    part += f" ({100 * c['reached'] / c['attempted']:.0f})"
+                parts.append(part)
+            text += f"| {victim} | " + " | ".join(parts) + " |\n"
+    names = [spec["name"] for spec in manifest["grid"]["attacks"]]
+    text += "\nthroughput (attacked image x hyperparameter value per second, 8-bit re-check included)\n\n"
+    text += "| victim | " + " | ".join(names) + " |\n| --- |" + " ---: |" * len(names) + "\n"
+    for victim in victims:
+        by = {t["attack"]: t for t in manifest["throughput"] if t["victim"] == victim}
+        text += f"| {victim} | " + " | ".join(f"{by[n]['images_per_s']:.1f}" for n in names) + " |\n"
+    n = sum(int(e["n_examples"]) for e in manifest["units"].values())
+    seconds = sum(float(e.get("seconds", 0.0)) for e in manifest["units"].values())
+    text += f"\n{n} examples, {seconds:.0f} s of generation summed over units\n"
+    print(text)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -161,8 +195,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("table")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("corpus-table")
+    p.add_argument("--out", required=True)
     args = parser.parse_args()
-    {"corpus": cmd_corpus, "train": cmd_train, "table": cmd_table}[args.cmd](args)
+    {"corpus": cmd_corpus, "train": cmd_train, "table": cmd_table, "corpus-table": cmd_corpus_table}[args.cmd](args)
 
 
 if __name__ == "__main__":
