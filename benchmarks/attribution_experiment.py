@@ -121,6 +121,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     full = load_corpus(out / "corpus")
+    pretrain = None
+    if args.backbone_data:
+        from advforensics.data import load_dataset
+
+        data = load_dataset(args.backbone_data, split="train", data_dir=args.data_dir)
+        pretrain = (data.images, data.labels, f"{args.backbone_data} train split ({len(data.images)} images)")
     for name in args.models.split(","):
         variant, scale = split_name(name)
         corpus = full if scale is None else full.subset(*SCALES[scale])
@@ -129,9 +135,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             logging.info("%s exists, skipped", weights)
             continue
         config = TrainConfig(epochs=args.epochs, width=args.width, seed=args.seed, batch_size=args.batch_size,
-                             **VARIANTS[variant])
+                             backbone_epochs=args.backbone_epochs, **VARIANTS[variant])
         start = time.perf_counter()
-        result = train_attributor(corpus, config, progress=False, device=args.device)
+        result = train_attributor(corpus, config, progress=False, device=args.device, backbone_data=pretrain)
         result.card["train_seconds"] = time.perf_counter() - start
         weights.parent.mkdir(parents=True, exist_ok=True)
         save_attributor(result.model, result.card, weights)
@@ -193,6 +199,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backbone-data", default=None, help="pretrain MTAA's PE backbone on this set's train split")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--backbone-epochs", type=int, default=3)
     p = sub.add_parser("table")
     p.add_argument("--out", required=True)
     p = sub.add_parser("corpus-table")

@@ -28,7 +28,8 @@ from advforensics.attribution.baselines import SingleLabelConfig, SingleLabelNet
 from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
 from advforensics.errors import CheckpointError, InputValidationError
-from advforensics.utils import atomic_write_bytes, resolve_device, seed_everything, write_json
+from advforensics.utils import (atomic_write_bytes, check_images, check_labels, resolve_device, seed_everything,
+                                write_json)
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +132,15 @@ def _pretrain_pe_backbone(model: MTAA, images: torch.Tensor, labels: torch.Tenso
 
 
 def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progress: bool = True,
-                     device: str | torch.device = "cpu") -> TrainResult:
+                     device: str | torch.device = "cpu",
+                     backbone_data: tuple[torch.Tensor, torch.Tensor, str] | None = None) -> TrainResult:
     """Train an attributor on the training split of `corpus` (split by clean image).
 
     device: where the model trains ("auto", "cpu", "cuda"); the data stay on the CPU and travel a
-    batch at a time. The returned model is on that device.
+        batch at a time. The returned model is on that device.
+    backbone_data: (images (N, C, H, W) in [0, 1], labels (N,), description) to pretrain MTAA's PE
+        backbone on, in the role of the paper's ImageNet-pretrained extractor. Without it the
+        backbone learns from the corpus's training clean images, which are few in a small corpus.
     """
     config = config or TrainConfig()
     device = resolve_device(device)
@@ -168,14 +173,20 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     x_train = corpus.float_images(rows)  # (M, C, H, W)
     backbone_acc = None
     if isinstance(model, MTAA) and model.pe_backbone is not None:
-        pos = np.unique(corpus.columns["clean_pos"][rows])
-        clean_x = torch.from_numpy(corpus.clean_images[pos]).float() / 255.0
-        clean_y = torch.from_numpy(corpus.clean_labels[pos]).long()
-        backbone_acc = _pretrain_pe_backbone(model, clean_x, clean_y, config.backbone_epochs, config.batch_size,
-                                             generator, device)
+        if backbone_data is None:
+            pos = np.unique(corpus.columns["clean_pos"][rows])
+            clean_x = torch.from_numpy(corpus.clean_images[pos]).float() / 255.0
+            clean_y = torch.from_numpy(corpus.clean_labels[pos]).long()
+            backbone_source = f"the corpus's {len(pos)} training clean images"
+        else:
+            clean_x, clean_y, backbone_source = backbone_data
+            check_images(clean_x, "backbone images", channels=c, size=(h, w))
+            check_labels(clean_y, clean_x.shape[0])
+        backbone_acc = _pretrain_pe_backbone(model, clean_x, clean_y.long(), config.backbone_epochs,
+                                             config.batch_size, generator, device)
         clean_train = corpus.float_clean(rows)
     else:
-        clean_train = None
+        clean_train, backbone_source = None, None
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("weighting.")]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("weighting.")]
     optimiser = torch.optim.Adam([{"params": decay, "weight_decay": config.weight_decay},
@@ -232,7 +243,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             "hyper_units": {a.name: a.unit for a in corpus.grid.attacks},
             "split": {"by": "clean_index", "test_fraction": config.test_fraction, "seed": config.seed},
             "train": _config_dict(config), "n_train": int(len(rows)), "steps": step,
-            "pe_backbone_train_accuracy": backbone_acc, "history": history,
+            "pe_backbone_train_accuracy": backbone_acc, "pe_backbone_data": backbone_source, "history": history,
             "n_params": int(sum(p.numel() for p in model.parameters()))}
     return TrainResult(model=model, card=card, history=history)
 

@@ -199,6 +199,12 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @click.option("--balance", is_flag=True, help="Sample attack x victim classes equally (small clean class).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
+@click.option("--backbone-data", default=None,
+              help="Pretrain MTAA's PE backbone on this data set's training split (default: the corpus's clean "
+                   "training images, which are few in a small corpus).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory holding --backbone-data's files.")
+@click.option("--backbone-epochs", type=int, default=3, show_default=True, help="PE backbone pretraining epochs.")
 @click.option("--attacks", default=None, help="Train on these attacks only (comma list; scalability tables).")
 @click.option("--only-victims", "only_victims", default=None,
               help="Train on these victims only (comma list; scalability tables).")
@@ -210,6 +216,7 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mode: str, epochs: int,
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
               no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, threads: int,
+              backbone_data: str | None, data_dir: Path | None, backbone_epochs: int,
               attacks: str | None, only_victims: str | None, progress: bool, device: str, seed: int,
               json_path: Path | None) -> None:
     """Train an attributor on a corpus's training split (split by clean image) and save it.
@@ -236,9 +243,16 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
     config = TrainConfig(model=kind, task=task, label_mode=label_mode, epochs=epochs, batch_size=batch_size, lr=lr,
                          weight_decay=weight_decay, width=width, weighting=weighting,
                          task_specific=not no_task_specific, use_pe=not no_pe, seed=seed,
-                         shuffle_labels=shuffle_labels, balance=balance, max_steps=max_steps)
+                         shuffle_labels=shuffle_labels, balance=balance, max_steps=max_steps,
+                         backbone_epochs=backbone_epochs)
+    pretrain = None
+    if backbone_data is not None:
+        from advforensics.data import load_dataset
+
+        data = load_dataset(backbone_data, split="train", data_dir=data_dir)
+        pretrain = (data.images, data.labels, f"{backbone_data} train split ({len(data.images)} images)")
     start = time.perf_counter()
-    result = train_attributor(corpus, config, progress=progress, device=device)
+    result = train_attributor(corpus, config, progress=progress, device=device, backbone_data=pretrain)
     seconds = time.perf_counter() - start
     result.card["train_seconds"] = seconds
     save_attributor(result.model, result.card, out)
