@@ -7,6 +7,7 @@ Usage (each stage resumable / skippable; outputs under --out):
         --epochs 4 --width 8
     python benchmarks/attribution_experiment.py table --out runs/attribution/exp
     python benchmarks/attribution_experiment.py corpus-table --out runs/attribution/exp
+    python benchmarks/attribution_experiment.py errors --out runs/attribution/exp --model mtaa
 
 `train` trains each requested model (mtaa, st-attack, st-victim, st-hyper, single-label, single-label-av,
 no-pe, plain-sum, control) that has no weights yet, evaluates it on the test split, and writes
@@ -117,6 +118,38 @@ def cmd_corpus_table(args: argparse.Namespace) -> None:
     print(text)
 
 
+def cmd_errors(args: argparse.Namespace) -> None:
+    """Where one trained model errs on the test split: attack errors per hyperparameter value, and
+    the correlation of the regressed hyperparameter with the truth per attack."""
+    import numpy as np
+
+    from advforensics.attribution.corpus import split_by_clean_image
+    from advforensics.attribution.evaluate import predict_outputs
+    from advforensics.attribution.train import load_attributor
+
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    model, card = load_attributor(out / "models" / f"{args.model}.safetensors")
+    corpus = load_corpus(out / "corpus")
+    _, test = split_by_clean_image(corpus.columns["clean_index"], card["split"]["test_fraction"],
+                                   card["split"]["seed"])
+    rows = np.flatnonzero(test)
+    pred = predict_outputs(model, card, corpus.float_images(rows))
+    attack, hyper = corpus.columns["attack"][rows], corpus.columns["hyper"][rows]
+    for name in corpus.grid.attack_names:
+        chosen = attack == name
+        if "attack_probs" in pred:
+            called = np.array(card["attack_names"])[pred["attack_probs"].argmax(1)]
+            wrong = chosen & (called != name)
+            print(f"{name}: {int(wrong.sum())} of {int(chosen.sum())} misattributed; by value "
+                  + str({float(v): int((wrong & (hyper == v)).sum()) for v in np.unique(hyper[chosen])
+                         if (wrong & (hyper == v)).any()}))
+        if "hyper" in pred and name != "clean" and chosen.sum() > 1:
+            r = np.corrcoef(pred["hyper"][chosen], hyper[chosen])[0, 1]
+            print(f"{name}: corr(regressed, true) {r:.3f}; regressed std {pred['hyper'][chosen].std():.2f}, "
+                  f"true std {hyper[chosen].std():.2f}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -206,8 +239,12 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p = sub.add_parser("corpus-table")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("errors")
+    p.add_argument("--out", required=True)
+    p.add_argument("--model", required=True, help="a trained model's name, e.g. plain-sum")
     args = parser.parse_args()
-    {"corpus": cmd_corpus, "train": cmd_train, "table": cmd_table, "corpus-table": cmd_corpus_table}[args.cmd](args)
+    {"corpus": cmd_corpus, "train": cmd_train, "table": cmd_table, "corpus-table": cmd_corpus_table,
+     "errors": cmd_errors}[args.cmd](args)
 
 
 if __name__ == "__main__":
