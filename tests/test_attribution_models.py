@@ -192,14 +192,18 @@ def test_training_rejects_a_device_this_machine_lacks(tiny_corpus):
     assert result.card["train_device"] == "cpu"
 
 
-def test_pe_backbone_can_pretrain_on_a_labelled_data_set(tiny_corpus, digits_data):
+def test_pe_backbone_can_pretrain_on_a_labelled_data_set(tiny_corpus, digits_data, caplog):
     images, labels = digits_data
-    result = train_attributor(tiny_corpus, _cfg(backbone_epochs=3), progress=False,
-                              backbone_data=(images, labels, "digits"))
+    with caplog.at_level("WARNING", logger="advforensics.attribution.train"):
+        result = train_attributor(tiny_corpus, _cfg(backbone_epochs=3), progress=False,
+                                  backbone_data=(images, labels, "digits"))
     assert result.card["pe_backbone_data"] == "digits"
     assert result.card["pe_backbone_train_accuracy"] > 0.5  # hundreds of labelled images, not the corpus's few
-    default = train_attributor(tiny_corpus, _cfg(), progress=False)
+    assert "PE backbone" not in caplog.text
+    with caplog.at_level("WARNING", logger="advforensics.attribution.train"):
+        default = train_attributor(tiny_corpus, _cfg(), progress=False)  # 1 epoch on ~96 clean images
     assert "corpus" in default.card["pe_backbone_data"]
+    assert default.card["pe_backbone_train_accuracy"] < 0.5 and "--backbone-data" in caplog.text
     with pytest.raises(InputValidationError, match="backbone images"):
         train_attributor(tiny_corpus, _cfg(), progress=False, backbone_data=(torch.rand(4, 1, 28, 28),
                                                                              torch.zeros(4, dtype=torch.long), "x"))

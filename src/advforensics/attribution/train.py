@@ -39,6 +39,10 @@ MODEL_KINDS = ("mtaa", "single-task", "single-label")
 Attributor = MTAA | SingleLabelNet
 
 
+#: Below this train accuracy the PE backbone counts as untrained (a warning says so).
+WEAK_BACKBONE = 0.5
+
+
 @dataclass
 class TrainConfig:
     """How an attributor is trained (stored in its card).
@@ -184,6 +188,10 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             check_labels(clean_y, clean_x.shape[0])
         backbone_acc = _pretrain_pe_backbone(model, clean_x, clean_y.long(), config.backbone_epochs,
                                              config.batch_size, generator, device)
+        if backbone_acc < WEAK_BACKBONE:
+            log.warning("the PE backbone reached only %.1f%% train accuracy on %s: its feature maps carry "
+                        "little, so perturbation extraction adds cost and no signal; pretrain it on a labelled "
+                        "set (--backbone-data) or raise --backbone-epochs", 100 * backbone_acc, backbone_source)
         clean_train = corpus.float_clean(rows)
     else:
         clean_train, backbone_source = None, None
