@@ -33,7 +33,7 @@ import torch
 from advforensics.attribution.corpus import load_corpus
 from advforensics.attribution.evaluate import (delta_mtl, evaluate_attributor, false_alarm_table, results_table,
                                               write_report)
-from advforensics.attribution.train import TrainConfig, save_attributor, train_attributor
+from advforensics.attribution.train import TrainConfig, load_backbone_data, save_attributor, train_attributor
 from advforensics.utils import write_json
 
 VARIANTS = {
@@ -154,12 +154,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     full = load_corpus(out / "corpus")
-    pretrain = None
-    if args.backbone_data:
-        from advforensics.data import load_dataset
-
-        data = load_dataset(args.backbone_data, split="train", data_dir=args.data_dir)
-        pretrain = (data.images, data.labels, f"{args.backbone_data} train split ({len(data.images)} images)")
+    pretrain = load_backbone_data(args.backbone_data, args.data_dir) if args.backbone_data else None
     for name in args.models.split(","):
         variant, scale = split_name(name)
         corpus = full if scale is None else full.subset(*SCALES[scale])

@@ -284,9 +284,9 @@ def _generate_unit(unit: tuple[str, str, str, int, int], grid: GridSpec, victims
                                                      "attempted": 0, "succeeded": 0, "reached": 0}
                                           for v in spec.values}
     runs = 0
+    device = module_device(model)
     for b0 in range(0, len(xc), config.batch_size):
         xb, yb, pb = xc[b0:b0 + config.batch_size], yc[b0:b0 + config.batch_size], pc[b0:b0 + config.batch_size]
-        device = module_device(model)
         cells = runner(spec, model, xb.to(device), yb.to(device), seed + b0, extra)
         runs += len(xb) * len(cells)
         for cell in cells:

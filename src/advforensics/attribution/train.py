@@ -113,6 +113,14 @@ def build_model(kind: str, config: dict[str, Any]) -> Attributor:
     raise CheckpointError(f"unknown attributor kind {kind!r}")
 
 
+def load_backbone_data(name: str, data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """A data set's training split as `train_attributor`'s backbone_data: (images, labels, description)."""
+    from advforensics.data import load_dataset
+
+    data = load_dataset(name, split="train", data_dir=data_dir)
+    return data.images, data.labels, f"{name} train split ({len(data.images)} images)"
+
+
 def _pretrain_pe_backbone(model: MTAA, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int,
                           generator: torch.Generator, device: torch.device) -> float:
     """Train the PE backbone as a classifier on clean images, then freeze it; returns train accuracy."""
@@ -304,5 +312,5 @@ def load_attributor(path: str | Path) -> tuple[Attributor, dict[str, Any]]:
     return model, card
 
 
-__all__ = ["TrainConfig", "TrainResult", "train_attributor", "save_attributor", "load_attributor", "build_model",
+__all__ = ["TrainConfig", "TrainResult", "train_attributor", "load_backbone_data", "save_attributor", "load_attributor", "build_model",
            "corpus_targets", "MODEL_KINDS"]

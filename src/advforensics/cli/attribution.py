@@ -232,7 +232,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
     import torch
 
     from advforensics.attribution.corpus import load_corpus
-    from advforensics.attribution.train import TrainConfig, save_attributor, train_attributor
+    from advforensics.attribution.train import TrainConfig, load_backbone_data, save_attributor, train_attributor
 
     torch.set_num_threads(max(1, threads))
     if out.exists():
@@ -245,12 +245,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
                          task_specific=not no_task_specific, use_pe=not no_pe, seed=seed,
                          shuffle_labels=shuffle_labels, balance=balance, max_steps=max_steps,
                          backbone_epochs=backbone_epochs)
-    pretrain = None
-    if backbone_data is not None:
-        from advforensics.data import load_dataset
-
-        data = load_dataset(backbone_data, split="train", data_dir=data_dir)
-        pretrain = (data.images, data.labels, f"{backbone_data} train split ({len(data.images)} images)")
+    pretrain = None if backbone_data is None else load_backbone_data(backbone_data, data_dir)
     start = time.perf_counter()
     result = train_attributor(corpus, config, progress=progress, device=device, backbone_data=pretrain)
     seconds = time.perf_counter() - start
