@@ -10,7 +10,8 @@ Usage (each stage resumable / skippable; outputs under --out):
     python benchmarks/attribution_experiment.py errors --out runs/attribution/exp --model mtaa
 
 `train` trains each requested model (mtaa, st-attack, st-victim, st-hyper, single-label, single-label-av,
-no-pe, plain-sum, control) that has no weights yet, evaluates it on the test split, and writes
+no-pe, plain-sum, control; a "+fx" suffix adds the side features of side.py, whose victim probe loads
+the corpus's victims from --probe-victims or from the files its manifest records) that has no weights yet, evaluates it on the test split, and writes
 <out>/models/<name>.{safetensors,json} and <out>/metrics/<name>.json; `table` joins the metrics
 into Markdown (with Delta_MTL when the three single-task models exist, the clean-class table when
 the corpus has one, and the scalability table) and prints it.
@@ -34,6 +35,7 @@ from advforensics.attribution.corpus import load_corpus
 from advforensics.attribution.evaluate import (delta_mtl, evaluate_attributor, false_alarm_table, results_table,
                                               write_report)
 from advforensics.attribution.train import TrainConfig, load_backbone_data, save_attributor, train_attributor
+from advforensics.attribution.victims import load_victims
 from advforensics.utils import write_json
 
 VARIANTS = {
@@ -49,6 +51,11 @@ VARIANTS = {
     "control": {"shuffle_labels": True},
     "mtaa-balanced": {"balance": True},
 }
+#: the side features (side.py): "+fx" = pixel histogram and victim probe; "+hist" / "+probe" = one of them
+SIDE = {"+fx": {"histogram": True, "probe": True}, "+hist": {"histogram": True}, "+probe": {"probe": True}}
+VARIANTS.update({f"{name}+fx": {**VARIANTS[name], **SIDE["+fx"]} for name in
+                 ("mtaa", "no-pe", "no-tsl", "plain-sum", "st-attack", "st-victim", "st-hyper", "control")})
+VARIANTS.update({f"no-pe{suffix}": {**VARIANTS["no-pe"], **SIDE[suffix]} for suffix in ("+hist", "+probe")})
 
 
 #: name -> (attacks, victims) of a scalability subset; None means all of the corpus's
@@ -155,6 +162,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     full = load_corpus(out / "corpus")
     pretrain = load_backbone_data(args.backbone_data, args.data_dir) if args.backbone_data else None
+    probe_victims = None
+    if any(VARIANTS[split_name(name)[0]].get("probe") for name in args.models.split(",")):
+        files = args.probe_victims or ",".join(i["file"] for i in full.manifest["victim_info"].values())
+        probe_victims = load_victims(files)
     for name in args.models.split(","):
         variant, scale = split_name(name)
         corpus = full if scale is None else full.subset(*SCALES[scale])
@@ -165,7 +176,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         config = TrainConfig(epochs=args.epochs, width=args.width, seed=args.seed, batch_size=args.batch_size,
                              backbone_epochs=args.backbone_epochs, **VARIANTS[variant])
         start = time.perf_counter()
-        result = train_attributor(corpus, config, progress=False, device=args.device, backbone_data=pretrain)
+        result = train_attributor(corpus, config, progress=False, device=args.device, backbone_data=pretrain,
+                                  probe_victims=probe_victims)
         result.card["train_seconds"] = time.perf_counter() - start
         weights.parent.mkdir(parents=True, exist_ok=True)
         save_attributor(result.model, result.card, weights)
@@ -188,6 +200,12 @@ def cmd_table(args: argparse.Namespace) -> None:
         for name in ("mtaa", "no-pe", "no-tsl", "plain-sum"):
             if name in rows:
                 text += f"\nDelta_MTL({name} vs single-task) = {delta_mtl(rows[name], single):+.2f}%\n"
+    single_fx = {"attack_accuracy": rows.get("st-attack+fx"), "victim_accuracy": rows.get("st-victim+fx"),
+                 "rmse": rows.get("st-hyper+fx")}
+    if all(single_fx.values()):
+        for name in ("mtaa+fx", "no-pe+fx", "no-tsl+fx", "plain-sum+fx"):
+            if name in rows:
+                text += f"\nDelta_MTL({name} vs single-task+fx) = {delta_mtl(rows[name], single_fx):+.2f}%\n"
     with_clean = [rows[k] for k in VARIANTS if k in rows and rows[k].get("false_alarm")]
     if with_clean:
         text += "\n### Clean class (false alarms)\n\n" + false_alarm_table(with_clean)
@@ -230,6 +248,8 @@ def main() -> None:
     p.add_argument("--backbone-data", default=None, help="pretrain MTAA's PE backbone on this set's train split")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--backbone-epochs", type=int, default=3)
+    p.add_argument("--probe-victims", default=None,
+                   help="victim weights for +fx models (directory or comma list; default: the manifest's files)")
     p = sub.add_parser("table")
     p.add_argument("--out", required=True)
     p = sub.add_parser("corpus-table")

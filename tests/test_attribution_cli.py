@@ -116,3 +116,43 @@ def test_cli_errors(workdir, tmp_path):
         assert r.exit_code == 2 and "CUDA" in r.output and not (tmp_path / "gpu").exists()
     r = _run(["attribution", "--help"])
     assert r.exit_code == 0 and "Example" in r.output
+
+
+def test_side_features_train_evaluate_predict(workdir, tmp_path):
+    """--histogram --probe-victims: the model file carries the victims; other weights are refused."""
+    import shutil
+
+    from advforensics.attribution.corpus import load_corpus
+    from advforensics.models import create_model, save_model
+
+    root = workdir
+    corpus_dir = tmp_path / "corpus"
+    r = _run(["attribution", "corpus", "--data", "digits", "--limit", "60", "--victims", str(root / "zoo"),
+              "--grid", str(root / "grid.json"), "--out", str(corpus_dir), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    model = tmp_path / "fx.safetensors"
+    r = _run(["attribution", "train", "--corpus", str(corpus_dir), "--out", str(model), "--epochs", "1",
+              "--width", "4", "--max-steps", "3", "--no-pe", "--histogram", "--probe-victims", str(root / "zoo"),
+              "--no-progress"])
+    assert r.exit_code == 0, r.output
+    card = json.loads(model.with_suffix(".json").read_text())
+    assert card["config"]["histogram"] and card["config"]["probe_victims"] == ["lenet", "lenet-w1"]
+    assert set(card["probe_weights_sha256"]) == {"lenet", "lenet-w1"}
+    r = _run(["attribution", "evaluate", "--corpus", str(corpus_dir), "--model", str(model), "--out",
+              str(tmp_path / "report"), "--json", str(tmp_path / "eval.json")])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "eval.json").read_text())["n"] > 0
+    np.savez(tmp_path / "ev.npz", images=load_corpus(corpus_dir).images[:2])
+    shutil.rmtree(tmp_path / "report")  # predict needs nothing but the model file
+    r = _run(["attribution", "predict", "--model", str(model), str(tmp_path / "ev.npz"), "--as-json"])
+    assert r.exit_code == 0, r.output
+    assert len(json.loads(r.output)) == 2
+    # a victim with other weights than the corpus was made on
+    other = tmp_path / "other-zoo"
+    shutil.copytree(root / "zoo", other)
+    save_model(create_model("lenet", image_size=8, width=1.0, seed=7), other / "lenet-w1", {"data": "digits"},
+               overwrite=True)
+    r = _run(["attribution", "train", "--corpus", str(corpus_dir), "--out", str(tmp_path / "bad.safetensors"),
+              "--no-pe", "--probe-victims", str(other), "--no-progress"])
+    assert r.exit_code == 2 and "not the model the corpus was made on" in r.output
+    assert not (tmp_path / "bad.safetensors").exists()

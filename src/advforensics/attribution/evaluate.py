@@ -7,6 +7,7 @@ Delta_MTL = (1/T) sum_k (-1)^{l_k} (M_mtl,k - M_single,k) / M_single,k (Maninis 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,12 @@ from advforensics.reporting import markdown_table
 
 #: metric -> lower is better?
 MTL_METRICS = {"attack_accuracy": False, "victim_accuracy": False, "rmse": True}
+
+
+def _confusion(true: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:
+    """(n_classes, n_classes) counts; a subset's split with one class is fine, so sklearn's warning is muted."""
+    with warnings.catch_warnings(action="ignore", category=UserWarning):
+        return confusion_matrix(true, pred, labels=range(n_classes)).tolist()
 
 
 def check_input(card: dict[str, Any], x: torch.Tensor) -> None:
@@ -120,11 +127,13 @@ def evaluate_attributor(model: nn.Module, card: dict[str, Any], corpus: Corpus, 
     attack_names, victim_names = card["attack_names"], card["victim_names"]
     metrics: dict[str, Any] = {"kind": card["kind"], "split": split, "n": int(len(rows)),
                                "n_params": int(sum(p.numel() for p in model.parameters())),
+                               "n_trainable_params": int(sum(p.numel() for p in model.parameters()
+                                                             if p.requires_grad)),
                                "flops_per_image": count_flops(model, card), "corpus_id": corpus.corpus_id}
     if "attack_probs" in out:
         pred = out["attack_probs"].argmax(1)
         metrics["attack_accuracy"] = float((pred == attack_true).mean())
-        metrics["attack_confusion"] = confusion_matrix(attack_true, pred, labels=range(len(attack_names))).tolist()
+        metrics["attack_confusion"] = _confusion(attack_true, pred, len(attack_names))
         if CLEAN in attack_names:
             metrics["false_alarm"] = clean_class_rates(pred, attack_true, attack_names)
     if "victim_probs" in out:
@@ -132,7 +141,7 @@ def evaluate_attributor(model: nn.Module, card: dict[str, Any], corpus: Corpus, 
         metrics["victim_accuracy"] = float((pred == victim_true).mean())
         adv = np.array([corpus.columns["attack"][r] != CLEAN for r in rows])
         metrics["victim_accuracy_adversarial"] = float((pred[adv] == victim_true[adv]).mean()) if adv.any() else None
-        metrics["victim_confusion"] = confusion_matrix(victim_true, pred, labels=range(len(victim_names))).tolist()
+        metrics["victim_confusion"] = _confusion(victim_true, pred, len(victim_names))
     if "hyper" in out:
         attacks = corpus.columns["attack"][rows]
         adv = attacks != CLEAN

@@ -14,6 +14,9 @@ Parts (channel counts scaled down for CPUs; `width` and `pe_channels` restore th
   the victim. `task_specific=False` (ablation) shares one last stage and drops the fusion.
 - Heads: linear attack and victim classifiers; the hyperparameter regressor sees the attack
   features concatenated with the attack logits (the owner-member relation).
+- Side features (optional, ours, not the paper's; see `side.py`): a pixel histogram and a probe of
+  the candidate victims, embedded by a small MLP and concatenated to both branches' features; the
+  regressor also gets the probe's kappa read at the predicted victim.
 - Loss: homoscedastic uncertainty weighting (Kendall, Gal, Cipolla 2018) with learned s_k = log
   sigma_k^2: classification exp(-s) L + s/2, regression exp(-s) L / 2 + s/2; `weighting="sum"` is the
   plain-sum ablation.
@@ -21,7 +24,7 @@ Parts (channel counts scaled down for CPUs; `width` and `pe_channels` restore th
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -29,6 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from advforensics.attribution.layers import Trunk, stage, stem
+from advforensics.attribution.side import HISTOGRAM_BINS, VictimProbe, pixel_histogram
 from advforensics.errors import InputValidationError
 
 TASKS = ("attack", "victim", "hyper")
@@ -52,6 +56,11 @@ class MTAAConfig:
     pe_channels: tuple[int, int] = (64, 32)  # paper: (512, 256)
     weighting: str = "uncertainty"  # or "sum"
     hyper_scale: float = 100.0  # regression target / hyper_scale keeps the MSE near 1
+    histogram: bool = False  # side feature: 8-bit pixel histogram
+    # side feature: probe these victims (zoo architecture dicts; weights live in the state dict)
+    probe_victims: list[str] = field(default_factory=list)
+    probe_architectures: list[dict[str, Any]] = field(default_factory=list)
+    probe_kappa_scales: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.blocks = tuple(int(b) for b in self.blocks)  # type: ignore[assignment]
@@ -66,6 +75,13 @@ class MTAAConfig:
             raise InputValidationError(f"blocks must be four positive integers, got {self.blocks}")
         if self.width < 1 or self.image_size < 4 or self.in_channels < 1:
             raise InputValidationError("width >= 1, image_size >= 4 and in_channels >= 1 are required")
+        self.probe_victims = [str(v) for v in self.probe_victims]
+        if not len(self.probe_victims) == len(self.probe_architectures) == len(self.probe_kappa_scales):
+            raise InputValidationError("probe_victims, probe_architectures and probe_kappa_scales must have one "
+                                       "entry per probed victim")
+        if self.probe_victims and len(self.probe_victims) > self.n_victims:
+            raise InputValidationError(f"{len(self.probe_victims)} probed victims but only {self.n_victims} victim "
+                                       "classes")
 
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -190,10 +206,17 @@ class MTAA(nn.Module):
                 p.requires_grad_(False)
             self.pe = PerturbationExtractor(self.pe_backbone.out_channels, config.pe_channels)
             pe_dim = self.pe.feature_dim
-        feat = c_high + pe_dim
+        self.probe = VictimProbe(config.probe_architectures, config.probe_kappa_scales) \
+            if config.probe_victims else None
+        side_in = (HISTOGRAM_BINS if config.histogram else 0) + (self.probe.n_features if self.probe else 0)
+        self.side = nn.Sequential(nn.Linear(side_in, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU()) if side_in \
+            else None
+        # the probe's kappa at the predicted victim needs a victim head to predict it
+        self.read_probe_kappa = self.probe is not None and "victim" in tasks
+        feat = c_high + pe_dim + (64 if self.side is not None else 0)
         self.attack_head = nn.Linear(feat, config.n_attacks) if "attack" in tasks else None
         self.victim_head = nn.Linear(feat, config.n_victims) if "victim" in tasks else None
-        hyper_in = feat + (config.n_attacks if "attack" in tasks else 0)
+        hyper_in = feat + (config.n_attacks if "attack" in tasks else 0) + (1 if self.read_probe_kappa else 0)
         self.hyper_head = nn.Sequential(nn.Linear(hyper_in, 64), nn.ReLU(), nn.Linear(64, 1)) if "hyper" in tasks \
             else None
         self.weighting = UncertaintyWeighting(tasks, learnable=config.weighting == "uncertainty")
@@ -204,8 +227,28 @@ class MTAA(nn.Module):
             self.pe_backbone.eval()  # frozen: BN statistics stay those of pretraining
         return self
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    @torch.no_grad()
+    def side_inputs(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The side features' raw inputs: "raw" (B, D) and, with a probe, "probe_kappa" (B, V); {} without.
+
+        Deterministic in x, so training computes them once and hands them to `forward`.
+        """
+        parts, out = [], {}
+        if self.config.histogram:
+            parts.append(pixel_histogram(x))
+        if self.probe is not None:
+            features, kappa = self.probe(x.float())
+            parts.append(features.flatten(1))
+            out["probe_kappa"] = kappa
+        if parts:
+            out["raw"] = torch.cat(parts, dim=1)
+        return out
+
+    def forward(self, x: torch.Tensor, side: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """side: `side_inputs(x)`, when already computed."""
         x = x.float()
+        if self.side is not None and side is None:
+            side = self.side_inputs(x)
         low, high = self.trunk(x)  # (B, w, H, W), (B, 4w, H/4, W/4)
         out: dict[str, torch.Tensor] = {}
         pe_feat = None
@@ -226,18 +269,27 @@ class MTAA(nn.Module):
                 victim_feat = attack_feat
         if self.victim_stage is not None:
             victim_feat = self.victim_stage(high).mean(dim=(2, 3))
-        if pe_feat is not None:
-            attack_feat = None if attack_feat is None else torch.cat([attack_feat, pe_feat], dim=1)
-            victim_feat = None if victim_feat is None else torch.cat([victim_feat, pe_feat], dim=1)
+        extra = [f for f in (pe_feat, None if self.side is None else self.side(side["raw"])) if f is not None]
+        if extra:
+            attack_feat = None if attack_feat is None else torch.cat([attack_feat, *extra], dim=1)
+            victim_feat = None if victim_feat is None else torch.cat([victim_feat, *extra], dim=1)
         if self.attack_head is not None:
             out["attack_logits"] = self.attack_head(attack_feat)  # (B, n_attacks)
         if self.victim_head is not None:
             out["victim_logits"] = self.victim_head(victim_feat)  # (B, n_victims)
         if self.hyper_head is not None:
             inputs = attack_feat if self.attack_head is None else torch.cat([attack_feat, out["attack_logits"]], dim=1)
+            if self.read_probe_kappa:
+                inputs = torch.cat([inputs, self._probe_kappa_at_victim(out["victim_logits"], side["probe_kappa"])],
+                                   dim=1)
             out["hyper_norm"] = self.hyper_head(inputs).squeeze(1)  # (B,) in hyper / hyper_scale units
             out["hyper"] = out["hyper_norm"] * cfg.hyper_scale
         return out
+
+    def _probe_kappa_at_victim(self, victim_logits: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
+        """sum_v p(v) kappa_v / 100 over the probed victims (the first V victim classes)  # (B, 1)"""
+        p = victim_logits.detach()[:, :kappa.shape[1]].softmax(dim=1)
+        return ((p * kappa).sum(dim=1, keepdim=True) / 100).clamp(-10, 10)
 
     def losses(self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
                fm_delta: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
+from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
@@ -27,6 +29,7 @@ from advforensics.attribution.baselines import SingleLabelConfig, SingleLabelNet
     single_task_config
 from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
+from advforensics.attribution.victims import probe_settings
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.utils import (atomic_write_bytes, check_images, check_labels, resolve_device, seed_everything,
                                 write_json)
@@ -51,6 +54,8 @@ class TrainConfig:
     ablation flags (MTAA): weighting "uncertainty"|"sum", task_specific, use_pe.
     shuffle_labels: the control -- targets permuted across training examples (accuracy must fall
         to chance if the model learns from the images and nothing else).
+    histogram, probe: side features (ours, see side.py) for MTAA and single-task models: the 8-bit pixel
+        histogram, and a probe of the corpus's victims (train_attributor's `probe_victims`).
     balance: draw each epoch's examples with replacement, weighted 1 / (size of their attack x victim
         class), so that a small class (the clean false-alarm class) is seen as often as the others.
     """
@@ -75,6 +80,8 @@ class TrainConfig:
     seed: int = 0
     shuffle_labels: bool = False
     balance: bool = False
+    histogram: bool = False
+    probe: bool = False
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -89,6 +96,8 @@ class TrainConfig:
             raise InputValidationError("lr must be > 0 and weight_decay >= 0")
         self.blocks = tuple(int(b) for b in self.blocks)  # type: ignore[assignment]
         self.pe_channels = tuple(int(c) for c in self.pe_channels)  # type: ignore[assignment]
+        if self.model == "single-label" and (self.histogram or self.probe):
+            raise InputValidationError("side features (histogram, probe) are for mtaa and single-task models")
 
 
 @dataclass
@@ -145,7 +154,9 @@ def _pretrain_pe_backbone(model: MTAA, images: torch.Tensor, labels: torch.Tenso
 
 def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progress: bool = True,
                      device: str | torch.device = "cpu",
-                     backbone_data: tuple[torch.Tensor, torch.Tensor, str] | None = None) -> TrainResult:
+                     backbone_data: tuple[torch.Tensor, torch.Tensor, str] | None = None,
+                     probe_victims: tuple[Mapping[str, nn.Module], Mapping[str, Mapping[str, Any]]] | None = None
+                     ) -> TrainResult:
     """Train an attributor on the training split of `corpus` (split by clean image).
 
     device: where the model trains ("auto", "cpu", "cuda"); the data stay on the CPU and travel a
@@ -153,6 +164,8 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     backbone_data: (images (N, C, H, W) in [0, 1], labels (N,), description) to pretrain MTAA's PE
         backbone on, in the role of the paper's ImageNet-pretrained extractor. Without it the
         backbone learns from the corpus's training clean images, which are few in a small corpus.
+    probe_victims: (models, info) from `victims.load_victims`, for `config.probe`: exactly the
+        corpus's victims, with the weights the corpus recorded.
     """
     config = config or TrainConfig()
     device = resolve_device(device)
@@ -177,10 +190,19 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             n_attacks=n_attacks, n_victims=n_victims, label_mode=config.label_mode, in_channels=c, image_size=h,
             width=config.width, blocks=config.blocks))
     else:
+        probe: dict[str, Any] = {}
+        if config.probe:
+            if probe_victims is None:
+                raise InputValidationError("a probe needs the corpus's victim models (probe_victims)")
+            probe = probe_settings(corpus.manifest, *probe_victims)
         base = MTAAConfig(n_attacks=n_attacks, n_victims=n_victims, in_channels=c, image_size=h, width=config.width,
                           blocks=config.blocks, task_specific=config.task_specific, use_pe=config.use_pe,
-                          pe_width=config.pe_width, pe_channels=config.pe_channels, weighting=config.weighting)
+                          pe_width=config.pe_width, pe_channels=config.pe_channels, weighting=config.weighting,
+                          histogram=config.histogram, **probe)
         model = MTAA(single_task_config(base, config.task) if config.model == "single-task" else base)
+        if model.probe is not None and probe_victims is not None:
+            for slot, name in zip(model.probe.models, model.config.probe_victims):
+                slot.load_state_dict(probe_victims[0][name].state_dict())
     model.to(device)
     x_train = corpus.float_images(rows)  # (M, C, H, W)
     backbone_acc = None
@@ -203,6 +225,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         clean_train = corpus.float_clean(rows)
     else:
         clean_train, backbone_source = None, None
+    side_train = _side_inputs(model, x_train, device) if isinstance(model, MTAA) else {}
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("weighting.")]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("weighting.")]
     optimiser = torch.optim.Adam([{"params": decay, "weight_decay": config.weight_decay},
@@ -228,7 +251,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             xb = x_train[batch].to(device)
             tb = {k: v[batch].to(device) for k, v in targets.items()}
             fm_delta = model.feature_delta(xb, clean_train[batch].to(device)) if clean_train is not None else None
-            out = model(xb)
+            out = model(xb, {k: v[batch].to(device) for k, v in side_train.items()}) if side_train else model(xb)
             losses = model.losses(out, tb, fm_delta)
             loss = model.total_loss(losses, config.pe_weight)
             optimiser.zero_grad()
@@ -260,8 +283,21 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             "split": {"by": "clean_index", "test_fraction": config.test_fraction, "seed": config.seed},
             "train": _config_dict(config), "n_train": int(len(rows)), "steps": step,
             "pe_backbone_train_accuracy": backbone_acc, "pe_backbone_data": backbone_source, "history": history,
-            "n_params": int(sum(p.numel() for p in model.parameters()))}
+            "n_params": int(sum(p.numel() for p in model.parameters())),
+            "probe_weights_sha256": None if probe_victims is None or not config.probe else
+            {name: probe_victims[1][name].get("weights_sha256") for name in model.config.probe_victims}}
     return TrainResult(model=model, card=card, history=history)
+
+
+def _side_inputs(model: MTAA, x: torch.Tensor, device: torch.device, chunk: int = 1024) -> dict[str, torch.Tensor]:
+    """The model's side inputs for every row of x, computed once (they do not change in training)."""
+    if model.side is None:
+        return {}
+    parts: dict[str, list[torch.Tensor]] = {}
+    for block in x.split(chunk):
+        for key, value in model.side_inputs(block.to(device)).items():
+            parts.setdefault(key, []).append(value.cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 def _balance_weights(targets: dict[str, torch.Tensor]) -> torch.Tensor:

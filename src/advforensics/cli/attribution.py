@@ -28,31 +28,6 @@ def attribution() -> None:
     """
 
 
-def _load_victims(spec: str) -> tuple[dict, dict]:
-    """Victim models from a directory of zoo weights or a comma-separated list of weights files."""
-    from advforensics.errors import InputValidationError
-    from advforensics.models import load_model
-
-    path = Path(spec)
-    if path.is_dir():
-        files = sorted(f for f in path.glob("*.safetensors") if ".train-state" not in f.name)
-        if not files:
-            raise InputValidationError(f"no *.safetensors victim weights in {path}")
-    else:
-        files = [Path(p.strip()) for p in spec.split(",") if p.strip()]
-    victims, info = {}, {}
-    for file in files:
-        model, card = load_model(file)
-        name = str(card["architecture"]["name"])
-        if name in victims:
-            name = file.with_suffix("").name
-        if name in victims:
-            raise InputValidationError(f"two victims named {name!r}")
-        victims[name], info[name] = model, {"file": str(file), "weights_sha256": card.get("weights_sha256"),
-                                            "architecture": card["architecture"]}
-    return victims, info
-
-
 def _load_grid(grid: str, include_clean: bool):
     from advforensics.attribution.grid import GRIDS, GridSpec, get_grid
     from advforensics.errors import InputValidationError
@@ -113,6 +88,7 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
     import torch
 
     from advforensics.attribution.corpus import CorpusConfig, generate_corpus
+    from advforensics.attribution.victims import load_victims
     from advforensics.data import load_dataset
     from advforensics.errors import InputValidationError
     from advforensics.utils import resolve_device
@@ -121,7 +97,7 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
     target = resolve_device(device)
     grid_spec = _load_grid(grid, clean_class)
     dataset = load_dataset(data_name, split=split, data_dir=data_dir, limit=limit)
-    victim_models, victim_info = _load_victims(victims)
+    victim_models, victim_info = load_victims(victims)
     for model in victim_models.values():
         model.to(target)
     victim_params: dict = {}
@@ -205,6 +181,10 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory holding --backbone-data's files.")
 @click.option("--backbone-epochs", type=int, default=3, show_default=True, help="PE backbone pretraining epochs.")
+@click.option("--histogram", is_flag=True, help="Side feature (not in the paper): the 8-bit pixel histogram.")
+@click.option("--probe-victims", "probe_victims", default=None,
+              help="Side feature (not in the paper): query these victims (the corpus's, same weights; a directory "
+                   "or comma list) and feed their margins to the heads. The model file then carries them.")
 @click.option("--attacks", default=None, help="Train on these attacks only (comma list; scalability tables).")
 @click.option("--only-victims", "only_victims", default=None,
               help="Train on these victims only (comma list; scalability tables).")
@@ -216,8 +196,8 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mode: str, epochs: int,
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
               no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, threads: int,
-              backbone_data: str | None, data_dir: Path | None, backbone_epochs: int,
-              attacks: str | None, only_victims: str | None, progress: bool, device: str, seed: int,
+              backbone_data: str | None, data_dir: Path | None, backbone_epochs: int, histogram: bool,
+              probe_victims: str | None, attacks: str | None, only_victims: str | None, progress: bool, device: str, seed: int,
               json_path: Path | None) -> None:
     """Train an attributor on a corpus's training split (split by clean image) and save it.
 
@@ -228,11 +208,14 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
       advforensics attribution train --corpus runs/corpus --shuffle-labels --out runs/control.safetensors
       advforensics attribution train --corpus runs/corpus --attacks fgsm,pgd-linf \
           --only-victims resnet18,vgg16,vgg19 --out runs/mtaa-2x3.safetensors
+      advforensics attribution train --corpus runs/corpus --histogram --probe-victims runs/zoo \
+          --out runs/mtaa-fx.safetensors
     """
     import torch
 
     from advforensics.attribution.corpus import load_corpus
     from advforensics.attribution.train import TrainConfig, load_backbone_data, save_attributor, train_attributor
+    from advforensics.attribution.victims import load_victims
 
     torch.set_num_threads(max(1, threads))
     if out.exists():
@@ -244,10 +227,12 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
                          weight_decay=weight_decay, width=width, weighting=weighting,
                          task_specific=not no_task_specific, use_pe=not no_pe, seed=seed,
                          shuffle_labels=shuffle_labels, balance=balance, max_steps=max_steps,
-                         backbone_epochs=backbone_epochs)
+                         backbone_epochs=backbone_epochs, histogram=histogram, probe=probe_victims is not None)
     pretrain = None if backbone_data is None else load_backbone_data(backbone_data, data_dir)
+    probe = None if probe_victims is None else load_victims(probe_victims)
     start = time.perf_counter()
-    result = train_attributor(corpus, config, progress=progress, device=device, backbone_data=pretrain)
+    result = train_attributor(corpus, config, progress=progress, device=device, backbone_data=pretrain,
+                              probe_victims=probe)
     seconds = time.perf_counter() - start
     result.card["train_seconds"] = seconds
     save_attributor(result.model, result.card, out)

@@ -1,0 +1,71 @@
+"""Victim models for attribution: loading them, and matching them to the corpus made on them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from advforensics.errors import CheckpointError, InputValidationError
+
+
+def load_victims(spec: str | Path) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]]]:
+    """Victim models from a directory of zoo weights or a comma-separated list of weights files.
+
+    Returns (models by name, info by name: file, weights_sha256, architecture); the name is the
+    architecture's, or the file's stem when two files hold the same architecture.
+    """
+    from advforensics.models import load_model
+
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(f for f in path.glob("*.safetensors") if ".train-state" not in f.name)
+        if not files:
+            raise InputValidationError(f"no *.safetensors victim weights in {path}")
+    else:
+        files = [Path(p.strip()) for p in str(spec).split(",") if p.strip()]
+        if not files:
+            raise InputValidationError("no victim weights given")
+    victims: dict[str, nn.Module] = {}
+    info: dict[str, dict[str, Any]] = {}
+    for file in files:
+        model, card = load_model(file)
+        name = str(card["architecture"]["name"])
+        if name in victims:
+            name = file.with_suffix("").name
+        if name in victims:
+            raise InputValidationError(f"two victims named {name!r}")
+        victims[name], info[name] = model, {"file": str(file), "weights_sha256": card.get("weights_sha256"),
+                                            "architecture": card["architecture"]}
+    return victims, info
+
+
+def probe_settings(manifest: Mapping[str, Any], victims: Mapping[str, nn.Module],
+                   info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """MTAAConfig fields for a victim probe of exactly the corpus's victims, in the corpus's order.
+
+    A victim that is missing, extra, or whose weights differ from those the corpus recorded (sha256)
+    is an error: a probe of other models would read margins the corpus never saw.
+    """
+    expected = list(manifest["victims"])
+    recorded = manifest.get("victim_info", {})
+    if sorted(victims) != sorted(expected):
+        raise InputValidationError(f"the probe needs the corpus's victims {expected}; got {sorted(victims)}")
+    for name in expected:
+        want = recorded.get(name, {}).get("weights_sha256")
+        have = info[name].get("weights_sha256")
+        if want is None:
+            raise CheckpointError(f"the corpus records no weights hash for victim {name!r}; cannot check the probe")
+        if have != want:
+            raise CheckpointError(f"victim {name!r} ({info[name].get('file')}) is not the model the corpus was made "
+                                  f"on (weights sha256 {str(have)[:12]}..., corpus {str(want)[:12]}...)")
+    params = manifest.get("config", {}).get("victim_params", {})
+    return {"probe_victims": expected,
+            "probe_architectures": [dict(info[name]["architecture"]) for name in expected],
+            "probe_kappa_scales": [float(params.get(name, {}).get("cw-l2", {}).get("kappa_scale", 1.0))
+                                   for name in expected]}
+
+
+__all__ = ["load_victims", "probe_settings"]
