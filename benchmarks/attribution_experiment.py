@@ -52,10 +52,13 @@ VARIANTS = {
     "mtaa-balanced": {"balance": True},
 }
 #: the side features (side.py): "+fx" = pixel histogram and victim probe; "+hist" / "+probe" = one of them
-SIDE = {"+fx": {"histogram": True, "probe": True}, "+hist": {"histogram": True}, "+probe": {"probe": True}}
+SIDE = {"+fx": {"histogram": True, "probe": True}, "+hist": {"histogram": True}, "+probe": {"probe": True},
+        "+fxa": {"histogram": True, "probe": True, "hyper_per_attack": True}}
 VARIANTS.update({f"{name}+fx": {**VARIANTS[name], **SIDE["+fx"]} for name in
                  ("mtaa", "no-pe", "no-tsl", "plain-sum", "st-attack", "st-victim", "st-hyper", "control")})
 VARIANTS.update({f"no-pe{suffix}": {**VARIANTS["no-pe"], **SIDE[suffix]} for suffix in ("+hist", "+probe")})
+#: "+fxa": the side features and one regressor output per attack
+VARIANTS.update({f"{name}+fxa": {**VARIANTS[name], **SIDE["+fxa"]} for name in ("mtaa", "no-pe", "control")})
 
 
 #: name -> (attacks, victims) of a scalability subset; None means all of the corpus's
@@ -203,7 +206,7 @@ def cmd_table(args: argparse.Namespace) -> None:
     single_fx = {"attack_accuracy": rows.get("st-attack+fx"), "victim_accuracy": rows.get("st-victim+fx"),
                  "rmse": rows.get("st-hyper+fx")}
     if all(single_fx.values()):
-        for name in ("mtaa+fx", "no-pe+fx", "no-tsl+fx", "plain-sum+fx"):
+        for name in ("mtaa+fx", "no-pe+fx", "no-tsl+fx", "plain-sum+fx", "mtaa+fxa", "no-pe+fxa"):
             if name in rows:
                 text += f"\nDelta_MTL({name} vs single-task+fx) = {delta_mtl(rows[name], single_fx):+.2f}%\n"
     with_clean = [rows[k] for k in VARIANTS if k in rows and rows[k].get("false_alarm")]

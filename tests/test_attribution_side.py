@@ -1,4 +1,4 @@
-"""Side features for attributors: the pixel histogram and the victim probe (side.py, victims.py)."""
+"""Our extensions to MTAA: the pixel histogram, the victim probe (side.py, victims.py), per-attack regression."""
 
 from __future__ import annotations
 
@@ -92,3 +92,15 @@ def test_probe_settings_demand_the_corpus_victims_and_weights():
     tampered = {**info, "b": {**info["b"], "weights_sha256": "3" * 64}}
     with pytest.raises(CheckpointError, match="not the model the corpus was made on"):
         probe_settings(manifest, models, tampered)
+
+
+def test_per_attack_regression_trains_the_true_attack_and_answers_the_predicted_one():
+    model = MTAA(MTAAConfig(n_attacks=3, n_victims=2, image_size=8, width=4, use_pe=False, hyper_per_attack=True))
+    out = model(torch.rand(4, 1, 8, 8))
+    per_attack = out["hyper_per_attack"]
+    predicted = out["attack_logits"].argmax(1)
+    assert torch.allclose(out["hyper"], per_attack[torch.arange(4), predicted] * 100)
+    truth = torch.tensor([0, 1, 2, 1])
+    targets = {"attack": truth, "victim": torch.zeros(4, dtype=torch.long), "hyper": torch.tensor([10., 50., 5., 80.])}
+    expected = ((per_attack[torch.arange(4), truth] - targets["hyper"] / 100) ** 2).mean()
+    assert torch.allclose(model.losses(out, targets)["hyper"], expected)

@@ -61,6 +61,9 @@ class MTAAConfig:
     probe_victims: list[str] = field(default_factory=list)
     probe_architectures: list[dict[str, Any]] = field(default_factory=list)
     probe_kappa_scales: list[float] = field(default_factory=list)
+    # the regressor answers once per attack; training reads the true attack's answer, inference the
+    # predicted attack's (eps and kappa are different quantities; one output must otherwise switch)
+    hyper_per_attack: bool = False
 
     def __post_init__(self) -> None:
         self.blocks = tuple(int(b) for b in self.blocks)  # type: ignore[assignment]
@@ -217,8 +220,10 @@ class MTAA(nn.Module):
         self.attack_head = nn.Linear(feat, config.n_attacks) if "attack" in tasks else None
         self.victim_head = nn.Linear(feat, config.n_victims) if "victim" in tasks else None
         hyper_in = feat + (config.n_attacks if "attack" in tasks else 0) + (1 if self.read_probe_kappa else 0)
-        self.hyper_head = nn.Sequential(nn.Linear(hyper_in, 64), nn.ReLU(), nn.Linear(64, 1)) if "hyper" in tasks \
-            else None
+        self.per_attack = config.hyper_per_attack and "attack" in tasks
+        hyper_out = config.n_attacks if self.per_attack else 1
+        self.hyper_head = nn.Sequential(nn.Linear(hyper_in, 64), nn.ReLU(), nn.Linear(64, hyper_out)) \
+            if "hyper" in tasks else None
         self.weighting = UncertaintyWeighting(tasks, learnable=config.weighting == "uncertainty")
 
     def train(self, mode: bool = True) -> MTAA:
@@ -282,7 +287,11 @@ class MTAA(nn.Module):
             if self.read_probe_kappa:
                 inputs = torch.cat([inputs, self._probe_kappa_at_victim(out["victim_logits"], side["probe_kappa"])],
                                    dim=1)
-            out["hyper_norm"] = self.hyper_head(inputs).squeeze(1)  # (B,) in hyper / hyper_scale units
+            hyper = self.hyper_head(inputs)  # (B, 1) or (B, n_attacks), in hyper / hyper_scale units
+            if self.per_attack:
+                out["hyper_per_attack"] = hyper
+                hyper = hyper.gather(1, out["attack_logits"].argmax(1, keepdim=True))
+            out["hyper_norm"] = hyper.squeeze(1)  # (B,)
             out["hyper"] = out["hyper_norm"] * cfg.hyper_scale
         return out
 
@@ -299,7 +308,10 @@ class MTAA(nn.Module):
             losses["attack"] = F.cross_entropy(out["attack_logits"], targets["attack"])
         if "victim_logits" in out:
             losses["victim"] = F.cross_entropy(out["victim_logits"], targets["victim"])
-        if "hyper_norm" in out:
+        if "hyper_per_attack" in out:  # the true attack's answer
+            chosen = out["hyper_per_attack"].gather(1, targets["attack"].unsqueeze(1)).squeeze(1)
+            losses["hyper"] = F.mse_loss(chosen, targets["hyper"] / self.config.hyper_scale)
+        elif "hyper_norm" in out:
             losses["hyper"] = F.mse_loss(out["hyper_norm"], targets["hyper"] / self.config.hyper_scale)
         if fm_delta is not None and "pe_delta" in out:
             losses["pe"] = F.mse_loss(out["pe_delta"], fm_delta)

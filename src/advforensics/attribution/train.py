@@ -82,6 +82,7 @@ class TrainConfig:
     balance: bool = False
     histogram: bool = False
     probe: bool = False
+    hyper_per_attack: bool = False
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -198,7 +199,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         base = MTAAConfig(n_attacks=n_attacks, n_victims=n_victims, in_channels=c, image_size=h, width=config.width,
                           blocks=config.blocks, task_specific=config.task_specific, use_pe=config.use_pe,
                           pe_width=config.pe_width, pe_channels=config.pe_channels, weighting=config.weighting,
-                          histogram=config.histogram, **probe)
+                          histogram=config.histogram, hyper_per_attack=config.hyper_per_attack, **probe)
         model = MTAA(single_task_config(base, config.task) if config.model == "single-task" else base)
         if model.probe is not None and probe_victims is not None:
             for slot, name in zip(model.probe.models, model.config.probe_victims):

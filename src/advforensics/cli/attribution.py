@@ -185,6 +185,8 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @click.option("--probe-victims", "probe_victims", default=None,
               help="Side feature (not in the paper): query these victims (the corpus's, same weights; a directory "
                    "or comma list) and feed their margins to the heads. The model file then carries them.")
+@click.option("--hyper-per-attack", is_flag=True,
+              help="One regressor output per attack, read at the predicted attack (not in the paper).")
 @click.option("--attacks", default=None, help="Train on these attacks only (comma list; scalability tables).")
 @click.option("--only-victims", "only_victims", default=None,
               help="Train on these victims only (comma list; scalability tables).")
@@ -197,8 +199,8 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
               no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, threads: int,
               backbone_data: str | None, data_dir: Path | None, backbone_epochs: int, histogram: bool,
-              probe_victims: str | None, attacks: str | None, only_victims: str | None, progress: bool, device: str, seed: int,
-              json_path: Path | None) -> None:
+              probe_victims: str | None, attacks: str | None, only_victims: str | None, progress: bool, device: str,
+              seed: int, hyper_per_attack: bool, json_path: Path | None) -> None:
     """Train an attributor on a corpus's training split (split by clean image) and save it.
 
     \b
@@ -227,7 +229,8 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
                          weight_decay=weight_decay, width=width, weighting=weighting,
                          task_specific=not no_task_specific, use_pe=not no_pe, seed=seed,
                          shuffle_labels=shuffle_labels, balance=balance, max_steps=max_steps,
-                         backbone_epochs=backbone_epochs, histogram=histogram, probe=probe_victims is not None)
+                         backbone_epochs=backbone_epochs, histogram=histogram, probe=probe_victims is not None,
+                         hyper_per_attack=hyper_per_attack)
     pretrain = None if backbone_data is None else load_backbone_data(backbone_data, data_dir)
     probe = None if probe_victims is None else load_victims(probe_victims)
     start = time.perf_counter()
