@@ -39,6 +39,7 @@ def test_full_demo_runs_both_halves(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["demo", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "report").is_dir() and (out / "mtaa.safetensors").is_file()
+    assert (out / "report-fx").is_dir() and (out / "mtaa-fx.safetensors").is_file()
     assert "attribution predict" in result.output and "demo finished" in result.output
 
 

@@ -55,8 +55,8 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
     \b
     Tracing: train a classifier C, make 5 traceable copies, attack copy 3 with HopSkipJump,
     name the source copy from the adversarial examples alone.
-    Attribution: train two victims, build a small attack corpus (FGSM, PGD, C&W), train MTAA,
-    evaluate it and attribute one adversarial image.
+    Attribution: train two victims, build a small attack corpus (FGSM, PGD, C&W), train MTAA and
+    MTAA with our side features, evaluate both and attribute new adversarial images.
 
     \b
     Example:
@@ -92,12 +92,21 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
               "--no-progress", "--seed", s, "--out", str(out_dir / "mtaa.safetensors")])
         _run(["attribution", "evaluate", "--corpus", str(out_dir / "corpus"), "--model",
               str(out_dir / "mtaa.safetensors"), "--out", str(out_dir / "report")])
+        click.secho("\n# the same, with our side features: pixel histogram and a probe of the corpus's victims",
+                    fg="cyan", bold=True)
+        _run(["attribution", "train", "--corpus", str(out_dir / "corpus"), "--epochs", "6", "--width", "8",
+              "--no-pe", "--histogram", "--probe-victims", str(victims), "--no-progress", "--seed", s,
+              "--out", str(out_dir / "mtaa-fx.safetensors")])
+        _run(["attribution", "evaluate", "--corpus", str(out_dir / "corpus"), "--model",
+              str(out_dir / "mtaa-fx.safetensors"), "--out", str(out_dir / "report-fx")])
         click.secho("\n# new evidence: PGD-Linf at eps 100/255 against the resnet18 victim, then attribution",
                     fg="cyan", bold=True)
         _run(["attacks", "run", "--attack", "pgd-linf", "--weights", str(victims / "resnet18"), "--data", DATA,
               "--split", "train", "--n", "4", "--param", "eps=100/255", "--param", "alpha=10/255",
               "--seed", s, "--out", str(out_dir / "evidence.npz")])
-        _run(["attribution", "predict", "--model", str(out_dir / "mtaa.safetensors"), str(out_dir / "evidence.npz")])
+        for model in ("mtaa", "mtaa-fx"):
+            _run(["attribution", "predict", "--model", str(out_dir / f"{model}.safetensors"),
+                  str(out_dir / "evidence.npz")])
         click.secho("# ground truth: pgd-linf, victim resnet18, hyperparameter 100 (eps x 255)", fg="green", bold=True)
     click.secho(f"\ndemo finished in {time.perf_counter() - started:.0f} s; artifacts in {out_dir}", bold=True)
 
