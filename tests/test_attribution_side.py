@@ -46,14 +46,23 @@ def test_probe_reads_the_margin_against_the_other_victims_consensus():
         for v in range(3):
             top = logits[b, v].argmax()
             others = probs[b, [u for u in range(3) if u != v]].sum(0)
+            assert features[b, v, 2].item() == float(top != others.argmax())  # fooled: others disagree
             others[top] = -1
             label = others.argmax()
             margin = logits[b, v, top] - logits[b, v, label]
             assert kappa[b, v].item() == pytest.approx(margin / [0.5, 1.0, 2.0][v], rel=1e-4, abs=1e-4)
-            assert features[b, v, 2].item() == float(top != label)
     assert all(not p.requires_grad for p in probe.parameters())
     probe.train()
     assert not probe.training  # stays frozen
+
+
+def test_victims_that_agree_are_not_fooled():
+    probe = VictimProbe([LENET] * 3, [1.0] * 3)
+    same = create_model("lenet", image_size=8, width=0.5, seed=0).state_dict()
+    for model in probe.models:
+        model.load_state_dict(same)
+    features, kappa = probe(torch.rand(6, 1, 8, 8))
+    assert (features[:, :, 2] == 0).all() and (kappa > 0).all()  # margin = the gap to the runner-up
 
 
 def test_one_victim_probe_uses_its_runner_up():
