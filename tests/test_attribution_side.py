@@ -113,3 +113,14 @@ def test_per_attack_regression_trains_the_true_attack_and_answers_the_predicted_
     targets = {"attack": truth, "victim": torch.zeros(4, dtype=torch.long), "hyper": torch.tensor([10., 50., 5., 80.])}
     expected = ((per_attack[torch.arange(4), truth] - targets["hyper"] / 100) ** 2).mean()
     assert torch.allclose(model.losses(out, targets)["hyper"], expected)
+
+
+def test_results_table_separates_frozen_victims_from_trained_parameters():
+    from advforensics.attribution.evaluate import results_table
+
+    row = {"name": "no-pe+fx", "kind": "mtaa", "attack_accuracy": 0.5, "victim_accuracy": 0.25, "rmse": 7.0,
+           "rmse_per_attack": {"fgsm": 7.0}, "n_params": 4_000_000, "n_trainable_params": 150_000,
+           "flops_per_image": 9}
+    text = results_table([row])
+    assert "| params | trained params |" in text
+    assert "| no-pe+fx | 50.00 | 25.00 | 7.00 | fgsm 7.00 | 4,000,000 | 150,000 | 9 |" in text

@@ -208,7 +208,8 @@ def _plot_confusion(matrix: list[list[int]], names: list[str], title: str, path:
 
 
 def results_table(rows: list[dict[str, Any]]) -> str:
-    """One row per evaluated model: name, attack %, victim %, RMSE, per-attack RMSE, params, FLOPs."""
+    """One row per evaluated model: name, attack %, victim %, RMSE, per-attack RMSE, params (all, and
+    trained), FLOPs."""
 
     def percent(value: float | None) -> float | None:
         return None if value is None else 100 * value
@@ -219,7 +220,9 @@ def results_table(rows: list[dict[str, Any]]) -> str:
               "RMSE": r.get("rmse"),
               "RMSE per attack": ", ".join(f"{k} {v:.2f}" for k, v in (r.get("rmse_per_attack") or {}).items()
                                            if v is not None) or None,
-              "params": f"{r['n_params']:,}", "FLOPs/image": f"{r['flops_per_image']:,}"} for r in rows]
+              "params": f"{r['n_params']:,}",
+              "trained params": f"{r.get('n_trainable_params', r['n_params']):,}",  # a probe's victims are frozen
+              "FLOPs/image": f"{r['flops_per_image']:,}"} for r in rows]
     return markdown_table(table) + "\n"
 
 
