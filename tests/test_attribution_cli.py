@@ -133,10 +133,12 @@ def test_side_features_train_evaluate_predict(workdir, tmp_path):
     model = tmp_path / "fx.safetensors"
     r = _run(["attribution", "train", "--corpus", str(corpus_dir), "--out", str(model), "--epochs", "1",
               "--width", "4", "--max-steps", "3", "--no-pe", "--histogram", "--probe-victims", str(root / "zoo"),
+              "--hyper-per-attack",
               "--no-progress"])
     assert r.exit_code == 0, r.output
     card = json.loads(model.with_suffix(".json").read_text())
     assert card["config"]["histogram"] and card["config"]["probe_victims"] == ["lenet", "lenet-w1"]
+    assert card["config"]["hyper_per_attack"]
     assert set(card["probe_weights_sha256"]) == {"lenet", "lenet-w1"}
     r = _run(["attribution", "evaluate", "--corpus", str(corpus_dir), "--model", str(model), "--out",
               str(tmp_path / "report"), "--json", str(tmp_path / "eval.json")])

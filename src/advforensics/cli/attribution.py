@@ -210,8 +210,8 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
       advforensics attribution train --corpus runs/corpus --shuffle-labels --out runs/control.safetensors
       advforensics attribution train --corpus runs/corpus --attacks fgsm,pgd-linf \
           --only-victims resnet18,vgg16,vgg19 --out runs/mtaa-2x3.safetensors
-      advforensics attribution train --corpus runs/corpus --histogram --probe-victims runs/zoo \
-          --out runs/mtaa-fx.safetensors
+      advforensics attribution train --corpus runs/corpus --no-pe --histogram --probe-victims runs/zoo \
+          --hyper-per-attack --out runs/mtaa-fx.safetensors
     """
     import torch
 

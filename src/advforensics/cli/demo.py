@@ -95,7 +95,8 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
         click.secho("\n# the same, with our side features: pixel histogram and a probe of the corpus's victims",
                     fg="cyan", bold=True)
         _run(["attribution", "train", "--corpus", str(out_dir / "corpus"), "--epochs", "6", "--width", "8",
-              "--no-pe", "--histogram", "--probe-victims", str(victims), "--no-progress", "--seed", s,
+              "--no-pe", "--histogram", "--probe-victims", str(victims), "--hyper-per-attack", "--no-progress",
+              "--seed", s,
               "--out", str(out_dir / "mtaa-fx.safetensors")])
         _run(["attribution", "evaluate", "--corpus", str(out_dir / "corpus"), "--model",
               str(out_dir / "mtaa-fx.safetensors"), "--out", str(out_dir / "report-fx")])
