@@ -5,6 +5,8 @@ Import the submodules for the full API:
     corpus    generate_corpus, load_corpus, split_by_clean_image, CorpusConfig
     mtaa      MTAA, MTAAConfig, UncertaintyWeighting, PerturbationExtractor
     baselines SingleLabelNet, single_task_config, ablation_config
+    side      pixel_histogram, VictimProbe (side features, ours: not in the paper)
+    victims   load_victims, probe_settings
     train     TrainConfig, train_attributor, save_attributor, load_attributor
     evaluate  evaluate_attributor, predict_records, delta_mtl, write_report
 """
@@ -14,7 +16,8 @@ from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, pr
 from advforensics.attribution.grid import AttackSpec, GridSpec, default_grid, small_grid
 from advforensics.attribution.mtaa import MTAA, MTAAConfig
 from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
+from advforensics.attribution.victims import load_victims
 
 __all__ = ["AttackSpec", "GridSpec", "default_grid", "small_grid", "CorpusConfig", "generate_corpus", "load_corpus",
            "split_by_clean_image", "MTAA", "MTAAConfig", "TrainConfig", "train_attributor", "save_attributor",
-           "load_attributor", "evaluate_attributor", "predict_records", "delta_mtl", "write_report"]
+           "load_attributor", "evaluate_attributor", "predict_records", "delta_mtl", "write_report", "load_victims"]
