@@ -149,6 +149,13 @@ def test_side_features_train_evaluate_predict(workdir, tmp_path):
     r = _run(["attribution", "predict", "--model", str(model), str(tmp_path / "ev.npz"), "--as-json"])
     assert r.exit_code == 0, r.output
     assert len(json.loads(r.output)) == 2
+    # a scalability subset probes only its own victims, out of the whole zoo directory
+    subset_model = tmp_path / "fx-1.safetensors"
+    r = _run(["attribution", "train", "--corpus", str(corpus_dir), "--out", str(subset_model), "--epochs", "1",
+              "--width", "4", "--max-steps", "2", "--no-pe", "--probe-victims", str(root / "zoo"),
+              "--only-victims", "lenet-w1", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(subset_model.with_suffix(".json").read_text())["config"]["probe_victims"] == ["lenet-w1"]
     # a victim with other weights than the corpus was made on
     other = tmp_path / "other-zoo"
     shutil.copytree(root / "zoo", other)

@@ -98,6 +98,8 @@ def test_probe_settings_demand_the_corpus_victims_and_weights():
     assert settings["probe_victims"] == ["a", "b"] and settings["probe_kappa_scales"] == [0.1, 1.0]
     with pytest.raises(InputValidationError, match="corpus's victims"):
         probe_settings(manifest, {"a": models["a"]}, info)
+    extra = {**models, "c": torch.nn.Identity()}  # e.g. a zoo directory for a subset: c is left out
+    assert probe_settings(manifest, extra, {**info, "c": info["a"]})["probe_victims"] == ["a", "b"]
     tampered = {**info, "b": {**info["b"], "weights_sha256": "3" * 64}}
     with pytest.raises(CheckpointError, match="not the model the corpus was made on"):
         probe_settings(manifest, models, tampered)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,8 @@ class TrainConfig:
         to chance if the model learns from the images and nothing else).
     histogram, probe: side features (ours, see side.py) for MTAA and single-task models: the 8-bit pixel
         histogram, and a probe of the corpus's victims (train_attributor's `probe_victims`).
+    hyper_per_attack: one regressor output per attack, trained on the true attack's and read at the
+        predicted attack's.
     balance: draw each epoch's examples with replacement, weighted 1 / (size of their attack x victim
         class), so that a small class (the clean false-alarm class) is seen as often as the others.
     """

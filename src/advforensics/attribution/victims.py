@@ -44,15 +44,18 @@ def load_victims(spec: str | Path) -> tuple[dict[str, nn.Module], dict[str, dict
 
 def probe_settings(manifest: Mapping[str, Any], victims: Mapping[str, nn.Module],
                    info: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """MTAAConfig fields for a victim probe of exactly the corpus's victims, in the corpus's order.
+    """MTAAConfig fields for a victim probe of the corpus's victims, in the corpus's order.
 
-    A victim that is missing, extra, or whose weights differ from those the corpus recorded (sha256)
-    is an error: a probe of other models would read margins the corpus never saw.
+    Models beyond the corpus's victims (a zoo directory, a scalability subset) are left out. A
+    missing victim, or one whose weights differ from those the corpus recorded (sha256), is an error:
+    a probe of other models would read margins the corpus never saw.
     """
     expected = list(manifest["victims"])
     recorded = manifest.get("victim_info", {})
-    if sorted(victims) != sorted(expected):
-        raise InputValidationError(f"the probe needs the corpus's victims {expected}; got {sorted(victims)}")
+    missing = [name for name in expected if name not in victims]
+    if missing:
+        raise InputValidationError(f"the probe needs the corpus's victims {expected}; {missing} not among "
+                                   f"{sorted(victims)}")
     for name in expected:
         want = recorded.get(name, {}).get("weights_sha256")
         have = info[name].get("weights_sha256")
