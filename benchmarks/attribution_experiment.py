@@ -11,7 +11,8 @@ Usage (each stage resumable / skippable; outputs under --out):
 
 `train` trains each requested model (mtaa, st-attack, st-victim, st-hyper, single-label, single-label-av,
 no-pe, plain-sum, control; a "+fx" suffix adds the side features of side.py, whose victim probe loads
-the corpus's victims from --probe-victims or from the files its manifest records) that has no weights yet, evaluates it on the test split, and writes
+the corpus's victims from --probe-victims or from the files its manifest records) that has no weights
+yet, evaluates it on the test split, and writes
 <out>/models/<name>.{safetensors,json} and <out>/metrics/<name>.json; `table` joins the metrics
 into Markdown (with Delta_MTL when the three single-task models exist, the clean-class table when
 the corpus has one, and the scalability table) and prints it.

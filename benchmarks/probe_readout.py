@@ -32,8 +32,7 @@ def main() -> None:
     models, info = load_victims(args.victims)
     settings = probe_settings(corpus.manifest, models, info)
     probe = VictimProbe(settings["probe_architectures"], settings["probe_kappa_scales"])
-    for slot, name in zip(probe.models, settings["probe_victims"]):
-        slot.load_state_dict(models[name].state_dict())
+    probe.copy_weights(models, settings["probe_victims"])
     names = settings["probe_victims"]
     adversarial = np.flatnonzero(np.isin(corpus.columns["victim"], names))
     features, kappa = [], []

@@ -64,6 +64,11 @@ class VictimProbe(nn.Module):
     def train(self, mode: bool = True) -> VictimProbe:
         return super().train(False)  # frozen: the victims answer as they did when the corpus was made
 
+    def copy_weights(self, models: Mapping[str, nn.Module], names: Sequence[str]) -> None:
+        """Load each named victim's weights into its slot (slot i holds names[i])."""
+        for slot, name in zip(self.models, names, strict=True):
+            slot.load_state_dict(models[name].state_dict())
+
     @property
     def n_features(self) -> int:
         return len(self.models) * PROBE_FEATURES

@@ -203,9 +203,9 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
                           pe_width=config.pe_width, pe_channels=config.pe_channels, weighting=config.weighting,
                           histogram=config.histogram, hyper_per_attack=config.hyper_per_attack, **probe)
         model = MTAA(single_task_config(base, config.task) if config.model == "single-task" else base)
-        if model.probe is not None and probe_victims is not None:
-            for slot, name in zip(model.probe.models, model.config.probe_victims):
-                slot.load_state_dict(probe_victims[0][name].state_dict())
+        if model.probe is not None:
+            assert probe_victims is not None  # config.probe demanded them above
+            model.probe.copy_weights(probe_victims[0], model.config.probe_victims)
     model.to(device)
     x_train = corpus.float_images(rows)  # (M, C, H, W)
     backbone_acc = None
