@@ -24,7 +24,7 @@ from advforensics.attacks import create_attack
 from advforensics.data import load_dataset
 from advforensics.models import load_model
 from advforensics.tracing.copies import CopyParams, CopySet
-from advforensics.tracing.dol import dol_scores
+from advforensics.tracing.scores import dol_scores
 from advforensics.tracing.permutations import make_permutations
 from advforensics.tracing.tracer import create_tracer, load_tracer
 

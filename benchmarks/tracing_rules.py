@@ -20,7 +20,8 @@ import torch
 from advforensics.models import load_model
 from advforensics.reporting.tables import markdown_table
 from advforensics.tracing.copies import CopyParams, CopySet
-from advforensics.tracing.dol import SCORE_RULES, copy_scores
+from advforensics.tracing.names import FORMULA_RULES
+from advforensics.tracing.scores import copy_scores
 from advforensics.tracing.permutations import make_permutations
 from advforensics.tracing.tracer import create_tracer
 
@@ -60,7 +61,7 @@ def main() -> None:
             sources = torch.from_numpy(data["sources"]).long()
         for name, x in variants(x_adv, clean, args.seed).items():
             row = {"examples": path.split("/")[-1], "n": len(sources), "evidence": name}
-            for rule in SCORE_RULES:
+            for rule in FORMULA_RULES:
                 predicted = copy_scores(copies, x, rule).argmax(1)
                 row[rule] = 100 * float((predicted == sources).float().mean())
                 row[f"{rule} worst source"] = 100 * min(float((predicted[sources == i] == i).float().mean())

@@ -20,7 +20,8 @@ import torch
 
 from advforensics.models import create_model, load_model
 from advforensics.tracing.copies import CopyParams, CopySet, inverse_permutations
-from advforensics.tracing.dol import SCORE_RULES, copy_scores
+from advforensics.tracing.names import FORMULA_RULES
+from advforensics.tracing.scores import copy_scores
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import create_tracer
 
@@ -84,7 +85,7 @@ def main() -> None:
     rows = []
     print("| rule | examples | copies | forward C+T0 (s) | score all copies (s) | ratio | naive m passes (s, est.) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for rule in SCORE_RULES:
+    for rule in FORMULA_RULES:
         t_full = _timed(lambda: full_scoring(rule), args.repeats)
         row = {"rule": rule, "examples": args.examples, "copies": args.copies, "threads": 1,
                "forward_C_T0_s": round(t_forward, 4), "scoring_all_copies_s": round(t_full, 4),

@@ -5,7 +5,7 @@
 
 Variants: the smooth random tracer (l = 1.5, g = 0.8) and the paper's VAE tracer trained with the
 literal squared trap loss and with the pairwise (two-draw) fix. Proxy attack: DeepFool on each copy
-ending on its boundary (`advforensics.tracing.dol.deepfool_points`), a white-box minimal-distance
+ending on its boundary (`advforensics.tracing.calibration.deepfool_points`), a white-box minimal-distance
 attack: NOT the hard-label attacks of the main experiment, so read it as a ranking of tracers only.
 """
 
@@ -22,7 +22,8 @@ import torch
 from advforensics.data import load_dataset
 from advforensics.models import load_model
 from advforensics.tracing.copies import CopyParams, CopySet
-from advforensics.tracing.dol import deepfool_points, dol_scores
+from advforensics.tracing.calibration import deepfool_points
+from advforensics.tracing.scores import dol_scores
 from advforensics.tracing.permutations import make_permutations
 from advforensics.tracing.tracer import create_tracer
 from advforensics.tracing.training import TraceTrainConfig, train_vae_tracer
@@ -65,7 +66,7 @@ def main() -> None:
             t_out = tracer(test.images[:1000])
         hits = total = 0
         for i in range(copies.num_copies):
-            points, valid = deepfool_points(copies, i, x_eval)
+            points, valid = deepfool_points(copies.copy(i), x_eval)
             hits += int((dol_scores(copies, points[valid]).argmax(1) == i).sum())
             total += int(valid.sum())
         rows.append({"tracer": name, "copy_clean_accuracy_5k": round(acc, 4),

@@ -13,7 +13,10 @@ from click.testing import CliRunner
 from advforensics.cli.main import cli
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet, ModelCopy
-from advforensics.tracing.dol import SCORE_RULES, Calibration, calibrate, copy_scores, dol_from_scores, dol_scores, trace
+from advforensics.tracing.calibration import Calibration, calibrate
+from advforensics.tracing.identify import trace
+from advforensics.tracing.names import FORMULA_RULES
+from advforensics.tracing.scores import copy_scores, dol_from_scores, dol_scores
 from advforensics.tracing.permutations import make_permutations
 from advforensics.tracing.record import (
     copyset_from_copies,
@@ -71,19 +74,19 @@ def test_dol_picks_the_source_on_a_constructed_example() -> None:
 
 def test_minimal_boundary_points_are_traced_to_their_copy(tiny_classifier, digits_data) -> None:
     """DeepFool points just past one copy's boundary (a minimal-distance attack) carry its mark."""
-    from advforensics.tracing.dol import deepfool_points
+    from advforensics.tracing.calibration import deepfool_points
 
     images, _ = digits_data
     copies = _copies(tiny_classifier, m=5)
-    hits, total = dict.fromkeys(SCORE_RULES, 0), 0
+    hits, total = dict.fromkeys(FORMULA_RULES, 0), 0
     for i in range(copies.num_copies):
-        points, valid = deepfool_points(copies, i, images[:60])
+        points, valid = deepfool_points(copies.copy(i), images[:60])
         assert valid.float().mean() > 0.9
         assert (copies.labels(points[valid])[:, i] != tiny_classifier(images[:60][valid]).argmax(1)).all()
-        for rule in SCORE_RULES:
+        for rule in FORMULA_RULES:
             hits[rule] += int((copy_scores(copies, points[valid], rule).argmax(1) == i).sum())
         total += int(valid.sum())
-    for rule in SCORE_RULES:
+    for rule in FORMULA_RULES:
         assert hits[rule] / total > 0.28, rule  # chance is 0.2 (binomial sd ~0.023 at 300 points)
     assert hits["proximity"] / total > 0.9  # the points end on their copy's boundary
     cal = calibrate(copies, images[:60], seed=0)
@@ -101,7 +104,7 @@ def test_calibration_roundtrip_and_aggregation() -> None:
     cal = Calibration.from_scores(dol, sources, rule="dol", bins=20)
     again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert torch.equal(again.false_alarm_rate(dol), cal.false_alarm_rate(dol))
-    from advforensics.tracing.dol import trace_scores
+    from advforensics.tracing.identify import trace_scores
 
     report = trace_scores(dol[sources == 2][:5], "dol", cal)
     assert report.aggregate_source == 2
@@ -127,7 +130,7 @@ def test_calibration_roundtrip_and_aggregation() -> None:
 
 
 def test_margin_and_proximity_rules_on_a_constructed_example() -> None:
-    from advforensics.tracing.dol import margin_from_scores, proximity_from_scores
+    from advforensics.tracing.scores import margin_from_scores, proximity_from_scores
 
     # C prefers class 0 over class 2; copy 1's tracer lifted class 2 exactly onto the boundary
     probs = torch.tensor([[0.46, 0.04, 0.40, 0.10]])
@@ -267,10 +270,10 @@ def test_cli_separate_and_identify_round_trip(tmp_path: Path, zoo_classifier, di
     assert result.exit_code == 0, result.output
     assert (out / "copy_2.onnx").is_file() and json.loads((tmp_path / "sep.json").read_text())["calibrated"]
     # examples: minimal-distance boundary points on copy 1 (a boundary-ending attack on that copy)
-    from advforensics.tracing.dol import deepfool_points
+    from advforensics.tracing.calibration import deepfool_points
 
     _, copies = load_copies(out)
-    points, valid = deepfool_points(copies, 1, images[200:240])
+    points, valid = deepfool_points(copies.copy(1), images[200:240])
     np.savez(tmp_path / "advs.npz", x_adv=points[valid].numpy())
     result = runner.invoke(cli, ["trace", "identify", "--record", str(out), "--examples",
                                  str(tmp_path / "advs.npz"), "--json", str(tmp_path / "id.json")])

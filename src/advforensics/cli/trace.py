@@ -9,7 +9,7 @@ import click
 
 from advforensics.cli.common import emit_json, handle_errors, json_option, load_image_array, seed_option
 from advforensics.errors import InputValidationError
-from advforensics.tracing.names import DEFAULT_RULE, SCORE_RULES, STAGES
+from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, SCORE_RULES, STAGES
 
 if TYPE_CHECKING:
     import torch
@@ -40,7 +40,7 @@ def trace() -> None:
               help="Data set whose test images calibrate the confidence (e.g. mnist, digits).")
 @click.option("--data-dir", default=None, help="Directory of the calibration data set.")
 @click.option("--calibration-size", type=int, default=500, show_default=True)
-@click.option("--rule", type=click.Choice(SCORE_RULES), default=DEFAULT_RULE, show_default=True,
+@click.option("--rule", type=click.Choice(FORMULA_RULES), default=DEFAULT_RULE, show_default=True,
               help="Main tracing score (dol is the paper's); every rule is calibrated.")
 @click.option("--no-onnx", is_flag=True, help="Do not export per-copy ONNX files.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -63,7 +63,7 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
     """
     from advforensics.models import load_model
     from advforensics.tracing.copies import CopyParams, CopySet
-    from advforensics.tracing.dol import calibrate_rules
+    from advforensics.tracing.calibration import calibrate_rules
     from advforensics.tracing.permutations import make_permutations
     from advforensics.tracing.record import separate
     from advforensics.tracing.tracer import create_tracer, load_tracer
@@ -108,7 +108,7 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
 @click.option("--examples", "examples_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help=".npz with x_adv (N, C, H, W) float in [0, 1] (or a single array).")
 @click.option("--show", type=int, default=20, show_default=True, help="Per-example rows printed.")
-@click.option("--rule", type=click.Choice(SCORE_RULES), default=None,
+@click.option("--rule", type=click.Choice(FORMULA_RULES), default=None,
               help="Tracing score (default: the record's main rule, else "
                    f"{DEFAULT_RULE}). A rule the record holds no calibration for traces without confidence.")
 @seed_option
@@ -124,7 +124,9 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     """
     import torch
 
-    from advforensics.tracing.dol import Calibration, rule_scores, trace_scores
+    from advforensics.tracing.calibration import Calibration
+    from advforensics.tracing.identify import trace_scores
+    from advforensics.tracing.scores import rule_scores
     from advforensics.tracing.record import load_copies
 
     torch.manual_seed(seed)
@@ -145,7 +147,7 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     # every rule's verdict beside: they agree on examples left as the attack made them, and
     # disagree when evidence was moved (an attacker who overshoots the boundary defeats proximity)
     payload["other_rules"] = {}
-    for other in SCORE_RULES:
+    for other in FORMULA_RULES:
         if other != rule:
             verdict = trace_scores(scores[other], other)
             payload["other_rules"][other] = {"aggregate_source": verdict.aggregate_source,
@@ -196,7 +198,7 @@ def _ints(text: str) -> list[int]:
 @click.option("--control-examples", type=int, default=45, show_default=True,
               help="Images attacked per control (another tracer; C alone).")
 @click.option("--calibration-images", type=int, default=200, show_default=True)
-@click.option("--rule", type=click.Choice(SCORE_RULES), default=DEFAULT_RULE, show_default=True,
+@click.option("--rule", type=click.Choice(FORMULA_RULES), default=DEFAULT_RULE, show_default=True,
               help="Main score rule (every rule is reported).")
 @click.option("--tracer", "tracer_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="A saved tracer .safetensors (e.g. the tracer.safetensors of a `trace separate --tracer vae` "

@@ -39,9 +39,10 @@ from torch import nn
 from advforensics.attacks import create_attack
 from advforensics.errors import InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet
-from advforensics.tracing.dol import (DEFAULT_RULE, SCORE_RULES, Calibration, calibrate_rules, confidence_from_false_alarm,
-                                      rule_scores, trace_scores)
-from advforensics.tracing.names import STAGES
+from advforensics.tracing.calibration import Calibration, calibrate_rules, confidence_from_false_alarm
+from advforensics.tracing.identify import trace_scores
+from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
+from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
 
@@ -85,7 +86,7 @@ class ExperimentConfig:
         return {**DEFAULT_ATTACK_PARAMS.get(attack, {}), **self.attack_params.get(attack, {})}
 
     def validate(self, num_classes: int) -> None:
-        if self.main_rule not in SCORE_RULES:
+        if self.main_rule not in FORMULA_RULES:
             raise InputValidationError(f"unknown score rule {self.main_rule!r}")
         if not self.attacks:
             raise InputValidationError("no attacks given")
@@ -350,7 +351,7 @@ class TracingExperiment:
             row["c_fooled"] = float((self.classifier(ex.x_adv).argmax(1) != ex.labels).float().mean())
         row["rules"], row["ks"], row["scores"] = {}, {}, {}
         all_scores = rule_scores(copies, ex.x_adv)
-        for rule in SCORE_RULES:
+        for rule in FORMULA_RULES:
             scores = all_scores[rule]
             cal = self.calibration(alpha, copies.num_copies, rule)
             row["rules"][rule] = tracing_metrics(scores, ex.sources, rule, cal)
@@ -382,7 +383,7 @@ class TracingExperiment:
             copies = self.copyset(alpha, m)
             row: dict[str, Any] = {"copies": m, "examples": int(keep.sum()), "chance": 1.0 / m, "rules": {}}
             all_scores = rule_scores(copies, ex.x_adv[keep])
-            for rule in SCORE_RULES:
+            for rule in FORMULA_RULES:
                 scores = all_scores[rule]
                 row["rules"][rule] = {"accuracy": float((scores.argmax(1) == ex.sources[keep]).float().mean())}
             rows.append(row)

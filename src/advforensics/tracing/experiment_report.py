@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from advforensics.reporting.tables import markdown_table
-from advforensics.tracing.dol import SCORE_RULES
+from advforensics.tracing.names import FORMULA_RULES
 
 
 def _pct(value: float | None) -> float | None:
@@ -41,7 +41,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         rows = []
         for r in tracing:
             row = {"attack": r["attack"], "alpha": f"{r['alpha']:g}", "successful / attacked": f"{r['successful']} / {r['attacked']}"}
-            for rule in SCORE_RULES:
+            for rule in FORMULA_RULES:
                 metrics = r.get("rules", {}).get(rule)
                 row[rule] = None if metrics is None else (
                     f"{100 * metrics['accuracy']:.1f} [{100 * metrics['ci95'][0]:.1f}, {100 * metrics['ci95'][1]:.1f}]")
@@ -52,7 +52,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         parts.append("## Table 2: tracing accuracy per attack x alpha [95% Wilson interval]\n\n" + markdown_table(rows))
         detail = []
         for r in tracing:
-            for rule in SCORE_RULES:
+            for rule in FORMULA_RULES:
                 metrics = r.get("rules", {}).get(rule)
                 if metrics is None:
                     continue
@@ -68,7 +68,7 @@ def markdown_report(results: dict[str, Any]) -> str:
         ks = [{"attack": r["attack"], "alpha": f"{r['alpha']:g}", "rule": rule,
                "D source vs innocent": r["ks"][rule]["source_vs_innocent"],
                "D innocent vs innocent": r["ks"][rule]["innocent_vs_innocent"]}
-              for r in tracing if "ks" in r for rule in SCORE_RULES]
+              for r in tracing if "ks" in r for rule in FORMULA_RULES]
         parts.append("## Table 3: Kolmogorov-Smirnov D of the scores\n\n" + markdown_table(ks, digits=3))
         transfer = []
         for r in tracing:
@@ -87,7 +87,7 @@ def markdown_report(results: dict[str, Any]) -> str:
     scaling = results.get("scaling", [])
     if scaling:
         rows = [{"copies": r["copies"], "examples": r["examples"], "chance": _pct(r["chance"]),
-                 **{rule: _pct(r["rules"][rule]["accuracy"]) for rule in SCORE_RULES}} for r in scaling]
+                 **{rule: _pct(r["rules"][rule]["accuracy"]) for rule in FORMULA_RULES}} for r in scaling]
         parts.append(f"## Fig. 4b: accuracy vs number of copies ({cfg['scaling_attack']}, alpha {cfg['alphas'][-1]})\n\n"
                      + markdown_table(rows, digits=1))
 
@@ -148,8 +148,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     for r in results.get("tracing", []):
         if "scores" not in r:
             continue
-        fig, axes = plt.subplots(1, len(SCORE_RULES), figsize=(4 * len(SCORE_RULES), 3))
-        for ax, rule in zip(axes, SCORE_RULES):
+        fig, axes = plt.subplots(1, len(FORMULA_RULES), figsize=(4 * len(FORMULA_RULES), 3))
+        for ax, rule in zip(axes, FORMULA_RULES):
             innocent, source = r["scores"][rule]["innocent"], r["scores"][rule]["source"]
             edges = np.linspace(min(innocent + source), max(innocent + source), 61)  # shared bins
             ax.hist(innocent, bins=edges, alpha=0.6, label="other copies")
@@ -168,7 +168,7 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     if scaling:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         counts = [r["copies"] for r in scaling]
-        for rule in SCORE_RULES:
+        for rule in FORMULA_RULES:
             ax.plot(counts, [100 * r["rules"][rule]["accuracy"] for r in scaling], marker="o", label=rule)
         ax.plot(counts, [100 * r["chance"] for r in scaling], linestyle="--", color="grey", label="chance")
         ax.set_xlabel("number of copies")

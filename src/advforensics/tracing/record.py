@@ -27,7 +27,7 @@ from torch import nn
 
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet, ModelCopy
-from advforensics.tracing.dol import Calibration
+from advforensics.tracing.calibration import Calibration
 from advforensics.tracing.tracer import Tracer, load_tracer, save_tracer, state_hash
 from advforensics.utils import sha256_file, write_json
 

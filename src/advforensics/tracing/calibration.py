@@ -1,0 +1,197 @@
+"""Calibration of a score rule on points whose source is known, and the boundary points that make it.
+
+A `Calibration` holds the measured score distribution of innocent copies (the null) and of source
+copies. The false-alarm rate of a score s is how often an innocent copy scores at least s (an
+empirical p-value); with m copies, the chance that one of the m - 1 innocent copies does is at most
+(m - 1) times that, and the confidence is one minus this bound. Only the null enters the confidence:
+the source distribution depends on how precisely an attacker lands on the boundary, which the seller
+cannot know. The learned rule (learned.py) replaces this null with answers fitted on controls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from advforensics.errors import InputValidationError
+from advforensics.tracing.copies import CopySet
+from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES
+from advforensics.tracing.scores import check_rule, rule_scores
+from advforensics.utils import check_images
+
+@dataclass
+class Calibration:
+    """Histograms of one score rule for the source copy and for innocent copies, measured on
+    examples whose source is known. Bin edges are quantiles of all scores seen (the rules live on
+    very different scales); densities use add-one smoothing so that no bin has zero likelihood."""
+
+    bins: int
+    source_counts: list[int]
+    innocent_counts: list[int]
+    innocent_sorted: list[float]  # every innocent score seen, sorted (for false-alarm rates)
+    method: str = ""  # how the examples were made
+    info: dict[str, Any] = field(default_factory=dict)
+    rule: str = "dol"  # records written before score rules existed were DOL
+    edges: list[float] | None = None  # bins + 1 edges; None: uniform over DOL_RANGE (old records)
+
+    @classmethod
+    def from_scores(cls, scores: torch.Tensor, sources: torch.Tensor, rule: str = DEFAULT_RULE, bins: int = 40,
+                    method: str = "", info: dict[str, Any] | None = None) -> Calibration:
+        """scores (N, m) under `rule` and the true source index of each example (N,) -> Calibration."""
+        check_rule(rule)
+        if scores.dim() != 2 or sources.shape != (scores.shape[0],):
+            raise InputValidationError("calibration needs scores (N, m) and sources (N,)")
+        if len(scores) == 0:
+            raise InputValidationError("calibration needs at least one example")
+        mask = torch.zeros_like(scores, dtype=torch.bool)
+        mask[torch.arange(len(scores)), sources] = True
+        src = scores[mask].double().numpy()
+        inn = scores[~mask].double().numpy()
+        edges = np.unique(np.quantile(np.concatenate([src, inn]), np.linspace(0, 1, bins + 1)))
+        if len(edges) < 2:
+            edges = np.array([edges[0] - 1.0, edges[0] + 1.0])
+        return cls(bins=len(edges) - 1, source_counts=_histogram(src, edges).tolist(),
+                   innocent_counts=_histogram(inn, edges).tolist(),
+                   innocent_sorted=np.sort(inn).round(7).tolist(), method=method, info=dict(info or {}),
+                   rule=rule, edges=edges.tolist())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bins": self.bins, "source_counts": self.source_counts, "innocent_counts": self.innocent_counts,
+                "innocent_sorted": self.innocent_sorted, "method": self.method, "info": self.info,
+                "rule": self.rule, "edges": self.edges}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> Calibration:
+        known = {"bins", "source_counts", "innocent_counts", "innocent_sorted", "method", "info", "rule", "edges"}
+        unknown = set(payload) - known
+        if unknown:
+            raise InputValidationError(f"calibration has unknown fields: {sorted(unknown)}")
+        cal = cls(**payload)
+        check_rule(cal.rule)
+        if len(cal.source_counts) != cal.bins or len(cal.innocent_counts) != cal.bins:
+            raise InputValidationError("calibration histograms do not match their bin count")
+        return cal
+
+    def false_alarm_rate(self, scores: torch.Tensor) -> torch.Tensor:
+        """Fraction of innocent copies' scores >= s (with +1 smoothing), elementwise."""
+        inn = np.asarray(self.innocent_sorted)
+        above = len(inn) - np.searchsorted(inn, scores.double().numpy(), side="left")
+        return torch.from_numpy((above + 1.0) / (len(inn) + 1.0))
+
+    def combined_false_alarm_rate(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores (B, m) -> (m,) Fisher-combined p-value of each copy over the B examples."""
+        statistic = -2.0 * self.false_alarm_rate(scores).log().sum(dim=0)  # ~ chi2(2B) under the null
+        return torch.special.gammaincc(torch.full_like(statistic, float(scores.shape[0])), statistic / 2)
+
+
+def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Bin of each value; values outside the edges go to the first or last bin."""
+    return np.clip(np.searchsorted(edges, values, side="right") - 1, 0, len(edges) - 2)
+
+
+def _histogram(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.bincount(_bin_index(values, edges), minlength=len(edges) - 1)
+
+
+def confidence_from_false_alarm(p: torch.Tensor, num_copies: int) -> torch.Tensor:
+    """1 - P(some innocent copy scores this high), bounded by (m - 1) p."""
+    return (1.0 - (num_copies - 1) * p).clamp(min=0.0)
+
+
+@torch.no_grad()
+def boundary_points(model: nn.Module, x: torch.Tensor, partner: torch.Tensor,
+                    steps: int = 25) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points just past `model`'s decision boundary on the segment x -> partner (bisection on its
+    label; `model` is one copy, C alone, or any scorer).
+    Returns (points (B, C, H, W), valid (B,) bool: the labels at the ends differ).
+
+    Not a stand-in for an attack: a line search does not seek the nearest boundary point, so the
+    tracer gives it no head start (see `deepfool_points`)."""
+    y0 = model(x).argmax(1)
+    valid = model(partner).argmax(1) != y0
+    lo = torch.zeros(len(x))
+    hi = torch.ones(len(x))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        point = x + mid.view(-1, 1, 1, 1) * (partner - x)
+        flipped = model(point).argmax(1) != y0
+        hi = torch.where(flipped, mid, hi)
+        lo = torch.where(flipped, lo, mid)
+    return (x + hi.view(-1, 1, 1, 1) * (partner - x)).clamp(0, 1), valid
+
+
+def deepfool_points(model: nn.Module, x: torch.Tensor, steps: int = 40,
+                    overshoot: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+    """Near-minimal L2 boundary points of `model` (a copy, C alone, ...): DeepFool on its scores
+    towards the current runner-up class, then bisection back to the boundary.
+
+    The seller knows every copy, so this white-box minimal-distance attack is a cheap, boundary-ending
+    proxy for what a hard-label attacker converges to; it calibrates the DOL distributions.
+    Returns (points (B, C, H, W), valid (B,) bool: the model's label changed)."""
+    with torch.no_grad():
+        y0 = model(x).argmax(1)
+    current = x.clone()
+    done = torch.zeros(len(x), dtype=torch.bool)
+    for _ in range(steps):
+        current.requires_grad_(True)
+        scores = model(current)  # (B, K)
+        top2 = scores.topk(2, dim=1).indices
+        other = torch.where(top2[:, 0] == y0, top2[:, 1], top2[:, 0])
+        f = scores.gather(1, other[:, None]).squeeze(1) - scores.gather(1, y0[:, None]).squeeze(1)  # (B,)
+        (grad,) = torch.autograd.grad(f.sum(), current)
+        with torch.no_grad():
+            done = done | (f > 0)
+            norm2 = grad.flatten(1).pow(2).sum(1).clamp_min(1e-12)
+            step = ((f.abs() + 1e-4) / norm2).view(-1, 1, 1, 1) * grad * (1 + overshoot)
+            step[done] = 0
+            current = (current + step).clamp(0, 1).detach()
+        if bool(done.all()):
+            break
+    with torch.no_grad():
+        valid = model(current).argmax(1) != y0
+    points, _ = boundary_points(model, x, current, steps=20)
+    return points, valid
+
+
+def calibrate(copies: CopySet, x: torch.Tensor, method: str = "deepfool", seed: int = 0,
+              bins: int = 40, rule: str = DEFAULT_RULE) -> Calibration:
+    """Measure source and innocent scores under `rule` on boundary points made on every copy in turn.
+
+    method "deepfool" (default): `deepfool_points`, a minimal-distance attack; "bisection": line
+    search towards another image (a weak proxy, kept for comparison)."""
+    return calibrate_rules(copies, x, method, seed, bins, rules=(rule,))[rule]
+
+
+def calibrate_rules(copies: CopySet, x: torch.Tensor, method: str = "deepfool", seed: int = 0, bins: int = 40,
+                    rules: tuple[str, ...] = FORMULA_RULES) -> dict[str, Calibration]:
+    """`calibrate` for several rules from one set of boundary points (the points are the cost)."""
+    c, h, w = copies.tracer.input_shape
+    check_images(x, "calibration images", channels=c, size=(h, w))
+    if len(x) < 2:
+        raise InputValidationError("calibration needs at least 2 images")
+    for rule in rules:
+        check_rule(rule)
+    if method not in ("deepfool", "bisection"):
+        raise InputValidationError(f"calibration method must be deepfool or bisection, got {method!r}")
+    gen = torch.Generator().manual_seed(seed)
+    per_copy, sources = [], []
+    for i in range(copies.num_copies):
+        if method == "deepfool":
+            points, valid = deepfool_points(copies.copy(i), x)
+        else:
+            points, valid = boundary_points(copies.copy(i), x, x[torch.randperm(len(x), generator=gen)])
+        if valid.any():
+            per_copy.append(points[valid])
+            sources.append(torch.full((int(valid.sum()),), i, dtype=torch.int64))
+    if not per_copy:
+        raise InputValidationError("no calibration point crossed a decision boundary")
+    points, source = torch.cat(per_copy), torch.cat(sources)
+    scores = rule_scores(copies, points, rules)
+    return {rule: Calibration.from_scores(scores[rule], source, rule=rule, bins=bins,
+                                          method=method, info={"images": int(len(x)), "seed": seed})
+            for rule in rules}
+
