@@ -222,6 +222,24 @@ def test_record_tamper_detection(record_dir: Path, tmp_path: Path) -> None:
         read_record(tmp_path / "nowhere")
 
 
+def test_onnx_copy_outputs_the_label_alone(record_dir: Path, digits_data) -> None:
+    """The graph a buyer's endpoint runs has one output, an int64 label per row: no score leaves it."""
+    import onnx
+    import onnxruntime as ort
+
+    record, copies = load_copies(record_dir)
+    path = record_dir / record.copies[1].onnx_file
+    graph = onnx.load(str(path)).graph
+    assert [o.name for o in graph.output] == ["label"]
+    tensor_type = graph.output[0].type.tensor_type
+    assert tensor_type.elem_type == onnx.TensorProto.INT64
+    assert len(tensor_type.shape.dim) == 1  # (B,), not (B, K)
+    images, _ = digits_data
+    (out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": images[:50].numpy()})
+    assert out.shape == (50,) and out.dtype.kind == "i"
+    assert np.array_equal(out, copies.copy(1)(images[:50]).argmax(1).numpy())
+
+
 def test_foreign_onnx_and_mixed_base_models_fail(record_dir: Path, tmp_path: Path, tiny_classifier,
                                                  zoo_classifier) -> None:
     record = read_record(record_dir)

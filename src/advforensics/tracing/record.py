@@ -4,7 +4,12 @@ A record directory holds
   record.json          permutations, alpha, tau, hashes, calibration (this file is the secret)
   classifier.*         C as a zoo checkpoint (safetensors + card)
   tracer.safetensors   T_0
-  copy_<i>.onnx        what buyer i received (a hard-label black box: scores, label = argmax)
+  copy_<i>.onnx        copy i for serving: input x, one output, the label (int64); no score leaves it
+
+The ONNX file answers with the label alone, so an endpoint that runs it is a hard-label black box.
+The file itself is a white box: it holds every weight of C and of the tracer (and so, with the
+permutation, everything that makes the copy). It is for the seller's own serving, never for handing
+over to a buyer.
 
 Hashes: base_hash = content hash of C's parameters, tracer_hash = the tracer's content hash,
 copy_hash = sha256 of (base_hash, tracer_hash, permutation, alpha, tau), onnx_sha256 = the shipped
@@ -127,8 +132,19 @@ def read_record(directory: str | Path) -> SellerRecord:
     return record
 
 
+class LabelOnly(nn.Module):
+    """A copy that returns its label only: what a hard-label endpoint may reveal."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).argmax(dim=1)  # (B,) int64
+
+
 def export_onnx(model: ModelCopy, path: Path, example: torch.Tensor) -> None:
-    """Export one copy as ONNX (input 'x' (B, C, H, W) float32 in [0, 1], output 'scores' (B, K)).
+    """Export one copy as ONNX: input 'x' (B, C, H, W) float32 in [0, 1], output 'label' (B,) int64.
 
     Uses torch's dynamo exporter (needs the onnxscript package): the TorchScript exporter cannot
     export adaptive average pooling with non-divisible sizes, which the zoo models use."""
@@ -148,8 +164,8 @@ def export_onnx(model: ModelCopy, path: Path, example: torch.Tensor) -> None:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model.eval(), (example,), dynamo=True, input_names=["x"],
-                                        output_names=["scores"], dynamic_shapes=({0: batch},), verbose=False)
+            program = torch.onnx.export(LabelOnly(model).eval(), (example,), dynamo=True, input_names=["x"],
+                                        output_names=["label"], dynamic_shapes=({0: batch},), verbose=False)
     finally:
         onnx_logger.setLevel(level)
     program.save(str(path))
@@ -160,8 +176,10 @@ def onnx_labels(path: str | Path, x: torch.Tensor) -> torch.Tensor:
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    scores = session.run(["scores"], {"x": x.float().numpy()})[0]
-    return torch.from_numpy(np.asarray(scores).argmax(1))
+    outputs = [o.name for o in session.get_outputs()]
+    if outputs == ["scores"]:  # copies exported before the label-only format
+        return torch.from_numpy(np.asarray(session.run(["scores"], {"x": x.float().numpy()})[0]).argmax(1))
+    return torch.from_numpy(np.asarray(session.run(["label"], {"x": x.float().numpy()})[0]).astype(np.int64))
 
 
 def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, params: CopyParams,

@@ -89,3 +89,73 @@ def dol_scores(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> torc
     """The paper's DOL of every copy for every example: x (B, C, H, W) in [0, 1] -> (B, m)."""
     return copy_scores(copies, x, "dol", batch_size)
 
+
+
+#: Per-copy features of `copy_features`, in order (the learned rule's inputs; see learned.py).
+COPY_FEATURES = ("log_gap", "log_gap_rel", "pair_diff", "pair_gap", "own_dir", "own_dir_rel",
+                 "fooled", "dol", "third_class", "pair_diff_above", "pair_diff_below")
+#: Features shared by all copies of one example.
+CONTEXT_FEATURES = ("log_c_gap", "c_gap", "share_fooled", "min_log_gap", "c_top", "all_agree")
+
+
+def _log_units(gap: torch.Tensor, alpha: float) -> torch.Tensor:
+    return torch.log10(gap.clamp_min(0) / alpha + 1e-6)
+
+
+def _others_extreme(values: torch.Tensor, largest: bool) -> torch.Tensor:
+    """values (B, m) -> for each copy, the max (or min) over the OTHER copies (B, m)."""
+    m = values.shape[1]
+    fill = float("-inf") if largest else float("inf")
+    expanded = values.unsqueeze(1).expand(-1, m, -1).clone()  # (B, m, m)
+    expanded[:, torch.arange(m), torch.arange(m)] = fill
+    return expanded.amax(2) if largest else expanded.amin(2)
+
+
+@torch.no_grad()
+def copy_features(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the learned rule reads, from ONE shared pass: x (B, C, H, W) ->
+    (per-copy features (B, m, len(COPY_FEATURES)), context (B, len(CONTEXT_FEATURES))).
+
+    Two kinds of evidence, because attackers leave the boundary in two ways:
+    - boundary-type (log_gap: how close copy i's top-2 scores are, in alpha units, log scale):
+      exact when the example sits on its copy's boundary (as crafted, rounded, JPEG'd back);
+    - direction-type (own_dir, pair_diff: the tracer difference of copy i between its label and
+      C's best other class, or between C's top-2): what remains when the example was pushed through
+      the boundary so that every copy is fooled; the source's tracer is the one the attack rode.
+    C's own top-2 gap and the share of copies fooled tell the regime apart."""
+    c, h, w = copies.tracer.input_shape
+    check_images(x, "examples", channels=c, size=(h, w))
+    alpha = float(copies.params.alpha)
+    feats, ctxs = [], []
+    for chunk in x.split(batch_size):
+        probs, t0 = copies.shared_pass(chunk)  # (B, K), (B, K)
+        traced = copies.traced_outputs(t0)  # (B, m, K)
+        scores = probs.unsqueeze(1) + alpha * traced  # (B, m, K)
+        b, m, k = scores.shape
+        top2 = scores.topk(2, dim=2)
+        gap = top2.values[..., 0] - top2.values[..., 1]  # (B, m)
+        label = top2.indices[..., 0]  # (B, m)
+        log_gap = _log_units(gap, alpha)
+        c_top2 = probs.topk(2, dim=1)
+        c1, c2 = c_top2.indices[:, 0], c_top2.indices[:, 1]  # (B,)
+        c_gap = c_top2.values[:, 0] - c_top2.values[:, 1]  # (B,)
+        at = lambda cls: traced.gather(2, cls.view(b, -1, 1).expand(b, m, 1)).squeeze(2)  # noqa: E731
+        pair_diff = at(c1) - at(c2)  # (B, m)
+        pair_gap = (c_gap.unsqueeze(1) + alpha * pair_diff) / alpha
+        # C's best class other than copy i's label
+        masked = probs.unsqueeze(1).expand(b, m, k).scatter(2, label.unsqueeze(2), float("-inf"))
+        rival = masked.argmax(2)  # (B, m)
+        own_dir = traced.gather(2, label.unsqueeze(2)).squeeze(2) - traced.gather(2, rival.unsqueeze(2)).squeeze(2)
+        dol = dol_from_scores(scores, traced)
+        fooled = (label != c1.unsqueeze(1)).float()
+        third = ((label != c1.unsqueeze(1)) & (label != c2.unsqueeze(1))).float()
+        feats.append(torch.stack([
+            log_gap, log_gap - log_gap.amin(1, keepdim=True), pair_diff, pair_gap.clamp(-20, 20), own_dir,
+            own_dir - _others_extreme(own_dir, True), fooled, dol, third,
+            pair_diff - _others_extreme(pair_diff, True), pair_diff - _others_extreme(pair_diff, False)], dim=2))
+        ctxs.append(torch.stack([
+            _log_units(c_gap, alpha), (c_gap / alpha).clamp(max=20), fooled.mean(1), log_gap.amin(1),
+            c_top2.values[:, 0], (label == label[:, :1]).all(1).float()], dim=1))
+    if not feats:
+        return torch.empty(0, copies.num_copies, len(COPY_FEATURES)), torch.empty(0, len(CONTEXT_FEATURES))
+    return torch.cat(feats), torch.cat(ctxs)

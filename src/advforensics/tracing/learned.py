@@ -1,0 +1,274 @@
+"""The learned tracing rule: a scorer the seller fits on attackers it simulates on its own copies.
+
+No single formula traces in every regime (docs/RESULTS.md): boundary-type scores are exact when the
+example sits on its copy's boundary and fail once it was pushed through; direction-type scores are
+the reverse, and re-encoding moves the example back across. The seller holds every copy, so it can
+make examples of every regime itself and learn how the per-copy features combine:
+
+- `simulate` crafts DeepFool boundary points on each copy (a white-box, minimal-distance stand-in for
+  the buyer's hard-label attack) and applies attacker behaviours (minimal, overshoot, transfer-
+  seeking to one or all other copies) and re-encodings (PNG, JPEG, noise). Controls, labelled "none
+  of these copies", are made the same way on C alone and on look-alike copies with another tracer,
+  plus clean images.
+- `LearnedScorer` scores each copy with one small network shared by all copies (so it is
+  permutation-equivariant and takes any number of copies), and adds a "none" alternative scored
+  from the shared context; a softmax over the m + 1 alternatives gives probabilities.
+- `fit_learned_rule` trains it, then fits a temperature on held-out simulated images so that the
+  stated probabilities match observed frequencies.
+
+The rule is stored in the seller record as plain JSON (numbers only, covered by the record hash).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.evidence.transforms import reencode
+from advforensics.tracing.behaviours import along, transfer_seeking
+from advforensics.tracing.calibration import deepfool_points
+from advforensics.tracing.copies import CopySet
+from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_features
+from advforensics.tracing.tracer import create_tracer
+
+log = logging.getLogger(__name__)
+
+LEARNED_FORMAT = "advforensics-learned-rule/1"
+BEHAVIOURS = ("minimal", "overshoot", "transfer-1", "transfer-all")
+REENCODINGS = ("none", "none", "png", "png", "jpeg:95", "jpeg:85", "jpeg:70", "noise:1", "noise:3")
+CONTROLS = ("c-alone", "look-alike", "clean")
+
+
+@dataclass
+class SimulationConfig:
+    """What the seller simulates. Images are clean, correctly classified images of the seller's own."""
+
+    behaviours: tuple[str, ...] = BEHAVIOURS
+    reencodings: tuple[str, ...] = REENCODINGS
+    controls: tuple[str, ...] = CONTROLS
+    landing: tuple[float, float] = (1e-5, 3e-2)  # log-uniform relative overshoot of the attack's end point
+    overshoot: tuple[float, float] = (1.05, 1.6)
+    look_alike_seed: int = 1000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = set(self.behaviours) - set(BEHAVIOURS)
+        if unknown or not self.behaviours:
+            raise InputValidationError(f"behaviours must be some of {', '.join(BEHAVIOURS)}; got {self.behaviours}")
+        unknown = set(self.controls) - set(CONTROLS)
+        if unknown:
+            raise InputValidationError(f"controls must be some of {', '.join(CONTROLS)}; got {self.controls}")
+        for spec in self.reencodings:
+            reencode(torch.zeros(1, 1, 2, 2), spec)  # raises on an unknown spec
+
+
+class _Softmax(nn.Module):
+    """C alone, as its own boundary-defining model (the control attacker who ignores the copies)."""
+
+    def __init__(self, classifier: nn.Module, tau: float) -> None:
+        super().__init__()
+        self.classifier, self.tau = classifier.eval(), tau
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.classifier(x.float()) / self.tau, dim=1)
+
+
+@dataclass
+class SimulatedSet:
+    """Features of simulated evidence and the truth: target in 0..m-1 (the source) or m (none)."""
+
+    features: torch.Tensor  # (N, m, F)
+    context: torch.Tensor  # (N, Cx)
+    target: torch.Tensor  # (N,)
+    group: torch.Tensor  # (N,) index of the clean image (for splitting without leaks)
+    kind: list[str] = field(default_factory=list)  # per row: "<model>/<behaviour>/<re-encoding>"
+
+
+def _behave(copies: CopySet, behaviour: str, source: torch.Tensor, x0: torch.Tensor, x_b: torch.Tensor,
+            labels: torch.Tensor, config: SimulationConfig, gen: torch.Generator) -> torch.Tensor:
+    lo, hi = (torch.log10(torch.tensor(v)) for v in config.landing)
+    landed = along(x0, x_b, 1 + 10 ** (lo + (hi - lo) * torch.rand(len(x0), generator=gen)))
+    if behaviour == "minimal":
+        return landed
+    if behaviour == "overshoot":
+        a, b = config.overshoot
+        return along(x0, x_b, a + (b - a) * torch.rand(len(x0), generator=gen))
+    others = 1 if behaviour == "transfer-1" else None
+    pushed, _ = transfer_seeking(copies, source.clamp(min=0), x0, landed, labels, others=others)
+    return pushed
+
+
+def simulate(copies: CopySet, images: torch.Tensor, labels: torch.Tensor,
+             config: SimulationConfig | None = None) -> SimulatedSet:
+    """Simulated evidence on every copy and on the controls, from clean `images` (N, C, H, W) with their
+    labels (N,). Each image serves one model (copies and controls in turn), so no image is reused."""
+    config = config or SimulationConfig()
+    gen = torch.Generator().manual_seed(config.seed)
+    m = copies.num_copies
+    c, h, w = copies.tracer.input_shape
+    look_alike = CopySet(copies.classifier, create_tracer(
+        "random", num_outputs=copies.num_classes, in_channels=c, image_size=(h, w),
+        seed=config.look_alike_seed), copies.permutations, copies.params)
+    models: list[tuple[str, int, nn.Module | None]] = [(f"copy{i}", i, copies.copy(i)) for i in range(m)]
+    if "c-alone" in config.controls:
+        models.append(("c-alone", m, _Softmax(copies.classifier, float(copies.params.tau))))
+    if "look-alike" in config.controls:
+        models += [(f"look-alike{i}", m, look_alike.copy(i)) for i in range(min(m, 2))]
+    if "clean" in config.controls:
+        models.append(("clean", m, None))
+    order = torch.randperm(len(images), generator=gen)
+    shares = order.chunk(len(models))
+    xs, targets, groups, kinds = [], [], [], []
+    for (name, target, model), idx in zip(models, shares):
+        x0, y = images[idx], labels[idx]
+        if model is None:
+            x_out, ok = x0, torch.ones(len(x0), dtype=torch.bool)
+            behaviour_of = ["clean"] * len(x0)
+        else:
+            x_b, ok = deepfool_points(model, x0)
+            source = torch.full((len(x0),), target if target < m else -1)
+            picks = torch.randint(len(config.behaviours), (len(x0),), generator=gen)
+            x_out = x_b.clone()
+            for j, behaviour in enumerate(config.behaviours):
+                rows = picks == j
+                if rows.any():
+                    x_out[rows] = _behave(copies if target < m or behaviour != "transfer-all" else copies,
+                                          behaviour, source[rows], x0[rows], x_b[rows], y[rows], config, gen)
+            behaviour_of = [config.behaviours[int(p)] for p in picks]
+        codes = torch.randint(len(config.reencodings), (len(x0),), generator=gen)
+        for j, spec in enumerate(config.reencodings):
+            rows = (codes == j) & ok
+            if rows.any():
+                x_out[rows] = reencode(x_out[rows], spec, seed=config.seed + j)
+        keep = ok.nonzero().squeeze(1)
+        xs.append(x_out[keep])
+        targets.append(torch.full((len(keep),), target))
+        groups.append(idx[keep])
+        kinds += [f"{name}/{behaviour_of[int(i)]}/{config.reencodings[int(codes[i])]}" for i in keep]
+        log.info("simulated %d examples on %s", len(keep), name)
+    x = torch.cat(xs)
+    features, context = copy_features(copies, x)
+    return SimulatedSet(features=features, context=context, target=torch.cat(targets), group=torch.cat(groups),
+                        kind=kinds)
+
+
+class LearnedScorer(nn.Module):
+    """Scores (B, m + 1): one shared network per copy, and a "none of these copies" alternative."""
+
+    def __init__(self, copy_inputs: int, context_inputs: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.copy_net = nn.Sequential(nn.Linear(copy_inputs + context_inputs, hidden), nn.ReLU(),
+                                      nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.none_net = nn.Sequential(nn.Linear(context_inputs + 3, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.register_buffer("copy_mean", torch.zeros(copy_inputs))
+        self.register_buffer("copy_std", torch.ones(copy_inputs))
+        self.register_buffer("context_mean", torch.zeros(context_inputs))
+        self.register_buffer("context_std", torch.ones(context_inputs))
+        self.register_buffer("temperature", torch.ones(()))
+
+    def logits(self, features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """features (B, m, F), context (B, Cx) -> untempered logits (B, m + 1); the last is "none"."""
+        f = (features - self.copy_mean) / self.copy_std
+        ctx = (context - self.context_mean) / self.context_std
+        per_copy = self.copy_net(torch.cat([f, ctx.unsqueeze(1).expand(-1, f.shape[1], -1)], 2)).squeeze(2)
+        top = per_copy.topk(min(2, per_copy.shape[1]), dim=1).values
+        second = top[:, 1] if top.shape[1] > 1 else top[:, 0]
+        summary = torch.stack([top[:, 0], second, per_copy.mean(1)], 1)
+        return torch.cat([per_copy, self.none_net(torch.cat([ctx, summary], 1))], 1)
+
+    def forward(self, features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """Calibrated probabilities (B, m + 1)."""
+        return torch.softmax(self.logits(features, context) / self.temperature, dim=1)
+
+
+@dataclass
+class FitConfig:
+    hidden: int = 32
+    epochs: int = 60
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    holdout: float = 0.2  # share of clean images whose examples fit the temperature
+    seed: int = 0
+
+
+def fit_learned_rule(data: SimulatedSet, config: FitConfig | None = None) -> LearnedScorer:
+    """Train the scorer on simulated evidence, then fit its temperature on held-out images."""
+    config = config or FitConfig()
+    gen = torch.Generator().manual_seed(config.seed)
+    groups = data.group.unique()
+    held = groups[torch.randperm(len(groups), generator=gen)[: max(1, int(config.holdout * len(groups)))]]
+    is_held = torch.isin(data.group, held)
+    train, tune = (~is_held).nonzero().squeeze(1), is_held.nonzero().squeeze(1)
+    if len(train) == 0 or len(tune) == 0:
+        raise InputValidationError("too few simulated examples to fit the learned rule")
+    torch.manual_seed(config.seed)
+    model = LearnedScorer(data.features.shape[2], data.context.shape[1], config.hidden)
+    flat = data.features[train].flatten(0, 1)
+    model.copy_mean.copy_(flat.mean(0))
+    model.copy_std.copy_(flat.std(0).clamp_min(1e-3))
+    model.context_mean.copy_(data.context[train].mean(0))
+    model.context_std.copy_(data.context[train].std(0).clamp_min(1e-3))
+    # every alternative weighs the same in the loss: "none" rows are about a third of the data
+    counts = torch.bincount(data.target[train], minlength=data.features.shape[1] + 1).float()
+    weight = (counts.sum() / counts.clamp_min(1)) / len(counts)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    for epoch in range(config.epochs):
+        perm = train[torch.randperm(len(train), generator=gen)]
+        total = 0.0
+        for batch in perm.split(config.batch_size):
+            optimiser.zero_grad()
+            loss = loss_fn(model.logits(data.features[batch], data.context[batch]), data.target[batch])
+            loss.backward()
+            optimiser.step()
+            total += float(loss.detach()) * len(batch)
+        if epoch % 20 == 0 or epoch == config.epochs - 1:
+            log.info("learned rule epoch %d: loss %.4f", epoch, total / len(train))
+    model.eval()
+    with torch.no_grad():
+        logits = model.logits(data.features[tune], data.context[tune])
+    log_t = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(logits / log_t.exp(), data.target[tune])
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    model.temperature.fill_(float(log_t.exp()))
+    log.info("learned rule temperature %.3f on %d held-out examples", float(model.temperature), len(tune))
+    return model
+
+
+def scorer_to_dict(model: LearnedScorer, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The scorer as JSON-safe numbers (stored inside the seller record)."""
+    return {"format": LEARNED_FORMAT, "copy_features": list(COPY_FEATURES), "context_features": list(CONTEXT_FEATURES),
+            "hidden": int(model.copy_net[0].out_features),
+            "state": {k: v.tolist() for k, v in model.state_dict().items()}, "info": dict(info or {})}
+
+
+def scorer_from_dict(payload: dict[str, Any]) -> LearnedScorer:
+    """Rebuild a stored scorer; a record from another feature set or a damaged one -> CheckpointError."""
+    if payload.get("format") != LEARNED_FORMAT:
+        raise CheckpointError("the record's learned rule has an unknown format")
+    if payload.get("copy_features") != list(COPY_FEATURES) or payload.get("context_features") != list(CONTEXT_FEATURES):
+        raise CheckpointError("the record's learned rule was fitted on other features; refit it (trace separate)")
+    model = LearnedScorer(len(COPY_FEATURES), len(CONTEXT_FEATURES), int(payload["hidden"]))
+    try:
+        state = {k: torch.tensor(v, dtype=torch.float32) for k, v in payload["state"].items()}
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"the record's learned rule does not load: {error}") from None
+    return model.eval()
+
+
+def simulation_to_dict(config: SimulationConfig, fit: FitConfig) -> dict[str, Any]:
+    return {"simulation": asdict(config), "fit": asdict(fit)}
