@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import logging
 import platform
@@ -139,7 +138,7 @@ def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, cop
     from advforensics.attacks.base import batched_predict
     from advforensics.data import load_dataset
     from advforensics.errors import InputValidationError
-    from advforensics.utils import atomic_write_bytes, seed_everything
+    from advforensics.utils import seed_everything
 
     params = dict(parse_param(text) for text in raw_params)
     if "seed" in attack_arguments(attack_name) and "seed" not in params:
@@ -198,13 +197,14 @@ def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, cop
             float(extras["classifier_fooled"][ok].float().mean()) if ok.any() else None)
 
     if out is not None:
-        buffer = io.BytesIO()
-        np.savez(buffer, x_adv=cat["x_adv"].numpy().astype(np.float32), labels=y_all.numpy(),
-                 predicted=cat["predicted"].numpy(), success=ok.numpy(), l2=cat["l2"].numpy(),
-                 linf=cat["linf"].numpy(), queries=cat["queries"].numpy(), indices=indices.numpy(),
-                 params_json=np.array(json.dumps(attack.params, default=str)),
-                 **{f"extra_{key}": value.numpy() for key, value in extras.items()})
-        atomic_write_bytes(out, buffer.getvalue())
+        from advforensics.evidence import save_evidence
+
+        meta = {key: summary[key] for key in ("attack", *provenance, "data", "split", "data_sha256", "seed")}
+        save_evidence(out, cat["x_adv"].float(), success=ok, labels=y_all, meta=meta, overwrite=overwrite,
+                      extras={"predicted": cat["predicted"], "l2": cat["l2"], "linf": cat["linf"],
+                              "queries": cat["queries"], "indices": indices,
+                              "params_json": np.array(json.dumps(attack.params, default=str)),
+                              **{f"extra_{key}": value for key, value in extras.items()}})
         summary["out"] = str(out)
 
     def fmt(value: float | None, spec: str) -> str:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import (UserError, device_option, emit_json, handle_errors, json_option, load_image_array,
-                                     seed_option)
+from advforensics.cli.common import UserError, device_option, emit_json, handle_errors, json_option, seed_option
 
 log = logging.getLogger("advforensics.attribution")
 
@@ -302,35 +301,6 @@ def _comma_list(text: str | None) -> list[str] | None:
     return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
 
 
-def _read_images(path: Path):
-    """Images from a PNG/JPEG file, a directory of them, or an .npz (see `load_image_array`)."""
-    import numpy as np
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    from advforensics.errors import DataFileError, InputValidationError
-
-    if path.suffix == ".npz":
-        return load_image_array(path)
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) \
-        if path.is_dir() else [path]
-    if not files:
-        raise InputValidationError(f"no images in {path}")
-    arrays = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                arr = np.asarray(image)
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataFileError(f"cannot read image {file}: {error}") from None
-        arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
-        arrays.append(arr.astype(np.float32) / 255.0)
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise InputValidationError(f"images in {path} have different shapes: {sorted(shapes)}")
-    return torch.from_numpy(np.stack(arrays)), [str(f) for f in files]
-
-
 @attribution.command("predict")
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
@@ -344,8 +314,9 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
                 json_path: Path | None) -> None:
     """Attribute adversarial images: attack, victim and hyperparameter with probabilities.
 
-    SOURCE is an image file, a directory of images, or an .npz with an 'x_adv' or 'images' array
-    (uint8 or float in [0, 1], shape (N, C, H, W) or (N, H, W)).
+    SOURCE is a PNG/JPEG/BMP file, a folder of them, an .npy, or an .npz (from `attacks run` or
+    elsewhere: x_adv, adv, images, ... ; uint8, uint16 or float in [0, 1]; NCHW, NHWC or (N, H, W);
+    rows a stored success mask marks as failed are left out).
 
     \b
     Example:
@@ -355,9 +326,13 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
 
     from advforensics.attribution.evaluate import predict_records
     from advforensics.attribution.train import load_attributor
+    from advforensics.evidence import load_evidence
 
+    evidence = load_evidence(source)  # first: a bad evidence file fails before the model loads
     model, card = load_attributor(model_path)
-    x, names = _read_images(source)
+    if evidence.dropped:  # never silently: the row numbers in the names show which are left
+        click.echo(evidence.summary(), err=True)
+    x, names = evidence.x, evidence.names
     if not float_evidence:  # an 8-bit image is what evidence normally is, and what the corpus holds
         x = torch.round(x * 255.0) / 255.0
     records = predict_records(model, card, x)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from advforensics.cli.common import emit_json, handle_errors, json_option, load_image_array, seed_option
+from advforensics.cli.common import emit_json, handle_errors, json_option, seed_option
 from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, SCORE_RULES, STAGES
 
@@ -275,8 +275,10 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
 
 
 def load_examples(path: Path) -> torch.Tensor:
-    """x_adv rows of an .npz (only the successful ones where `attacks run` stored a success mask)."""
-    return load_image_array(path)[0]
+    """The evidence rows of a file or folder (only the successful ones where a success mask is stored)."""
+    from advforensics.evidence import load_evidence
+
+    return load_evidence(path).x
 
 
 def _dataset_images(name: str, data_dir: str | None, split: str, limit: int, seed: int) -> torch.Tensor:
