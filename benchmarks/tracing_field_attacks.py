@@ -14,7 +14,9 @@ Implementations:
 - rs: a plain random-direction search written here (not shipped by the project);
 - smooth-hsj: an attacker who knows the scheme and averages every query over input noise
   (majority label of 8 draws, sd 0.1), so that he attacks a smoothed copy;
-- ctl-*: controls, crafted on C alone, on copies with another tracer, or on an unrelated model.
+- ctl-*: controls, crafted on C alone, on copies with another tracer (seed 1000), or on an unrelated
+  model (another LeNet trained with seed 1: `advforensics models train --model lenet --data mnist
+  --seed 1 --out runs/field/unrelated`).
 """
 
 from __future__ import annotations
@@ -174,10 +176,11 @@ SETS: dict[str, tuple[str, str]] = {
     "ctl-c-hsj": ("art-hsj", "C alone"),
     "ctl-c-fb-boundary": ("fb-boundary", "C alone"),
     "ctl-tracer-hsj": ("art-hsj", "copies with another tracer"),
+    "ctl-unrelated-hsj": ("art-hsj", "an unrelated model"),
 }
 
 
-def targets(kind: str, copies: CopySet, seed: int) -> list[tuple[nn.Module, int]]:
+def targets(kind: str, copies: CopySet, seed: int, unrelated: Path) -> list[tuple[nn.Module, int]]:
     m = copies.num_copies
     if kind == "copies":
         return [(copies.copy(i), i) for i in range(m)]
@@ -189,6 +192,10 @@ def targets(kind: str, copies: CopySet, seed: int) -> list[tuple[nn.Module, int]
                               length_scale=1.5, gain=0.8, seed=1000)
         look_alike = CopySet(copies.classifier, other, copies.permutations, copies.params)
         return [(look_alike.copy(i), -1) for i in range(m)]
+    if kind == "an unrelated model":
+        from advforensics.models import load_model
+
+        return [(Softmax(load_model(unrelated)[0].eval()), -1)]
     return [(Softmax(copies.classifier), -1)]
 
 
@@ -201,6 +208,8 @@ def main() -> None:
     p.add_argument("--per-source", type=int, default=45, help="images per attacked model")
     p.add_argument("--controls", type=int, default=200, help="images per control set")
     p.add_argument("--batch", type=int, default=15, help="images per attack call (progress is saved per call)")
+    p.add_argument("--unrelated", type=Path, default=Path("runs/field/unrelated"),
+                   help="zoo checkpoint of the unrelated model (ctl-unrelated-*)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -216,7 +225,7 @@ def main() -> None:
             continue
         seed = args.seed + sum(map(ord, name))  # fresh images per set
         order = torch.randperm(len(test.images), generator=torch.Generator().manual_seed(seed))
-        models = targets(kind, copies, seed)
+        models = targets(kind, copies, seed, args.unrelated)
         per_model = args.per_source if kind in ("copies", "smoothed copies") else -(-args.controls // len(models))
         parts: dict[str, list[Any]] = {k: [] for k in ("x_adv", "clean", "labels", "sources", "fooled")}
         cursor, start = 0, time.time()

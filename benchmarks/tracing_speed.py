@@ -21,7 +21,8 @@ import torch
 from advforensics.models import create_model, load_model
 from advforensics.tracing.copies import CopyParams, CopySet, inverse_permutations
 from advforensics.tracing.names import FORMULA_RULES
-from advforensics.tracing.scores import copy_scores
+from advforensics.tracing.learned import LearnedScorer
+from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_features, copy_scores
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import create_tracer
 
@@ -69,8 +70,16 @@ def main() -> None:
             for b in batches:
                 copies.shared_pass(b)
 
+    scorer = LearnedScorer(len(COPY_FEATURES), len(CONTEXT_FEATURES)).eval()  # cost does not depend on weights
+
     def full_scoring(rule: str) -> None:  # the library call users make, input checks included
-        copy_scores(copies, x, rule, batch_size=args.batch_size)
+        if rule == "learned":  # features from the one shared pass, then the small per-copy network
+            features, context = copy_features(copies, x, batch_size=args.batch_size)
+            with torch.no_grad():
+                for f, c in zip(features.split(args.batch_size), context.split(args.batch_size)):
+                    scorer(f, c)
+        else:
+            copy_scores(copies, x, rule, batch_size=args.batch_size)
 
     def naive() -> None:  # m forward passes (what the design forbids), timed on 5 copies and scaled
         with torch.no_grad():
@@ -85,7 +94,7 @@ def main() -> None:
     rows = []
     print("| rule | examples | copies | forward C+T0 (s) | score all copies (s) | ratio | naive m passes (s, est.) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for rule in FORMULA_RULES:
+    for rule in (*FORMULA_RULES, "learned"):
         t_full = _timed(lambda: full_scoring(rule), args.repeats)
         row = {"rule": rule, "examples": args.examples, "copies": args.copies, "threads": 1,
                "forward_C_T0_s": round(t_forward, 4), "scoring_all_copies_s": round(t_full, 4),

@@ -29,7 +29,8 @@ def test_demo_tracing_half_names_the_attacked_copy(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     trace = json.loads((out / "trace.json").read_text())
     assert trace["num_examples"] >= 2 and trace["num_copies"] == 5
-    assert trace["aggregate"]["source"] == 3  # the demo's attacker holds copy 3
+    assert trace["rule"] == "learned" and trace["one_source"]
+    assert trace["groups"][0]["source"] == 3  # the demo's attacker holds copy 3
     assert "ground truth: the examples were crafted on copy 3" in result.output
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import tempfile
@@ -131,3 +132,13 @@ def check_labels(y: torch.Tensor, batch: int, num_classes: int | None = None, na
         raise InputValidationError(f"{name} has {y.shape[0]} labels for {batch} images")
     if num_classes is not None and y.numel() and (y.min() < 0 or y.max() >= num_classes):
         raise InputValidationError(f"{name} has labels outside [0, {num_classes - 1}]")
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% for z = 1.96)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))

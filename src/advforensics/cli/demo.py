@@ -53,8 +53,9 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
     """End-to-end demonstration on the embedded MNIST subset (mnist-5k), about 5-10 minutes on 2 CPUs.
 
     \b
-    Tracing: train a classifier C, make 5 traceable copies, attack copy 3 with HopSkipJump,
-    name the source copy from the adversarial examples alone.
+    Tracing: train a classifier C, make 5 traceable copies (the seller simulates attackers on them
+    and fits the learned rule), attack copy 3 with HopSkipJump, name the source copy from the
+    adversarial examples alone.
     Attribution: train two victims, build a small attack corpus (FGSM, PGD, C&W), train MTAA and
     MTAA with our side features, evaluate both and attribute new adversarial images.
 
@@ -69,7 +70,8 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
     _run(["models", "train", "--model", "lenet", "--data", DATA, "--epochs", "8", "--batch-size", "64", "--seed", s,
           "--no-progress", "--out", str(out_dir / "classifier")])
     _run(["trace", "separate", "--classifier", str(out_dir / "classifier"), "--copies", "5", "--alpha", "0.15",
-          "--calibrate-data", DATA, "--calibration-size", "200", "--seed", s, "--out", str(out_dir / "copies")])
+          "--calibrate-data", DATA, "--calibration-size", "200", "--fit-size", "1000", "--seed", s,
+          "--out", str(out_dir / "copies")])
     source = 3
     click.secho(f"\n# the attacker holds copy {source} and runs HopSkipJump with hard-label queries only",
                 fg="cyan", bold=True)

@@ -37,11 +37,15 @@ def trace() -> None:
 @click.option("--length-scale", type=float, default=1.5, show_default=True, help="random tracer: length scale l.")
 @click.option("--gain", type=float, default=0.8, show_default=True, help="random tracer: gain g.")
 @click.option("--calibrate-data", default=None,
-              help="Data set whose test images calibrate the confidence (e.g. mnist, digits).")
+              help="Data set of the seller's own images (e.g. mnist, digits): its test split calibrates the "
+                   "formula rules, its train split fits the learned rule.")
 @click.option("--data-dir", default=None, help="Directory of the calibration data set.")
 @click.option("--calibration-size", type=int, default=500, show_default=True)
+@click.option("--fit-size", type=int, default=6000, show_default=True,
+              help="Train images on which attackers are simulated to fit the learned rule (0: no learned rule).")
 @click.option("--rule", type=click.Choice(FORMULA_RULES), default=DEFAULT_RULE, show_default=True,
-              help="Main tracing score (dol is the paper's); every rule is calibrated.")
+              help="Main formula rule (every formula rule is calibrated; the learned rule, when fitted, "
+                   "is the record's default).")
 @click.option("--no-onnx", is_flag=True, help="Do not export per-copy ONNX files.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New directory for the seller record, C, T_0 and the copies.")
@@ -50,27 +54,29 @@ def trace() -> None:
 @handle_errors
 def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: float, tracer_kind: str,
                  length_scale: float, gain: float, calibrate_data: str | None, data_dir: str | None,
-                 calibration_size: int, rule: str, no_onnx: bool, out_dir: Path, seed: int,
+                 calibration_size: int, fit_size: int, rule: str, no_onnx: bool, out_dir: Path, seed: int,
                  json_path: Path | None) -> None:
     """Make m traceable copies of a classifier and write the seller record.
 
-    A 'vae' tracer is trained here for a short CPU schedule; use a tracer file for a longer one.
+    With --calibrate-data the seller also simulates attackers on its own copies (minimal, overshooting
+    and transfer-seeking examples, saved as PNG/JPEG or noised, plus controls) and fits the learned
+    rule, which answers "none of these copies" too. A 'vae' tracer is trained here for a short CPU
+    schedule; use a tracer file for a longer one.
 
     \b
     Example:
       advforensics trace separate --classifier runs/zoo/lenet --copies 5 --alpha 0.15 \\
-          --tracer random --calibrate-data mnist --data-dir /work/shared/data --out runs/copies --seed 0
+          --tracer random --calibrate-data mnist --data-dir ../shared/data --out runs/copies --seed 0
     """
     from advforensics.models import load_model
-    from advforensics.tracing.copies import CopyParams, CopySet
-    from advforensics.tracing.calibration import calibrate_rules
-    from advforensics.tracing.permutations import make_permutations
-    from advforensics.tracing.record import separate
+    from advforensics.tracing.api import make_copies
     from advforensics.tracing.tracer import create_tracer, load_tracer
     from advforensics.utils import seed_everything
 
     seed_everything(seed)
-    classifier, card = load_model(classifier_path)
+    if (out_dir / "record.json").exists():
+        raise InputValidationError(f"{out_dir} already holds a seller record; choose a new directory")
+    classifier, _ = load_model(classifier_path)
     classifier.eval()
     config = classifier.config
     size = tuple(config.image_size) if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
@@ -81,42 +87,43 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
         tracer = _train_vae(shape, calibrate_data, data_dir, seed)
     else:
         tracer = load_tracer(tracer_kind)
-    params = CopyParams(alpha=alpha, tau=tau)
-    perms = make_permutations(int(config.num_classes), num_copies)
-    calibration = None
-    calibrations: dict = {}
-    probe = None
+    calibration_images = fit = None
     if calibrate_data is not None:
-        images = _dataset_images(calibrate_data, data_dir, "test", calibration_size, seed)
-        calibrations = calibrate_rules(CopySet(classifier, tracer, perms, params), images, seed=seed)
-        calibration = calibrations.pop(rule)
-        probe = images[:64]
-    record = separate(classifier, tracer, perms, params, out_dir, export=not no_onnx, calibration=calibration,
-                      probe=probe, info={"classifier": str(classifier_path), "seed": seed},
-                      other_calibrations=calibrations or None)
+        calibration_images = _dataset_images(calibrate_data, data_dir, "test", calibration_size, seed)[0]
+        if fit_size > 0:
+            fit = _dataset_images(calibrate_data, data_dir, "train", fit_size, seed)
+    record = make_copies(classifier, out_dir, copies=num_copies, alpha=alpha, tau=tau, tracer=tracer,
+                         calibration_images=calibration_images, fit_images=fit, rule=rule, export=not no_onnx,
+                         seed=seed, info={"classifier": str(classifier_path)})
     click.echo(f"wrote {len(record.copies)} copies ({record.tracer_kind} tracer, alpha {alpha}, tau {tau}) to {out_dir}")
     for entry in record.copies:
         click.echo(f"  copy {entry.index}: {entry.onnx_file or '(no onnx)'}  permutation {entry.permutation}")
+    click.echo(f"default rule: {record.default_rule}"
+               + (" (fitted on simulated attackers)" if record.learned else ""))
     emit_json(json_path, {"out": str(out_dir), "copies": [e.__dict__ for e in record.copies],
                           "base_hash": record.base_hash, "tracer_hash": record.tracer_hash,
-                          "calibrated": calibration is not None, "rule": rule})
+                          "calibrated": record.calibration is not None, "rule": rule,
+                          "default_rule": record.default_rule})
 
 
 @trace.command("identify")
 @click.option("--record", "record_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory written by `trace separate`.")
-@click.option("--examples", "examples_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help=".npz with x_adv (N, C, H, W) float in [0, 1] (or a single array).")
+@click.option("--examples", "examples_path", required=True, type=click.Path(path_type=Path),
+              help="Evidence: an .npz/.npy (x_adv or another library's key names, NCHW or NHWC), a PNG/JPEG "
+                   "file, or a folder of them.")
 @click.option("--show", type=int, default=20, show_default=True, help="Per-example rows printed.")
-@click.option("--rule", type=click.Choice(FORMULA_RULES), default=None,
-              help="Tracing score (default: the record's main rule, else "
-                   f"{DEFAULT_RULE}). A rule the record holds no calibration for traces without confidence.")
+@click.option("--rule", type=click.Choice(SCORE_RULES), default=None,
+              help="Tracing rule (default: the record's: learned where the seller fitted it, else its main "
+                   f"formula rule, else {DEFAULT_RULE}).")
+@click.option("--threshold", type=float, default=0.99, show_default=True,
+              help="learned rule: the probability at which a copy is accused.")
 @seed_option
 @json_option
 @handle_errors
-def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | None, seed: int,
+def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | None, threshold: float, seed: int,
                  json_path: Path | None) -> None:
-    """Name the copy that adversarial examples were crafted on (per example and aggregated).
+    """Name the copy that adversarial examples were crafted on (per example and pooled), or none.
 
     \b
     Example:
@@ -124,44 +131,58 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     """
     import torch
 
-    from advforensics.tracing.calibration import Calibration
-    from advforensics.tracing.identify import trace_scores
-    from advforensics.tracing.scores import rule_scores
-    from advforensics.tracing.record import load_copies
+    from advforensics.evidence import load_evidence
+    from advforensics.tracing.api import identify
+    from advforensics.tracing.identify import LearnedReport
+    from advforensics.tracing.record import read_record
 
+    if not 0.5 < threshold < 1.0:
+        raise InputValidationError(f"--threshold must be in (0.5, 1), got {threshold}")
     torch.manual_seed(seed)
-    record, copies = load_copies(record_dir)
-    x = load_examples(examples_path)
-    main = Calibration.from_dict(record.calibration) if record.calibration else None
-    rule = rule or (main.rule if main is not None else DEFAULT_RULE)
-    stored = record.calibration_for(rule)  # every rule is calibrated in records made since session 2
-    calibration = Calibration.from_dict(stored) if stored else None
-    scores = rule_scores(copies, x)  # one shared pass scores every rule
-    report = trace_scores(scores[rule], rule, calibration)
+    record = read_record(record_dir)
+    c, h, w = record.input_shape
+    evidence = load_evidence(examples_path, channels=c, size=(h, w))
+    click.echo(evidence.summary())
+    report = identify(record_dir, evidence, rule=rule, threshold=threshold)
     payload = report.to_dict()
-    click.echo(f"{payload['num_examples']} examples, {payload['num_copies']} copies, rule {rule}"
-               + ("" if calibration else " (uncalibrated for this rule: no confidence)"))
-    for b, row in enumerate(payload["per_example"][:show]):
-        extra = f"  confidence {row['confidence']:.3f}  false-alarm {row['false_alarm_rate']:.2g}" if calibration else ""
-        click.echo(f"  example {b}: copy {row['source']}  score {max(row['scores']):+.4f}  ranking {row['ranking']}{extra}")
-    # every rule's verdict beside: they agree on examples left as the attack made them, and
-    # disagree when evidence was moved (an attacker who overshoots the boundary defeats proximity)
-    payload["other_rules"] = {}
-    for other in FORMULA_RULES:
-        if other != rule:
-            verdict = trace_scores(scores[other], other)
-            payload["other_rules"][other] = {"aggregate_source": verdict.aggregate_source,
-                                             "per_example_sources": verdict.predicted.tolist()}
-    agg = payload["aggregate"]
-    click.echo(f"aggregate: copy {agg['source']}  ranking {agg['ranking']}  {agg['evidence_kind']} "
-               + " ".join(f"{v:+.3f}" for v in agg["evidence"])
-               + (f"  confidence {agg['confidence']:.4f}" if "confidence" in agg else ""))
-    others = payload["other_rules"]
-    agree = all(v["aggregate_source"] == agg["source"] for v in others.values())
-    click.echo("other rules: " + ", ".join(f"{k} -> copy {v['aggregate_source']}" for k, v in others.items())
-               + (" (agree)" if agree else " (DISAGREE: the evidence may have been moved after the attack, "
-                                          "e.g. past the boundary; see docs/RESULTS.md, score rules)"))
+    payload["evidence"] = {"source": evidence.source, "layout": evidence.layout, "dropped_rows": evidence.dropped}
+    if isinstance(report, LearnedReport):
+        _print_learned(payload, show)
+    else:
+        _print_formula(payload, evidence.rows, show)
     emit_json(json_path, payload)
+
+
+def _named(source: int | None) -> str:
+    return "none of these copies" if source is None else f"copy {source}"
+
+
+def _print_learned(payload: dict, show: int) -> None:
+    click.echo(f"{payload['num_examples']} examples, {payload['num_copies']} copies, rule learned "
+               f"(accusation at probability >= {payload['threshold']})")
+    for row in payload["per_example"][:show]:
+        verdict = "ACCUSED" if row["accused"] else "undecided" if row["source"] is not None else ""
+        click.echo(f"  row {row['row']}: {_named(row['source'])}  probability {row['confidence']:.4f}  {verdict}".rstrip())
+    if not payload["one_source"]:
+        click.echo(f"several sources: copies accused {payload['accusations']} times; one verdict per group")
+    for group in payload["groups"]:
+        label = "pooled" if payload["one_source"] else f"group of {len(group['rows'])}"
+        click.echo(f"{label}: {_named(group['source'])}  probability {group['confidence']:.4f}"
+                   + ("  ACCUSED" if group["accused"] else ""))
+
+
+def _print_formula(payload: dict, rows: list[int], show: int) -> None:
+    calibrated = "confidence" in payload["aggregate"]
+    click.echo(f"{payload['num_examples']} examples, {payload['num_copies']} copies, rule {payload['rule']}"
+               + ("" if calibrated else " (uncalibrated for this rule: no confidence)"))
+    for row, entry in list(zip(rows, payload["per_example"]))[:show]:
+        extra = f"  confidence {entry['confidence']:.3f}" if calibrated else ""
+        click.echo(f"  row {row}: copy {entry['source']}  score {max(entry['scores']):+.4f}  "
+                   f"ranking {entry['ranking']}{extra}")
+    agg = payload["aggregate"]
+    click.echo(f"aggregate: copy {agg['source']}  ranking {agg['ranking']}"
+               + (f"  confidence {agg['confidence']:.4f} (Fisher over examples: assumes they are independent)"
+                  if calibrated else ""))
 
 
 def _floats(text: str) -> list[float]:
@@ -274,21 +295,15 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
     emit_json(json_path, {"out": str(out_dir), "elapsed_s": results["elapsed_s"]})
 
 
-def load_examples(path: Path) -> torch.Tensor:
-    """The evidence rows of a file or folder (only the successful ones where a success mask is stored)."""
-    from advforensics.evidence import load_evidence
-
-    return load_evidence(path).x
-
-
-def _dataset_images(name: str, data_dir: str | None, split: str, limit: int, seed: int) -> torch.Tensor:
+def _dataset_images(name: str, data_dir: str | None, split: str, limit: int,
+                    seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     import torch
 
     from advforensics.data import load_dataset
 
     data = load_dataset(name, split, data_dir=data_dir)
     order = torch.randperm(len(data.images), generator=torch.Generator().manual_seed(seed))[:limit]
-    return data.images[order]
+    return data.images[order], data.labels[order]
 
 
 def _train_vae(shape: dict, data_name: str | None, data_dir: str | None, seed: int):  # type: ignore[no-untyped-def]

@@ -59,14 +59,16 @@ def transfer_seeking(copies: CopySet, source: torch.Tensor, x0: torch.Tensor, x_
                      labels: torch.Tensor, others: int | None = 1,
                      margin: float = 1.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Push each example until it fools at least `others` copies besides its source (None: all of
-    them), then `margin` further. source (B,), labels (B,) the clean labels.
+    them), then `margin` further. source (B,), -1 where no copy is the source (a control); labels
+    (B,) the clean labels.
     Returns (examples (B, C, H, W), reached (B,) bool)."""
     m = copies.num_copies
     need = m - 1 if others is None else int(others)
     if not 1 <= need <= m - 1:
         raise InputValidationError(f"others: must be in 1..{m - 1} or None (all), got {others}")
     not_source = torch.ones(len(source), m, dtype=torch.bool)
-    not_source[torch.arange(len(source)), source] = False
+    mine = source >= 0
+    not_source[mine.nonzero().squeeze(1), source[mine]] = False
 
     def fools(x: torch.Tensor) -> torch.Tensor:
         wrong = copies.labels(x) != labels.unsqueeze(1)  # (B, m)

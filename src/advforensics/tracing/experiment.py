@@ -45,6 +45,7 @@ from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
 from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
+from advforensics.utils import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -195,15 +196,6 @@ def attack_sources(attack_name: str, params: dict[str, Any], models: list[nn.Mod
         parts["labels"].append(labels[idx][ok]); parts["sources"].append(torch.full((int(ok.sum()),), source))
         parts["l2"].append(result.l2[ok]); parts["queries"].append(result.queries[ok])
     return ExampleSet(attacked=attacked, **{k: torch.cat(v) for k, v in parts.items()})
-
-
-def wilson_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (float("nan"), float("nan"))
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def tracing_metrics(scores: torch.Tensor, sources: torch.Tensor, rule: str,

@@ -95,3 +95,102 @@ def trace(copies: CopySet, x: torch.Tensor, calibration: Calibration | None = No
     rule = rule or (calibration.rule if calibration is not None else DEFAULT_RULE)
     return trace_scores(copy_scores(copies, x, rule), rule, calibration)
 
+
+
+CONFIDENT = 0.99  # an accusation: a copy named with at least this probability
+ONE_SOURCE_ALPHA = 1e-3  # the test that rejects "one source" for a file of examples
+
+
+@dataclass
+class SourceGroup:
+    """Examples attributed to one alternative (a copy, or None: none of these copies), pooled."""
+
+    source: int | None
+    rows: list[int]  # row indices into the evidence
+    confidence: float  # pooled probability of `source`
+    probabilities: list[float]  # pooled (m + 1): each copy, then "none"
+
+
+@dataclass
+class LearnedReport:
+    """The learned rule's answer for a set of examples: per example, and pooled.
+
+    Pooling takes the renormalised geometric mean of the per-example probabilities: its argmax is the
+    product rule's (independent examples), but its confidence is never above what the examples say
+    on average, because examples of one attacker are not independent (same images, same attack).
+    A file whose confident accusations name two or more copies beyond the error rate a confidence
+    promises is split into per-source groups, with no single verdict (`one_source` False)."""
+
+    probabilities: torch.Tensor  # (B, m + 1), last column "none of these copies"
+    rows: list[int]
+    threshold: float = CONFIDENT
+
+    @property
+    def num_copies(self) -> int:
+        return int(self.probabilities.shape[1]) - 1
+
+    def verdicts(self) -> tuple[list[int | None], torch.Tensor]:
+        """Per example: the named alternative (None: none of these copies) and its probability (B,)."""
+        conf, top = self.probabilities.max(1)
+        return [None if int(t) == self.num_copies else int(t) for t in top], conf
+
+    def accusations(self) -> torch.Tensor:
+        """(m,) how many examples name each copy with at least `threshold`."""
+        conf, top = self.probabilities.max(1)
+        accused = (conf >= self.threshold) & (top < self.num_copies)
+        return torch.bincount(top[accused], minlength=self.num_copies + 1)[: self.num_copies]
+
+    @property
+    def one_source(self) -> bool:
+        """False when a second copy is accused more often than the promised error rate explains."""
+        from scipy.stats import binom
+
+        counts = self.accusations().sort(descending=True).values
+        if len(counts) < 2 or int(counts[1]) == 0:
+            return True
+        n, error = len(self.rows), 1.0 - self.threshold
+        return float(binom.sf(int(counts[1]) - 1, n, error)) >= ONE_SOURCE_ALPHA
+
+    def _pool(self, index: torch.Tensor) -> SourceGroup:
+        logp = self.probabilities[index].clamp_min(1e-12).log().mean(0)
+        pooled = torch.softmax(logp, dim=0)
+        best = int(pooled.argmax())
+        return SourceGroup(source=None if best == self.num_copies else best,
+                           rows=[self.rows[int(i)] for i in index], confidence=float(pooled[best]),
+                           probabilities=[round(float(v), 6) for v in pooled])
+
+    def groups(self) -> list[SourceGroup]:
+        """One pooled group for the whole file when `one_source`, else one per named alternative."""
+        if self.one_source:
+            return [self._pool(torch.arange(len(self.rows)))]
+        top = self.probabilities.argmax(1)
+        return [self._pool((top == j).nonzero().squeeze(1)) for j in top.unique().tolist()]
+
+    def to_dict(self) -> dict[str, Any]:
+        names, conf = self.verdicts()
+        m = self.num_copies
+        return {
+            "rule": "learned", "num_examples": len(self.rows), "num_copies": m, "threshold": self.threshold,
+            "one_source": self.one_source, "accusations": self.accusations().tolist(),
+            "per_example": [{"row": row, "source": name, "confidence": round(float(c), 6),
+                             "accused": name is not None and float(c) >= self.threshold,
+                             "probabilities": [round(float(v), 6) for v in p]}
+                            for row, name, c, p in zip(self.rows, names, conf, self.probabilities)],
+            "groups": [{"source": g.source, "rows": g.rows, "confidence": round(g.confidence, 6),
+                        "accused": g.source is not None and g.confidence >= self.threshold,
+                        "probabilities": g.probabilities} for g in self.groups()],
+        }
+
+
+def trace_learned(copies: CopySet, scorer: torch.nn.Module, x: torch.Tensor, rows: list[int] | None = None,
+                  threshold: float = CONFIDENT) -> LearnedReport:
+    """Trace examples x (B, C, H, W) in [0, 1] with a fitted learned scorer (learned.py)."""
+    from advforensics.tracing.scores import copy_features
+
+    if len(x) == 0:
+        raise InputValidationError("no examples to trace")
+    features, context = copy_features(copies, x)
+    with torch.no_grad():
+        probabilities = scorer(features, context)
+    return LearnedReport(probabilities=probabilities, rows=list(range(len(x))) if rows is None else list(rows),
+                         threshold=threshold)

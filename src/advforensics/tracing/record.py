@@ -32,6 +32,7 @@ from torch import nn
 
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet, ModelCopy
+from advforensics.tracing.names import DEFAULT_RULE
 from advforensics.tracing.calibration import Calibration
 from advforensics.tracing.tracer import Tracer, load_tracer, save_tracer, state_hash
 from advforensics.utils import sha256_file, write_json
@@ -74,6 +75,14 @@ class SellerRecord:
     info: dict[str, Any] = field(default_factory=dict)
     format: str = RECORD_FORMAT
     other_calibrations: dict[str, dict[str, Any]] | None = None  # rule -> calibration, for `identify --rule`
+    learned: dict[str, Any] | None = None  # the fitted learned rule (learned.py), the default when present
+
+    @property
+    def default_rule(self) -> str:
+        """The learned rule where one was fitted, else the main calibration's rule, else DEFAULT_RULE."""
+        if self.learned is not None:
+            return "learned"
+        return (self.calibration or {}).get("rule", "dol") if self.calibration else DEFAULT_RULE
 
     def calibration_for(self, rule: str | None) -> dict[str, Any] | None:
         """The stored calibration of `rule` (None: the main one), or None if it was not measured."""
@@ -185,7 +194,8 @@ def onnx_labels(path: str | Path, x: torch.Tensor) -> torch.Tensor:
 def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, params: CopyParams,
              out_dir: str | Path, export: bool = True, calibration: Calibration | None = None,
              info: dict[str, Any] | None = None, probe: torch.Tensor | None = None,
-             other_calibrations: dict[str, Calibration] | None = None) -> SellerRecord:
+             other_calibrations: dict[str, Calibration] | None = None,
+             learned: dict[str, Any] | None = None) -> SellerRecord:
     """Build the copies, write C, T_0, each copy's ONNX file and the seller record into `out_dir`.
 
     `probe` (B, C, H, W): inputs on which every exported ONNX copy must give the same labels as the
@@ -222,7 +232,7 @@ def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, 
                           calibration=calibration.to_dict() if calibration is not None else None,
                           info=dict(info or {}),
                           other_calibrations={rule: cal.to_dict() for rule, cal in other_calibrations.items()}
-                          if other_calibrations else None)
+                          if other_calibrations else None, learned=learned)
     write_record(record, out)
     return record
 

@@ -1,0 +1,101 @@
+"""The tracing library in two calls: `make_copies` (the seller) and `identify` (the investigator).
+
+    import advforensics as af
+    record = af.tracing.make_copies("runs/c", "runs/copies", copies=5, alpha=0.15,
+                                    calibration_images=x_cal, fit_images=(x_fit, y_fit))
+    report = af.tracing.identify("runs/copies", af.evidence.load_evidence("advs.npz"))
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advforensics.errors import InputValidationError
+from advforensics.evidence.io import Evidence
+from advforensics.tracing.calibration import Calibration, calibrate_rules
+from advforensics.tracing.copies import CopyParams, CopySet
+from advforensics.tracing.identify import CONFIDENT, LearnedReport, TraceReport, trace_learned, trace_scores
+from advforensics.tracing.learned import (FitConfig, SimulationConfig, fit_learned_rule, scorer_from_dict, scorer_to_dict,
+                                          simulate, simulation_to_dict)
+from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, SCORE_RULES
+from advforensics.tracing.permutations import make_permutations
+from advforensics.tracing.record import SellerRecord, load_copies, separate
+from advforensics.tracing.scores import rule_scores
+from advforensics.tracing.tracer import Tracer, create_tracer
+
+log = logging.getLogger(__name__)
+
+
+def fit_rule(copies: CopySet, images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
+             simulation: SimulationConfig | None = None, fit: FitConfig | None = None) -> dict[str, Any]:
+    """Simulate attackers on the copies from clean (images, labels) and fit the learned rule; returns
+    the JSON-safe rule that `make_copies` stores in the record."""
+    with torch.no_grad():
+        right = copies.classifier(images.float()).argmax(1) == labels
+    images, labels = images[right], labels[right]
+    if len(images) < 20 * (copies.num_copies + 4):
+        raise InputValidationError(f"fitting the learned rule needs at least {20 * (copies.num_copies + 4)} "
+                                   f"correctly classified images, got {len(images)}")
+    simulation = simulation or SimulationConfig(seed=seed)
+    fit = fit or FitConfig(seed=seed)
+    data = simulate(copies, images, labels, simulation)
+    scorer = fit_learned_rule(data, fit)
+    return scorer_to_dict(scorer, info={"images": int(len(images)), "examples": int(len(data.target)),
+                                        **simulation_to_dict(simulation, fit)})
+
+
+def make_copies(classifier: nn.Module, out_dir: str | Path, copies: int = 5, alpha: float = 0.15, tau: float = 2.0,
+                tracer: Tracer | None = None, calibration_images: torch.Tensor | None = None,
+                fit_images: tuple[torch.Tensor, torch.Tensor] | None = None, rule: str = DEFAULT_RULE,
+                export: bool = True, seed: int = 0, info: dict[str, Any] | None = None) -> SellerRecord:
+    """Make m traceable copies of `classifier` and write the seller record into a new `out_dir`.
+
+    calibration_images: clean images whose DeepFool boundary points calibrate the formula rules' null.
+    fit_images: clean (images, labels), ideally other images than the calibration's, on which the
+    seller simulates attackers and fits the learned rule (the default rule of the record)."""
+    classifier.eval()
+    config = classifier.config
+    size = tuple(config.image_size) if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+    if tracer is None:
+        tracer = create_tracer("random", num_outputs=config.num_classes, in_channels=config.in_channels,
+                               image_size=size, seed=seed)
+    if rule not in FORMULA_RULES:
+        raise InputValidationError(f"main formula rule must be one of {', '.join(FORMULA_RULES)}")
+    params = CopyParams(alpha=alpha, tau=tau)
+    perms = make_permutations(int(config.num_classes), copies)
+    copyset = CopySet(classifier, tracer, perms, params)
+    calibration, others, probe = None, None, None
+    if calibration_images is not None:
+        calibrations = calibrate_rules(copyset, calibration_images, seed=seed)
+        calibration = calibrations.pop(rule)
+        others = calibrations
+        probe = calibration_images[:64]
+    learned = fit_rule(copyset, *fit_images, seed=seed) if fit_images is not None else None
+    return separate(classifier, tracer, perms, params, out_dir, export=export, calibration=calibration, probe=probe,
+                    info=dict(info or {}, seed=seed), other_calibrations=others, learned=learned)
+
+
+def identify(record_dir: str | Path, evidence: Evidence | torch.Tensor, rule: str | None = None,
+             threshold: float = CONFIDENT) -> LearnedReport | TraceReport:
+    """Name the copy that examples were crafted on, under `rule` (default: the record's, which is the
+    learned rule where the seller fitted one). Formula rules are calibrated where the record holds
+    their calibration."""
+    record, copies = load_copies(record_dir)
+    x, rows = (evidence.x, evidence.rows) if isinstance(evidence, Evidence) else (evidence, None)
+    rule = rule or record.default_rule
+    if rule not in SCORE_RULES:
+        raise InputValidationError(f"unknown score rule {rule!r}; choose one of {', '.join(SCORE_RULES)}")
+    if rule == "learned":
+        if record.learned is None:
+            raise InputValidationError("this record has no learned rule; remake the copies with fit images "
+                                       "(trace separate --calibrate-data) or choose --rule proximity")
+        return trace_learned(copies, scorer_from_dict(record.learned), x, rows, threshold)
+    stored = record.calibration_for(rule)
+    calibration = Calibration.from_dict(stored) if stored else None
+    return trace_scores(rule_scores(copies, x, (rule,))[rule], rule, calibration)
+

@@ -1,0 +1,206 @@
+"""Tracing in the field: attacker behaviours, the learned rule, honest pooling and mixed evidence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from advforensics.cli.main import cli
+from advforensics.errors import CheckpointError
+from advforensics.tracing.behaviours import along, smallest_push, transfer_seeking
+from advforensics.tracing.calibration import min_norm_points
+from advforensics.tracing.copies import CopyParams, CopySet
+from advforensics.tracing.identify import LearnedReport
+from advforensics.tracing.learned import (FitConfig, SimulationConfig, fit_learned_rule, scorer_from_dict,
+                                          scorer_to_dict, simulate)
+from advforensics.tracing.permutations import make_permutations
+from advforensics.tracing.record import load_copies, read_record
+from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_features
+from advforensics.tracing.tracer import create_tracer
+
+
+def _copies(classifier: torch.nn.Module, m: int = 4) -> CopySet:
+    tracer = create_tracer("random", image_size=8, length_scale=1.0, seed=0)
+    return CopySet(classifier, tracer, make_permutations(10, m), CopyParams(alpha=0.15, tau=2.0))
+
+
+@pytest.fixture(scope="module")
+def copies(zoo_classifier) -> CopySet:
+    return _copies(zoo_classifier)
+
+
+@pytest.fixture(scope="module")
+def boundary_set(copies, digits_data):
+    """Min-norm boundary points on copy 1 and copy 3 (fresh images), with their clean images."""
+    images, labels = digits_data
+    x0, y = images[1200:1260], labels[1200:1260]
+    with torch.no_grad():
+        right = copies.classifier(x0).argmax(1) == y
+    x0, y = x0[right], y[right]
+    half = len(x0) // 2
+    parts = [min_norm_points(copies.copy(i), x0[s], y[s]) for i, s in ((1, slice(0, half)), (3, slice(half, None)))]
+    x = torch.cat([p[0] for p in parts])
+    ok = torch.cat([p[1] for p in parts])
+    sources = torch.cat([torch.full((half,), 1), torch.full((len(x0) - half,), 3)])
+    return x0[ok], x[ok], y[ok], sources[ok]
+
+
+def test_min_norm_points_land_on_their_copy_boundary(copies, boundary_set) -> None:
+    x0, x, y, sources = boundary_set
+    assert len(x) >= 40
+    labels = copies.labels(x)  # (B, m)
+    fooled_own = labels[torch.arange(len(x)), sources] != y
+    assert bool(fooled_own.all())
+    # just past the boundary: pulled back 1% towards the clean image, the copy is right again on most
+    back = copies.labels(along(x0, x, torch.full((len(x),), 0.99)))
+    assert float((back[torch.arange(len(x)), sources] == y).float().mean()) > 0.9
+
+
+@pytest.mark.parametrize("others", [1, None])
+def test_transfer_seeking_reaches_its_goal_with_the_smallest_push(copies, boundary_set, others) -> None:
+    x0, x, y, sources = boundary_set
+    pushed, reached = transfer_seeking(copies, sources, x0, x, y, others=others, margin=1.0)
+    assert float(reached.float().mean()) > 0.8
+    need = copies.num_copies - 1 if others is None else others
+    wrong = copies.labels(pushed) != y.unsqueeze(1)
+    not_source = torch.ones_like(wrong)
+    not_source[torch.arange(len(x)), sources] = False
+    assert bool(((wrong & not_source).sum(1)[reached] >= need).all())
+    # the push is the smallest: the same search, 2% short of it, does not reach the goal
+    def fools(z: torch.Tensor) -> torch.Tensor:
+        return ((copies.labels(z) != y.unsqueeze(1)) & not_source).sum(1) >= need
+
+    push = smallest_push(fools, x0, x)
+    assert torch.equal(torch.isfinite(push), reached)
+    assert torch.allclose(along(x0, x, push[reached]), pushed[reached], atol=1e-6)
+    moved = reached & (push > 1.0)  # the others already fooled as crafted need no push
+    assert int(moved.sum()) >= 10
+    assert float((~fools(along(x0, x, torch.nan_to_num(push, nan=1.0) * 0.98))[moved]).float().mean()) > 0.9
+
+
+def _probabilities(rows: list[tuple[int, float]], m: int = 4) -> torch.Tensor:
+    out = torch.zeros(len(rows), m + 1)
+    for b, (j, p) in enumerate(rows):
+        out[b] = (1 - p) / m
+        out[b, j] = p
+    return out
+
+
+def test_pooling_is_a_geometric_mean_not_a_product() -> None:
+    report = LearnedReport(probabilities=_probabilities([(2, 0.9)] * 10), rows=list(range(10)))
+    (group,) = report.groups()
+    assert report.one_source and group.source == 2 and group.rows == list(range(10))
+    assert abs(group.confidence - 0.9) < 1e-6  # ten examples at 0.9 stay at 0.9, not 1 - 1e-10
+    none = LearnedReport(probabilities=_probabilities([(4, 0.8)] * 6 + [(1, 0.5)] * 2), rows=list(range(8)))
+    assert none.groups()[0].source is None  # "none of these copies" wins the pool
+
+
+def test_mixed_evidence_is_split_into_sources() -> None:
+    rows = [(0, 0.999)] * 5 + [(3, 0.999)] * 5
+    report = LearnedReport(probabilities=_probabilities(rows), rows=list(range(10, 20)))
+    assert not report.one_source
+    groups = {g.source: g.rows for g in report.groups()}
+    assert groups == {0: list(range(10, 15)), 3: list(range(15, 20))}
+    # one stray confident example among a hundred is within the promised error rate: one source
+    stray = LearnedReport(probabilities=_probabilities([(0, 0.999)] * 99 + [(3, 0.999)]), rows=list(range(100)))
+    assert stray.one_source and stray.groups()[0].source == 0
+
+
+@pytest.fixture(scope="module")
+def fitted(copies, digits_data):
+    images, labels = digits_data
+    data = simulate(copies, images[:1100], labels[:1100], SimulationConfig(seed=0))
+    return data, fit_learned_rule(data, FitConfig(epochs=40, seed=0))
+
+
+def test_simulation_covers_every_model_behaviour_and_control(copies, fitted) -> None:
+    data, _ = fitted
+    assert data.features.shape[1:] == (copies.num_copies, len(COPY_FEATURES))
+    assert data.context.shape[1] == len(CONTEXT_FEATURES)
+    kinds = {k.split("/")[0] for k in data.kind}
+    assert {f"copy{i}" for i in range(copies.num_copies)} | {"c-alone", "clean"} <= kinds
+    behaviours = {k.split("/")[1] for k in data.kind}
+    assert {"minimal", "overshoot", "transfer-1", "transfer-all", "clean"} <= behaviours
+    assert set(data.target.tolist()) == set(range(copies.num_copies + 1))
+
+
+def test_learned_rule_traces_fresh_boundary_points_and_rejects_clean_images(copies, fitted, boundary_set,
+                                                                           digits_data) -> None:
+    _, scorer = fitted
+    _, x, _, sources = boundary_set
+    features, context = copy_features(copies, x)
+    with torch.no_grad():
+        probs = scorer(features, context)
+    assert torch.allclose(probs.sum(1), torch.ones(len(x)), atol=1e-5)
+    assert float((probs.argmax(1) == sources).float().mean()) > 0.8
+    images, _ = digits_data
+    features, context = copy_features(copies, images[1500:1600])
+    with torch.no_grad():
+        clean = scorer(features, context)
+    accused = (clean.max(1).values >= 0.99) & (clean.argmax(1) < copies.num_copies)
+    assert float((clean.argmax(1) == copies.num_copies).float().mean()) > 0.8 and int(accused.sum()) <= 2
+
+
+def test_learned_rule_round_trips_as_json_and_refuses_other_features(fitted, copies, boundary_set) -> None:
+    _, scorer = fitted
+    payload = json.loads(json.dumps(scorer_to_dict(scorer)))
+    again = scorer_from_dict(payload)
+    features, context = copy_features(copies, boundary_set[1])
+    with torch.no_grad():
+        assert torch.allclose(again(features, context), scorer(features, context), atol=1e-6)
+    payload["copy_features"] = payload["copy_features"][:-1]
+    with pytest.raises(CheckpointError, match="other features"):
+        scorer_from_dict(payload)
+
+
+def test_cli_separate_fits_the_learned_rule_and_identify_uses_it(tmp_path: Path, zoo_classifier,
+                                                                digits_data) -> None:
+    from advforensics.models import save_model
+
+    images, labels = digits_data
+    save_model(zoo_classifier, tmp_path / "c", card={"data": "digits"})
+    runner = CliRunner()
+    out = tmp_path / "copies"
+    result = runner.invoke(cli, ["trace", "separate", "--classifier", str(tmp_path / "c"), "--copies", "4",
+                                 "--length-scale", "1.0", "--calibrate-data", "digits", "--calibration-size", "60",
+                                 "--fit-size", "1000", "--no-onnx", "--out", str(out), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    assert "default rule: learned" in result.output
+    record, copies = load_copies(out)
+    assert record.default_rule == "learned" and read_record(out).learned["info"]["examples"] > 500
+    x0, y = images[1300:1340], labels[1300:1340]
+    points, ok = min_norm_points(copies.copy(2), x0, y)
+    np.savez(tmp_path / "advs.npz", adv_examples=points[ok].permute(0, 2, 3, 1).numpy())  # another library's NHWC
+    result = runner.invoke(cli, ["trace", "identify", "--record", str(out), "--examples", str(tmp_path / "advs.npz"),
+                                 "--json", str(tmp_path / "id.json")])
+    assert result.exit_code == 0, result.output
+    assert "NHWC" in result.output and "pooled: copy 2" in result.output
+    payload = json.loads((tmp_path / "id.json").read_text())
+    assert payload["rule"] == "learned" and payload["groups"][0]["source"] == 2
+    assert [r["row"] for r in payload["per_example"]] == list(range(int(ok.sum())))
+    # clean images: nobody is accused
+    np.savez(tmp_path / "clean.npz", x=images[1500:1560].numpy())
+    result = runner.invoke(cli, ["trace", "identify", "--record", str(out), "--examples", str(tmp_path / "clean.npz"),
+                                 "--json", str(tmp_path / "clean.json")])
+    assert result.exit_code == 0, result.output
+    clean = json.loads((tmp_path / "clean.json").read_text())
+    assert clean["groups"][0]["source"] is None and sum(clean["accusations"]) <= 1
+    # a learned rule edited in the record is refused when loaded (the record hash covers it)
+    edited = tmp_path / "edited"
+    import shutil
+
+    shutil.copytree(out, edited)
+    payload = json.loads((edited / "record.json").read_text())
+    payload["learned"]["state"]["temperature"] = 0.01
+    (edited / "record.json").write_text(json.dumps(payload))
+    result = runner.invoke(cli, ["trace", "identify", "--record", str(edited), "--examples", str(tmp_path / "advs.npz")])
+    assert result.exit_code == 2 and "record hash" in result.output
+    # the paper's rule stays available beside it
+    result = runner.invoke(cli, ["trace", "identify", "--record", str(out), "--examples", str(tmp_path / "advs.npz"),
+                                 "--rule", "dol"])
+    assert result.exit_code == 0 and "rule dol" in result.output
