@@ -25,9 +25,8 @@ import torch
 
 from advforensics.data import load_dataset
 from advforensics.evidence.transforms import reencode
-from advforensics.reporting.tables import markdown_table
 from advforensics.tracing.calibration import Calibration
-from advforensics.tracing.field import REGIMES, control_row, regime_row
+from advforensics.tracing.field import REGIMES, control_row, control_table, regime_row, regime_table
 from advforensics.tracing.learned import scorer_from_dict
 from advforensics.tracing.names import FORMULA_RULES
 from advforensics.tracing.record import load_copies
@@ -35,33 +34,6 @@ from advforensics.utils import write_json
 
 ROLES = {"art-hsj": "dev", "art-boundary": "dev", "fb-hsj": "held-out", "fb-boundary": "held-out",
          "rs": "held-out", "smooth-hsj": "held-out (behaviour)"}
-RULES = (*FORMULA_RULES, "learned")
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def regime_table(rows: list[dict]) -> str:
-    out = []
-    for r in rows:
-        learned = r["rules"].get("learned", {})
-        out.append({
-            "evidence": f"{r['evidence']} ({ROLES.get(r['evidence'], '')})", "regime": r["regime"],
-            "n": f"{r['n']}/{r['attacked']}", "fools another": pct(r["fools_another"]),
-            **{rule: pct(r["rules"][rule]["accuracy"]) if rule in r["rules"] else "-" for rule in RULES},
-            "learned 95% CI": "[{:.1f}, {:.1f}]".format(*(100 * v for v in learned["ci95"])) if learned else "-",
-            "learned pooled 5": pct(learned.get("pooled5_accuracy")),
-            "accused >= 0.99 (wrong)": f"{pct(learned.get('confident_share'))} ({learned.get('confident_wrong')})",
-            "none": pct(r["none_share"])})
-    return markdown_table(out)
-
-
-def control_table(rows: list[dict]) -> str:
-    return markdown_table([{"control": r["evidence"], "n": r["n"],
-                            **{f"{rule} accused": pct(r["confident"].get(rule)) for rule in RULES},
-                            **{f"{rule} pooled-10 accused": pct(r["pooled10_confident"].get(rule)) for rule in RULES},
-                            "learned: none": pct(r["none_share"])} for r in rows])
 
 
 def plot_reliability(rows: list[dict], controls: list[dict], path: Path) -> None:
@@ -132,7 +104,7 @@ def main() -> None:
     write_json(args.out / "results.json", {"rows": rows, "controls": controls, "record": str(args.record),
                                            "seed": args.seed, "learned_info": (record.learned or {}).get("info")})
     plot_reliability(rows, controls, args.out / "reliability.png")
-    text = "## Regimes\n\n" + regime_table(rows) + "\n\n## Controls\n\n" + control_table(controls) + "\n"
+    text = "## Regimes\n\n" + regime_table(rows, ROLES) + "\n\n## Controls\n\n" + control_table(controls) + "\n"
     (args.out / "tables.md").write_text(text)
     print(text)
 

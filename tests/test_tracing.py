@@ -366,7 +366,7 @@ def test_cli_trace_experiment_runs_every_table_and_resumes(tmp_path: Path, zoo_c
     out = tmp_path / "exp"
     args = ["trace", "experiment", "--classifier", str(tmp_path / "c"), "--data", "digits", "--attacks",
             "hopskipjump", "--copies", "3", "--per-source", "6", "--copy-counts", "2,4", "--scaling-per-source", "2",
-            "--control-examples", "6", "--calibration-images", "60", "--clean-alphas", "0.15",
+            "--control-examples", "6", "--calibration-images", "60", "--fit-images", "700", "--clean-alphas", "0.15",
             "--param", "hopskipjump.max_iter=5", "--param", "hopskipjump.max_eval=200", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
@@ -381,8 +381,15 @@ def test_cli_trace_experiment_runs_every_table_and_resumes(tmp_path: Path, zoo_c
     assert {r["control"] for r in results["controls"]} == {"other tracer", "C alone"}
     tables = (out / "tables.md").read_text()
     assert results["collusion"][0]["successful"] >= 4
-    for heading in ("Table 1", "Table 2", "Table 3", "Table 5", "Table 6", "Fig. 4b", "Controls", "Robustness cost"):
+    for heading in ("Table 1", "Table 2", "Table 3", "Field", "Table 5", "Table 6", "Fig. 4b", "Controls",
+                    "Robustness cost"):
         assert heading in tables
+    field_rows = {r["regime"]: r for r in results["field"]}
+    assert set(field_rows) == {"as crafted", "transfer-1", "transfer-all", "low-pass", "png", "jpeg:90", "jpeg:75",
+                               "resize:0.75", "noise:2"}
+    assert field_rows["as crafted"]["n"] == row["successful"]
+    assert set(field_rows["as crafted"]["rules"]) == {"dol", "margin", "proximity", "learned"}
+    assert (out / "learned_rule.json").is_file()
     assert (out / "plots" / "fig4b_accuracy_vs_copies.png").is_file()
     peer = results["peer"]
     assert min(peer["clean_accuracy"]) > 0.8 and peer["rows"][0]["successful"] >= 12
@@ -395,6 +402,7 @@ def test_cli_trace_experiment_runs_every_table_and_resumes(tmp_path: Path, zoo_c
     rerun = json.loads((out / "results.json").read_text())
     assert rerun["tracing"][0]["rules"] == row["rules"]
     assert rerun["peer"] == peer  # the peer copies are reloaded, not fine-tuned again
+    assert rerun["field"] == results["field"]  # the learned rule is reloaded, not fitted again
     # other attack settings in the same directory: a clear error, the cache untouched
     before = (out / "examples" / "hopskipjump_a0.15_m3.npz").read_bytes()
     changed = CliRunner().invoke(cli, [*args[:-2], "--param", "hopskipjump.max_iter=6", "--out", str(out)])

@@ -219,6 +219,8 @@ def _ints(text: str) -> list[int]:
 @click.option("--control-examples", type=int, default=45, show_default=True,
               help="Images attacked per control (another tracer; C alone).")
 @click.option("--calibration-images", type=int, default=200, show_default=True)
+@click.option("--fit-images", type=int, default=3000, show_default=True,
+              help="Train images on which the field stage simulates attackers and fits the learned rule.")
 @click.option("--rule", type=click.Choice(FORMULA_RULES), default=DEFAULT_RULE, show_default=True,
               help="Main score rule (every rule is reported).")
 @click.option("--tracer", "tracer_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
@@ -236,7 +238,7 @@ def _ints(text: str) -> list[int]:
 def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, attacks: str, alphas: str,
                    clean_alphas: str, tau: float, num_copies: int, per_source: int, copy_counts: str,
                    scaling_attack: str, scaling_per_source: int, control_examples: int, calibration_images: int,
-                   rule: str, tracer_file: Path | None, stages: str, raw_params: tuple[str, ...], out_dir: Path,
+                   fit_images: int, rule: str, tracer_file: Path | None, stages: str, raw_params: tuple[str, ...], out_dir: Path,
                    seed: int, json_path: Path | None) -> None:
     """Run the separate-and-trace tables (1, 2, 3, 5, 6, Fig. 4a/4b, controls, the peer scheme).
 
@@ -276,7 +278,7 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
                               tau=tau, copies=num_copies, per_source=per_source, copy_counts=_ints(copy_counts),
                               scaling_attack=scaling_attack, scaling_per_source=scaling_per_source,
                               control_examples=control_examples, calibration_images=calibration_images,
-                              main_rule=rule, tracer_file=None if tracer_file is None else str(tracer_file),
+                              fit_images=fit_images, main_rule=rule, tracer_file=None if tracer_file is None else str(tracer_file),
                               stages=[v.strip() for v in stages.split(",") if v.strip()],
                               attack_params=overrides, seed=seed)
     classifier, _ = load_model(classifier_path)

@@ -20,8 +20,7 @@ from advforensics.evidence.io import Evidence
 from advforensics.tracing.calibration import Calibration, calibrate_rules
 from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.identify import CONFIDENT, LearnedReport, TraceReport, trace_learned, trace_scores
-from advforensics.tracing.learned import (FitConfig, SimulationConfig, fit_learned_rule, scorer_from_dict, scorer_to_dict,
-                                          simulate, simulation_to_dict)
+from advforensics.tracing.learned import fit_rule, scorer_from_dict
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, SCORE_RULES
 from advforensics.tracing.permutations import make_permutations
 from advforensics.tracing.record import SellerRecord, load_copies, separate
@@ -29,24 +28,6 @@ from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.tracer import Tracer, create_tracer
 
 log = logging.getLogger(__name__)
-
-
-def fit_rule(copies: CopySet, images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
-             simulation: SimulationConfig | None = None, fit: FitConfig | None = None) -> dict[str, Any]:
-    """Simulate attackers on the copies from clean (images, labels) and fit the learned rule; returns
-    the JSON-safe rule that `make_copies` stores in the record."""
-    with torch.no_grad():
-        right = copies.classifier(images.float()).argmax(1) == labels
-    images, labels = images[right], labels[right]
-    if len(images) < 20 * (copies.num_copies + 4):
-        raise InputValidationError(f"fitting the learned rule needs at least {20 * (copies.num_copies + 4)} "
-                                   f"correctly classified images, got {len(images)}")
-    simulation = simulation or SimulationConfig(seed=seed)
-    fit = fit or FitConfig(seed=seed)
-    data = simulate(copies, images, labels, simulation)
-    scorer = fit_learned_rule(data, fit)
-    return scorer_to_dict(scorer, info={"images": int(len(images)), "examples": int(len(data.target)),
-                                        **simulation_to_dict(simulation, fit)})
 
 
 def make_copies(classifier: nn.Module, out_dir: str | Path, copies: int = 5, alpha: float = 0.15, tau: float = 2.0,

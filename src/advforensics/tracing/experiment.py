@@ -5,6 +5,9 @@ Stages (each attack set is cached under OUT/examples/, so an interrupted run res
 - Table 2, tracing accuracy per attack x alpha (m copies), for every score rule, with per-source
   accuracy, a 95% interval and the prediction histogram. Only examples that fool their source
   copy are kept; whether C alone is fooled is recorded.
+- Field: each attack's examples (largest alpha) under every attacker behaviour and re-encoding of
+  field.REGIMES, traced by every formula rule and by the learned rule, which the seller fits on
+  its own train images (simulated attackers, learned.py), cached as OUT/learned_rule.json.
 - Table 3, Kolmogorov-Smirnov D of the scores: source vs an innocent copy, innocent vs innocent.
 - Fig. 4a, score histograms of the source copy vs the other copies.
 - Fig. 4b, accuracy against the number of copies: examples are crafted on each of the first
@@ -38,12 +41,14 @@ from torch import nn
 
 from advforensics.attacks import create_attack
 from advforensics.errors import InputValidationError
-from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.calibration import Calibration, calibrate_rules, confidence_from_false_alarm
+from advforensics.tracing.copies import CopyParams, CopySet
+from advforensics.tracing.field import REGIMES, regime_row
 from advforensics.tracing.identify import trace_scores
+from advforensics.tracing.learned import fit_rule, scorer_from_dict
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
-from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.permutations import make_permutations, max_copies
+from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
 from advforensics.utils import wilson_interval
 
@@ -77,6 +82,7 @@ class ExperimentConfig:
     gain: float = 0.8
     tracer_file: str | None = None  # a saved tracer (e.g. a trained VAE) instead of the random one
     main_rule: str = DEFAULT_RULE
+    fit_images: int = 3000  # train images on which the field stage's learned rule is fitted
     peer_train_images: int = 10000
     peer_epochs: int = 3
     stages: list[str] = field(default_factory=lambda: list(STAGES))
@@ -101,7 +107,7 @@ class ExperimentConfig:
             if not 2 <= m <= limit:
                 raise InputValidationError(f"copy count {m}: must be in 2..{limit} for {num_classes} classes")
         for name in ("per_source", "scaling_per_source", "control_examples", "calibration_images",
-                     "peer_train_images", "peer_epochs"):
+                     "fit_images", "peer_train_images", "peer_epochs"):
             if int(getattr(self, name)) < 1:
                 raise InputValidationError(f"{name}: must be >= 1")
 
@@ -271,8 +277,8 @@ class TracingExperiment:
             raise InputValidationError(f"tracer takes {self.tracer.input_shape}, images are {tuple(images.shape[1:])}")
         self.tracer_hash = self.tracer.content_hash()  # cached attack sets are only reused for this tracer
         self.info = dict(info or {})
-        if "peer" in config.stages and train_data is None:
-            raise InputValidationError("the peer stage needs training images to fine-tune the copies' heads")
+        if {"peer", "field"} & set(config.stages) and train_data is None:
+            raise InputValidationError("the peer and field stages need labelled training images")
         self.train_data = train_data
         self._calibrations: dict[tuple[float, int, str], Calibration] = {}
 
@@ -360,6 +366,33 @@ class TracingExperiment:
             main = all_scores[self.config.main_rule][transfers].argmax(1)
             row["transfer_accuracy"] = float((main == ex.sources[transfers]).float().mean())
         return row
+
+    def field_table(self) -> list[dict[str, Any]]:
+        """Every regime of field.REGIMES on each attack's examples at the largest alpha."""
+        cfg = self.config
+        alpha = cfg.alphas[-1]
+        copies = self.copyset(alpha, cfg.copies)
+        path = self.out_dir / "learned_rule.json"
+        meta = {"alpha": alpha, "copies": cfg.copies, "tau": cfg.tau, "tracer": self.tracer_hash,
+                "fit_images": cfg.fit_images, "seed": cfg.seed}
+        stored = json.loads(path.read_text()) if path.is_file() else None
+        if stored is None or stored.get("meta") != meta:
+            images, labels = self.train_data  # type: ignore[misc]
+            # the last train images: the calibration uses the first ones
+            rule = fit_rule(copies, images[-cfg.fit_images:], labels[-cfg.fit_images:], seed=cfg.seed)
+            stored = {"meta": meta, "rule": rule}
+            path.write_text(json.dumps(stored))
+        scorer = scorer_from_dict(stored["rule"])
+        calibrations = {rule: self.calibration(alpha, cfg.copies, rule) for rule in FORMULA_RULES}
+        rows = []
+        for attack in cfg.attacks:
+            ex = self.examples(f"{attack}_a{alpha}_m{cfg.copies}", attack, [copies.copy(i) for i in range(cfg.copies)],
+                               list(range(cfg.copies)), cfg.per_source, {"alpha": alpha, "copies": cfg.copies,
+                                                                         "tau": cfg.tau})
+            for regime in REGIMES:
+                rows.append(regime_row(copies, scorer, calibrations, attack, regime, ex.clean, ex.x_adv, ex.labels,
+                                       ex.sources, cfg.seed).to_dict())
+        return rows
 
     def scaling_table(self) -> list[dict[str, Any]]:
         cfg = self.config
@@ -486,7 +519,8 @@ class TracingExperiment:
     def run(self) -> dict[str, Any]:
         start = time.time()
         results: dict[str, Any] = {"config": asdict(self.config), "info": self.info}
-        stages = {"clean": self.clean_table, "tracing": self.tracing_table, "scaling": self.scaling_table,
+        stages = {"clean": self.clean_table, "tracing": self.tracing_table, "field": self.field_table,
+                  "scaling": self.scaling_table,
                   "controls": self.control_table, "collusion": self.collusion_table, "peer": self.peer_table}
         for name in STAGES:
             if name in self.config.stages:

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from advforensics.reporting.tables import markdown_table
+from advforensics.tracing.field import regime_table
 from advforensics.tracing.names import FORMULA_RULES
 
 
@@ -70,6 +71,11 @@ def markdown_report(results: dict[str, Any]) -> str:
                "D innocent vs innocent": r["ks"][rule]["innocent_vs_innocent"]}
               for r in tracing if "ks" in r for rule in FORMULA_RULES]
         parts.append("## Table 3: Kolmogorov-Smirnov D of the scores\n\n" + markdown_table(ks, digits=3))
+    if results.get("field"):
+        parts.append("## Field: attacker behaviours and re-encodings (largest alpha; accuracy in % on the rows "
+                     "that still fool their copy; the learned rule was fitted on simulated attackers only)\n\n"
+                     + regime_table(results["field"]))
+    if tracing:
         transfer = []
         for r in tracing:
             if "transfer" not in r:

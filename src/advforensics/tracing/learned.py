@@ -274,3 +274,21 @@ def scorer_from_dict(payload: dict[str, Any]) -> LearnedScorer:
 
 def simulation_to_dict(config: SimulationConfig, fit: FitConfig) -> dict[str, Any]:
     return {"simulation": asdict(config), "fit": asdict(fit)}
+
+
+def fit_rule(copies: CopySet, images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
+             simulation: SimulationConfig | None = None, fit: FitConfig | None = None) -> dict[str, Any]:
+    """Simulate attackers on the copies from clean (images, labels) and fit the learned rule; returns
+    the JSON-safe rule that `make_copies` stores in the record."""
+    with torch.no_grad():
+        right = copies.classifier(images.float()).argmax(1) == labels
+    images, labels = images[right], labels[right]
+    if len(images) < 20 * (copies.num_copies + 4):
+        raise InputValidationError(f"fitting the learned rule needs at least {20 * (copies.num_copies + 4)} "
+                                   f"correctly classified images, got {len(images)}")
+    simulation = simulation or SimulationConfig(seed=seed)
+    fit = fit or FitConfig(seed=seed)
+    data = simulate(copies, images, labels, simulation)
+    scorer = fit_learned_rule(data, fit)
+    return scorer_to_dict(scorer, info={"images": int(len(images)), "examples": int(len(data.target)),
+                                        **simulation_to_dict(simulation, fit)})

@@ -7,6 +7,6 @@ SCORE_RULES = (*FORMULA_RULES, "learned")  # learned: fitted by the seller on si
 DEFAULT_RULE = "proximity"  # for records without a fitted scorer
 
 #: The stages of `trace experiment`, in the order they run (see tracing/experiment.py).
-STAGES = ("clean", "tracing", "scaling", "controls", "collusion", "peer")
+STAGES = ("clean", "tracing", "field", "scaling", "controls", "collusion", "peer")
 
 __all__ = ["FORMULA_RULES", "SCORE_RULES", "DEFAULT_RULE", "STAGES"]
