@@ -172,7 +172,7 @@ def _print_learned(payload: dict, show: int) -> None:
 
 
 def _print_formula(payload: dict, rows: list[int], show: int) -> None:
-    calibrated = "confidence" in payload["aggregate"]
+    calibrated = "false_alarm_rate" in payload["aggregate"]
     click.echo(f"{payload['num_examples']} examples, {payload['num_copies']} copies, rule {payload['rule']}"
                + ("" if calibrated else " (uncalibrated for this rule: no confidence)"))
     for row, entry in list(zip(rows, payload["per_example"]))[:show]:
@@ -180,9 +180,12 @@ def _print_formula(payload: dict, rows: list[int], show: int) -> None:
         click.echo(f"  row {row}: copy {entry['source']}  score {max(entry['scores']):+.4f}  "
                    f"ranking {entry['ranking']}{extra}")
     agg = payload["aggregate"]
+    if not payload["one_source"]:
+        click.echo(f"several sources: copies accused {payload['accusations']} times; no single verdict "
+                   "(the learned rule splits the file per source)")
     click.echo(f"aggregate: copy {agg['source']}  ranking {agg['ranking']}"
-               + (f"  confidence {agg['confidence']:.4f} (Fisher over examples: assumes they are independent)"
-                  if calibrated else ""))
+               + (f"  confidence {agg['confidence']:.4f} (geometric mean of the examples' false-alarm rates)"
+                  if "confidence" in agg else ""))
 
 
 def _floats(text: str) -> list[float]:

@@ -5,7 +5,7 @@ copies. The false-alarm rate of a score s is how often an innocent copy scores a
 empirical p-value); with m copies, the chance that one of the m - 1 innocent copies does is at most
 (m - 1) times that, and the confidence is one minus this bound. Only the null enters the confidence:
 the source distribution depends on how precisely an attacker lands on the boundary, which the seller
-cannot know. The learned rule (learned.py) replaces this null with answers fitted on controls.
+cannot know. Pooled over examples, the rates are averaged (geometrically), never multiplied. The learned rule (learned.py) replaces this null with answers fitted on controls.
 """
 
 from __future__ import annotations
@@ -83,9 +83,11 @@ class Calibration:
         return torch.from_numpy((above + 1.0) / (len(inn) + 1.0))
 
     def combined_false_alarm_rate(self, scores: torch.Tensor) -> torch.Tensor:
-        """scores (B, m) -> (m,) Fisher-combined p-value of each copy over the B examples."""
-        statistic = -2.0 * self.false_alarm_rate(scores).log().sum(dim=0)  # ~ chi2(2B) under the null
-        return torch.special.gammaincc(torch.full_like(statistic, float(scores.shape[0])), statistic / 2)
+        """scores (B, m) -> (m,) pooled false-alarm rate of each copy: the geometric mean of its
+        per-example rates. Fisher's method would multiply them, which holds only for independent
+        examples; one attacker's examples are not (same images, same attack), and on controls the
+        product turned small biases into certainty. The mean is valid whatever the dependence."""
+        return self.false_alarm_rate(scores).log().mean(dim=0).exp()
 
 
 def _bin_index(values: np.ndarray, edges: np.ndarray) -> np.ndarray:

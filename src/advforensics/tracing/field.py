@@ -62,9 +62,11 @@ class RegimeRow:
     evidence: str
     regime: str
     attacked: int  # examples as crafted that fooled their copy
-    n: int  # rows of this regime traced (the behaviour reached its goal, the example still fools its copy)
-    still_fools_source: float  # share of the regime's rows that still fool their own copy
+    n: int  # rows of this regime traced: those where the behaviour reached its goal
+    still_fools_source: float  # share of the traced rows that still fool their own copy
     fools_another: float  # share that fool at least one other copy
+    still_fooling: int = 0  # traced rows that still fool some copy (after a re-encoding, few do)
+    still_fooling_accuracy: dict[str, float] = field(default_factory=dict)  # rule -> accuracy on those
     rules: dict[str, RuleResult] = field(default_factory=dict)
     none_share: float = 0.0  # learned rule: examples answered "none of these copies"
     pooled5_groups: int = 0
@@ -101,13 +103,14 @@ def regime_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[str
     wrong = copies.labels(x) != labels.unsqueeze(1)  # (B, m) fooled
     own = wrong[torch.arange(len(x)), sources]
     others = (wrong.sum(1) - own.long()) > 0
-    use = kept & own  # traced: the behaviour reached its goal and the example still fools its copy
-    row = RegimeRow(evidence=evidence, regime=regime, attacked=len(x), n=int(use.sum()),
+    row = RegimeRow(evidence=evidence, regime=regime, attacked=len(x), n=int(kept.sum()),
                     still_fools_source=float(own[kept].float().mean()) if kept.any() else 0.0,
-                    fools_another=float(others[use].float().mean()) if use.any() else 0.0)
-    if not use.any():
+                    fools_another=float(others[kept].float().mean()) if kept.any() else 0.0)
+    if not kept.any():
         return row
-    x, src = x[use], sources[use]
+    fooling = wrong[kept].any(1)
+    row.still_fooling = int(fooling.sum())
+    x, src = x[kept], sources[kept]
     groups = _pooled_groups(src, 5)
     row.pooled5_groups = len(groups)
     scores = rule_scores(copies, x)
@@ -123,6 +126,8 @@ def regime_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[str
             result.pooled5_accuracy = sum(int(trace_scores(scores[rule][g], rule).aggregate_source == int(src[g[0]]))
                                           for g in groups) / len(groups)
         row.rules[rule] = result
+        if fooling.any():
+            row.still_fooling_accuracy[rule] = float(correct[fooling].float().mean())
     if scorer is not None:
         report = trace_learned(copies, scorer, x)
         conf, top = report.probabilities.max(1)
@@ -135,6 +140,8 @@ def regime_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[str
             if groups else None)
         row.none_share = float((top == copies.num_copies).float().mean())
         row.reliability = reliability(conf, correct)
+        if fooling.any():
+            row.still_fooling_accuracy["learned"] = float(correct[fooling].float().mean())
     return row
 
 
@@ -200,8 +207,9 @@ def _pct(value: float | None) -> str:
 
 
 def regime_table(rows: list[dict[str, Any]], roles: dict[str, str] | None = None) -> str:
-    """Markdown: one line per evidence x regime, accuracy (%) of every rule, the learned rule's
-    interval, pooled-5 accuracy, accusations and "none" answers."""
+    """Markdown: one line per evidence x regime, accuracy (%) of every rule on the traced rows, the
+    learned rule's interval, pooled-5 accuracy, accusations, "none" answers, and the accuracy on the
+    rows that still fool some copy."""
     roles = roles or {}
     out = []
     for r in rows:
@@ -209,13 +217,15 @@ def regime_table(rows: list[dict[str, Any]], roles: dict[str, str] | None = None
         tag = f" ({roles[r['evidence']]})" if r["evidence"] in roles else ""
         out.append({
             "evidence": r["evidence"] + tag, "regime": r["regime"], "traced / crafted": f"{r['n']}/{r['attacked']}",
-            "fools another": _pct(r["fools_another"]),
+            "fools own / another": f"{_pct(r['still_fools_source'])} / {_pct(r['fools_another'])}",
             **{rule: _pct(r["rules"][rule]["accuracy"]) if rule in r["rules"] else "-" for rule in RULES},
             "learned 95% CI": "[{:.1f}, {:.1f}]".format(*(100 * v for v in learned["ci95"])) if learned else "-",
             "learned pooled 5": _pct(learned.get("pooled5_accuracy")),
             "accused >= 0.99 (wrong)": f"{_pct(learned.get('confident_share'))} ({learned.get('confident_wrong')})"
             if learned else "-",
-            "none": _pct(r["none_share"]) if learned else "-"})
+            "none": _pct(r["none_share"]) if learned else "-",
+            "still fooling a copy: n, proximity / learned": f"{r['still_fooling']}: "
+            f"{_pct(r['still_fooling_accuracy'].get('proximity'))} / {_pct(r['still_fooling_accuracy'].get('learned'))}"})
     return markdown_table(out)
 
 

@@ -14,6 +14,23 @@ from advforensics.tracing.copies import CopySet
 from advforensics.tracing.names import DEFAULT_RULE
 from advforensics.tracing.scores import copy_scores
 
+CONFIDENT = 0.99  # an accusation: a copy named with at least this confidence
+ONE_SOURCE_ALPHA = 1e-3  # the test that rejects "one source" for a file of examples
+
+
+def one_source_test(accusations: torch.Tensor, n: int, threshold: float) -> bool:
+    """Is a file of n examples consistent with one source? accusations (m,): confident accusations
+    per copy. Under one source, every accusation of another copy is an error, which a confidence of
+    `threshold` promises at rate <= 1 - threshold; "one source" is rejected when the second most
+    accused copy is accused more often than that rate explains (binomial tail < ONE_SOURCE_ALPHA)."""
+    from scipy.stats import binom
+
+    counts = accusations.sort(descending=True).values
+    if len(counts) < 2 or int(counts[1]) == 0:
+        return True
+    return float(binom.sf(int(counts[1]) - 1, n, 1.0 - threshold)) >= ONE_SOURCE_ALPHA
+
+
 @dataclass
 class TraceReport:
     """Per-example and aggregated tracing of a set of examples among m copies."""
@@ -25,11 +42,23 @@ class TraceReport:
     aggregate_evidence: torch.Tensor  # (m,) sum of scores, or of -log p-values when calibrated
     aggregate_ranking: torch.Tensor  # (m,)
     false_alarm: torch.Tensor | None = None  # (B,) p-value of each example's top copy
-    aggregate_false_alarm: torch.Tensor | None = None  # (m,) Fisher-combined p-value of each copy
+    aggregate_false_alarm: torch.Tensor | None = None  # (m,) pooled (geometric-mean) p-value of each copy
 
     @property
     def num_copies(self) -> int:
         return int(self.scores.shape[1])
+
+    def accusations(self) -> torch.Tensor:
+        """(m,) examples naming each copy at confidence >= CONFIDENT (zeros when uncalibrated)."""
+        if self.false_alarm is None:
+            return torch.zeros(self.num_copies, dtype=torch.int64)
+        confident = confidence_from_false_alarm(self.false_alarm, self.num_copies) >= CONFIDENT
+        return torch.bincount(self.predicted[confident], minlength=self.num_copies)
+
+    @property
+    def one_source(self) -> bool:
+        """False when confident accusations name a second copy more often than errors explain."""
+        return one_source_test(self.accusations(), int(self.scores.shape[0]), CONFIDENT)
 
     @property
     def aggregate_source(self) -> int:
@@ -49,10 +78,13 @@ class TraceReport:
                 "evidence_kind": "sum of scores" if self.false_alarm is None else "sum of -log false-alarm rates",
             },
         }
+        out["one_source"] = self.one_source
+        out["accusations"] = self.accusations().tolist()
         if self.aggregate_false_alarm is not None:
             top = self.aggregate_false_alarm[self.aggregate_source]
             out["aggregate"]["false_alarm_rate"] = [float(f"{float(v):.4g}") for v in self.aggregate_false_alarm]
-            out["aggregate"]["confidence"] = float(f"{float(confidence_from_false_alarm(top, m)):.6g}")
+            if self.one_source:  # a file of several sources gets no single confident verdict
+                out["aggregate"]["confidence"] = float(f"{float(confidence_from_false_alarm(top, m)):.6g}")
         for b in range(self.scores.shape[0]):
             row: dict[str, Any] = {
                 "source": int(self.predicted[b]),
@@ -97,8 +129,6 @@ def trace(copies: CopySet, x: torch.Tensor, calibration: Calibration | None = No
 
 
 
-CONFIDENT = 0.99  # an accusation: a copy named with at least this probability
-ONE_SOURCE_ALPHA = 1e-3  # the test that rejects "one source" for a file of examples
 
 
 @dataclass
@@ -143,13 +173,7 @@ class LearnedReport:
     @property
     def one_source(self) -> bool:
         """False when a second copy is accused more often than the promised error rate explains."""
-        from scipy.stats import binom
-
-        counts = self.accusations().sort(descending=True).values
-        if len(counts) < 2 or int(counts[1]) == 0:
-            return True
-        n, error = len(self.rows), 1.0 - self.threshold
-        return float(binom.sf(int(counts[1]) - 1, n, error)) >= ONE_SOURCE_ALPHA
+        return one_source_test(self.accusations(), len(self.rows), self.threshold)
 
     def _pool(self, index: torch.Tensor) -> SourceGroup:
         logp = self.probabilities[index].clamp_min(1e-12).log().mean(0)

@@ -53,6 +53,7 @@ class SimulationConfig:
     controls: tuple[str, ...] = CONTROLS
     landing: tuple[float, float] = (1e-5, 3e-3)  # log-uniform relative overshoot of the attack's end point
     overshoot: tuple[float, float] = (1.02, 1.5)
+    variants: int = 3  # behaviour x re-encoding draws per boundary point (the points are the cost)
     look_alike_seed: int = 7919  # not the study's look-alike control (seed 1000): that one stays unseen
     seed: int = 0
 
@@ -108,7 +109,8 @@ def _behave(copies: CopySet, model: nn.Module, behaviour: str, source: torch.Ten
 def simulate(copies: CopySet, images: torch.Tensor, labels: torch.Tensor,
              config: SimulationConfig | None = None) -> SimulatedSet:
     """Simulated evidence on every copy and on the controls, from clean `images` (N, C, H, W) with their
-    labels (N,). Each image serves one model (copies and controls in turn), so no image is reused."""
+    labels (N,). Each image serves one model (copies and controls in turn), so no image is reused
+    across models; each boundary point yields `config.variants` examples (rows share its group)."""
     config = config or SimulationConfig()
     gen = torch.Generator().manual_seed(config.seed)
     m = copies.num_copies
@@ -129,30 +131,33 @@ def simulate(copies: CopySet, images: torch.Tensor, labels: torch.Tensor,
     for (name, target, model), idx in zip(models, shares):
         x0, y = images[idx], labels[idx]
         if model is None:
-            x_out, ok = x0, torch.ones(len(x0), dtype=torch.bool)
-            behaviour_of = ["clean"] * len(x0)
+            x_b, ok = x0, torch.ones(len(x0), dtype=torch.bool)
         else:
-            x_b, ok = min_norm_points(model, x0, y)
-            source = torch.full((len(x0),), target if target < m else -1)
-            picks = torch.randint(len(config.behaviours), (len(x0),), generator=gen)
-            x_out = x_b.clone()
-            for j, behaviour in enumerate(config.behaviours):
-                rows = picks == j
+            x_b, ok = min_norm_points(model, x0, y)  # the cost of the simulation; variants reuse it
+        source = torch.full((len(x0),), target if target < m else -1)
+        for _ in range(1 if model is None else config.variants):
+            if model is None:
+                x_out, behaviour_of = x0.clone(), ["clean"] * len(x0)
+            else:
+                picks = torch.randint(len(config.behaviours), (len(x0),), generator=gen)
+                x_out = x_b.clone()
+                for j, behaviour in enumerate(config.behaviours):
+                    rows = (picks == j) & ok
+                    if rows.any():
+                        x_out[rows] = _behave(copies, model, behaviour, source[rows], x0[rows], x_b[rows], y[rows],
+                                              config, gen)
+                behaviour_of = [config.behaviours[int(p)] for p in picks]
+            codes = torch.randint(len(config.reencodings), (len(x0),), generator=gen)
+            for j, spec in enumerate(config.reencodings):
+                rows = (codes == j) & ok
                 if rows.any():
-                    x_out[rows] = _behave(copies, model, behaviour, source[rows], x0[rows], x_b[rows], y[rows], config,
-                                          gen)
-            behaviour_of = [config.behaviours[int(p)] for p in picks]
-        codes = torch.randint(len(config.reencodings), (len(x0),), generator=gen)
-        for j, spec in enumerate(config.reencodings):
-            rows = (codes == j) & ok
-            if rows.any():
-                x_out[rows] = reencode(x_out[rows], spec, seed=config.seed + j)
-        keep = ok.nonzero().squeeze(1)
-        xs.append(x_out[keep])
-        targets.append(torch.full((len(keep),), target))
-        groups.append(idx[keep])
-        kinds += [f"{name}/{behaviour_of[int(i)]}/{config.reencodings[int(codes[i])]}" for i in keep]
-        log.info("simulated %d examples on %s", len(keep), name)
+                    x_out[rows] = reencode(x_out[rows], spec, seed=int(torch.randint(1 << 30, (1,), generator=gen)))
+            keep = ok.nonzero().squeeze(1)
+            xs.append(x_out[keep])
+            targets.append(torch.full((len(keep),), target))
+            groups.append(idx[keep])
+            kinds += [f"{name}/{behaviour_of[int(i)]}/{config.reencodings[int(codes[i])]}" for i in keep]
+        log.info("simulated %d boundary points on %s", int(ok.sum()), name)
     x = torch.cat(xs)
     features, context = copy_features(copies, x)
     return SimulatedSet(features=features, context=context, target=torch.cat(targets), group=torch.cat(groups),
