@@ -15,7 +15,7 @@ from advforensics.errors import CheckpointError
 from advforensics.tracing.behaviours import along, smallest_push, transfer_seeking
 from advforensics.tracing.calibration import min_norm_points
 from advforensics.tracing.copies import CopyParams, CopySet
-from advforensics.tracing.identify import LearnedReport
+from advforensics.tracing.identify import LearnedReport, trace_learned
 from advforensics.tracing.learned import (FitConfig, SimulationConfig, fit_learned_rule, scorer_from_dict,
                                           scorer_to_dict, simulate)
 from advforensics.tracing.permutations import make_permutations
@@ -83,31 +83,33 @@ def test_transfer_seeking_reaches_its_goal_with_the_smallest_push(copies, bounda
     assert float((~fools(along(x0, x, torch.nan_to_num(push, nan=1.0) * 0.98))[moved]).float().mean()) > 0.9
 
 
-def _probabilities(rows: list[tuple[int, float]], m: int = 4) -> torch.Tensor:
-    out = torch.zeros(len(rows), m + 1)
+def _report(rows: list[tuple[int, float]], m: int = 4, names: list[int] | None = None) -> LearnedReport:
+    """Examples naming alternative j with probability p; a copy named at p has false-alarm rate 1 - p."""
+    probabilities = torch.zeros(len(rows), m + 1)
     for b, (j, p) in enumerate(rows):
-        out[b] = (1 - p) / m
-        out[b, j] = p
-    return out
+        probabilities[b] = (1 - p) / m
+        probabilities[b, j] = p
+    return LearnedReport(probabilities=probabilities, false_alarm=1.0 - probabilities[:, :m],
+                         rows=list(range(len(rows))) if names is None else names)
 
 
 def test_pooling_is_a_geometric_mean_not_a_product() -> None:
-    report = LearnedReport(probabilities=_probabilities([(2, 0.9)] * 10), rows=list(range(10)))
+    report = _report([(2, 0.9)] * 10)
     (group,) = report.groups()
     assert report.one_source and group.source == 2 and group.rows == list(range(10))
     assert abs(group.confidence - 0.9) < 1e-6  # ten examples at 0.9 stay at 0.9, not 1 - 1e-10
-    none = LearnedReport(probabilities=_probabilities([(4, 0.8)] * 6 + [(1, 0.5)] * 2), rows=list(range(8)))
+    none = _report([(4, 0.8)] * 6 + [(1, 0.5)] * 2)
     assert none.groups()[0].source is None  # "none of these copies" wins the pool
 
 
 def test_mixed_evidence_is_split_into_sources() -> None:
     rows = [(0, 0.999)] * 5 + [(3, 0.999)] * 5
-    report = LearnedReport(probabilities=_probabilities(rows), rows=list(range(10, 20)))
+    report = _report(rows, names=list(range(10, 20)))
     assert not report.one_source
     groups = {g.source: g.rows for g in report.groups()}
     assert groups == {0: list(range(10, 15)), 3: list(range(15, 20))}
     # one stray confident example among a hundred is within the promised error rate: one source
-    stray = LearnedReport(probabilities=_probabilities([(0, 0.999)] * 99 + [(3, 0.999)]), rows=list(range(100)))
+    stray = _report([(0, 0.999)] * 99 + [(3, 0.999)])
     assert stray.one_source and stray.groups()[0].source == 0
 
 
@@ -139,11 +141,19 @@ def test_learned_rule_traces_fresh_boundary_points_and_rejects_clean_images(copi
     assert torch.allclose(probs.sum(1), torch.ones(len(x)), atol=1e-5)
     assert float((probs.argmax(1) == sources).float().mean()) > 0.8
     images, _ = digits_data
-    features, context = copy_features(copies, images[1500:1600])
-    with torch.no_grad():
-        clean = scorer(features, context)
-    accused = (clean.max(1).values >= 0.99) & (clean.argmax(1) < copies.num_copies)
-    assert float((clean.argmax(1) == copies.num_copies).float().mean()) > 0.8 and int(accused.sum()) <= 2
+    report = trace_learned(copies, scorer, images[1500:1600])
+    named, _, accused = report.per_example()
+    assert float((named == copies.num_copies).float().mean()) > 0.8 and int(accused.sum()) <= 2
+
+
+def test_an_accusation_states_one_minus_the_null_share_above_it(fitted) -> None:
+    _, scorer = fitted
+    null = scorer.null
+    assert len(null) > 100 and bool((null.diff() >= 0).all())
+    p = null[len(null) // 2].view(1, 1)  # the median of the null: about half of it is at least as high
+    rate = float(scorer.false_alarm(p))
+    assert abs(rate - 0.5) < 0.1
+    assert float(scorer.false_alarm(torch.tensor([[1.1]]))) == pytest.approx(1 / (len(null) + 1))
 
 
 def test_learned_rule_round_trips_as_json_and_refuses_other_features(fitted, copies, boundary_set) -> None:

@@ -130,9 +130,8 @@ def regime_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[str
             row.still_fooling_accuracy[rule] = float(correct[fooling].float().mean())
     if scorer is not None:
         report = trace_learned(copies, scorer, x)
-        conf, top = report.probabilities.max(1)
+        top, conf, accused = report.per_example()
         correct = top == src
-        accused = (conf >= CONFIDENT) & (top < copies.num_copies)
         row.rules["learned"] = RuleResult(
             accuracy=float(correct.float().mean()), ci95=wilson_interval(int(correct.sum()), len(src)),
             confident_share=float(accused.float().mean()), confident_wrong=int((accused & ~correct).sum()),
@@ -147,7 +146,8 @@ def regime_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[str
 
 def _pooled_source(report: LearnedReport, rows: torch.Tensor) -> int | None:
     """The pooled verdict of some rows (None: none of these copies, or the rows were split as mixed)."""
-    sub = LearnedReport(probabilities=report.probabilities[rows], rows=rows.tolist(), threshold=report.threshold)
+    sub = LearnedReport(probabilities=report.probabilities[rows], false_alarm=report.false_alarm[rows],
+                        rows=rows.tolist(), threshold=report.threshold)
     return sub.groups()[0].source if sub.one_source else None
 
 
@@ -186,14 +186,13 @@ def control_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[st
             for p in pooled) / groups
     if scorer is not None:
         report = trace_learned(copies, scorer, x)
-        conf, top = report.probabilities.max(1)
-        accused = (conf >= CONFIDENT) & (top < m)
+        top, conf, accused = report.per_example()
         row.confident["learned"] = float(accused.float().mean())
         row.none_share = float((top == m).float().mean())
         row.reliability = reliability(conf, top == m)
         hits = 0
         for g in pools:
-            sub = LearnedReport(probabilities=report.probabilities[g], rows=g.tolist())
+            sub = LearnedReport(probabilities=report.probabilities[g], false_alarm=report.false_alarm[g], rows=g.tolist())
             hits += any(grp.source is not None and grp.confidence >= CONFIDENT for grp in sub.groups())
         row.pooled10_confident["learned"] = hits / groups
     return row

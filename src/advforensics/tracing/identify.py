@@ -145,13 +145,16 @@ class SourceGroup:
 class LearnedReport:
     """The learned rule's answer for a set of examples: per example, and pooled.
 
-    Pooling takes the renormalised geometric mean of the per-example probabilities: its argmax is the
-    product rule's (independent examples), but its confidence is never above what the examples say
-    on average, because examples of one attacker are not independent (same images, same attack).
-    A file whose confident accusations name two or more copies beyond the error rate a confidence
-    promises is split into per-source groups, with no single verdict (`one_source` False)."""
+    Each example gets the scorer's probabilities over the m copies and "none of these copies", and
+    for each copy a false-alarm rate from the scorer's null; naming a copy states the confidence one
+    minus that rate. Pooling takes the renormalised geometric mean of the per-example probabilities
+    (its argmax is the product rule's) and the geometric mean of the false-alarm rates, never their
+    product: one attacker's examples are not independent (same images, same attack). A file whose
+    confident accusations name two or more copies beyond the error rate a confidence promises is
+    split into per-source groups, with no single verdict (`one_source` False)."""
 
     probabilities: torch.Tensor  # (B, m + 1), last column "none of these copies"
+    false_alarm: torch.Tensor  # (B, m)
     rows: list[int]
     threshold: float = CONFIDENT
 
@@ -159,16 +162,18 @@ class LearnedReport:
     def num_copies(self) -> int:
         return int(self.probabilities.shape[1]) - 1
 
-    def verdicts(self) -> tuple[list[int | None], torch.Tensor]:
-        """Per example: the named alternative (None: none of these copies) and its probability (B,)."""
-        conf, top = self.probabilities.max(1)
-        return [None if int(t) == self.num_copies else int(t) for t in top], conf
+    def per_example(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(named (B,): a copy index, or m for none; confidence (B,); accused (B,) bool)."""
+        named = self.probabilities.argmax(1)
+        is_copy = named < self.num_copies
+        rate = self.false_alarm.gather(1, named.clamp(max=self.num_copies - 1).unsqueeze(1)).squeeze(1)
+        confidence = torch.where(is_copy, 1.0 - rate, self.probabilities[:, -1])
+        return named, confidence, is_copy & (confidence >= self.threshold)
 
     def accusations(self) -> torch.Tensor:
         """(m,) how many examples name each copy with at least `threshold`."""
-        conf, top = self.probabilities.max(1)
-        accused = (conf >= self.threshold) & (top < self.num_copies)
-        return torch.bincount(top[accused], minlength=self.num_copies + 1)[: self.num_copies]
+        named, _, accused = self.per_example()
+        return torch.bincount(named[accused], minlength=self.num_copies + 1)[: self.num_copies]
 
     @property
     def one_source(self) -> bool:
@@ -176,30 +181,31 @@ class LearnedReport:
         return one_source_test(self.accusations(), len(self.rows), self.threshold)
 
     def _pool(self, index: torch.Tensor) -> SourceGroup:
-        logp = self.probabilities[index].clamp_min(1e-12).log().mean(0)
-        pooled = torch.softmax(logp, dim=0)
+        pooled = torch.softmax(self.probabilities[index].clamp_min(1e-12).log().mean(0), dim=0)
         best = int(pooled.argmax())
-        return SourceGroup(source=None if best == self.num_copies else best,
-                           rows=[self.rows[int(i)] for i in index], confidence=float(pooled[best]),
+        if best == self.num_copies:
+            return SourceGroup(source=None, rows=[self.rows[int(i)] for i in index], confidence=float(pooled[best]),
+                               probabilities=[round(float(v), 6) for v in pooled])
+        rate = float(self.false_alarm[index, best].log().mean().exp())
+        return SourceGroup(source=best, rows=[self.rows[int(i)] for i in index], confidence=1.0 - rate,
                            probabilities=[round(float(v), 6) for v in pooled])
 
     def groups(self) -> list[SourceGroup]:
         """One pooled group for the whole file when `one_source`, else one per named alternative."""
         if self.one_source:
             return [self._pool(torch.arange(len(self.rows)))]
-        top = self.probabilities.argmax(1)
-        return [self._pool((top == j).nonzero().squeeze(1)) for j in top.unique().tolist()]
+        named = self.probabilities.argmax(1)
+        return [self._pool((named == j).nonzero().squeeze(1)) for j in named.unique().tolist()]
 
     def to_dict(self) -> dict[str, Any]:
-        names, conf = self.verdicts()
+        named, confidence, accused = self.per_example()
         m = self.num_copies
         return {
             "rule": "learned", "num_examples": len(self.rows), "num_copies": m, "threshold": self.threshold,
             "one_source": self.one_source, "accusations": self.accusations().tolist(),
-            "per_example": [{"row": row, "source": name, "confidence": round(float(c), 6),
-                             "accused": name is not None and float(c) >= self.threshold,
-                             "probabilities": [round(float(v), 6) for v in p]}
-                            for row, name, c, p in zip(self.rows, names, conf, self.probabilities)],
+            "per_example": [{"row": row, "source": None if int(n) == m else int(n), "confidence": round(float(c), 6),
+                             "accused": bool(a), "probabilities": [round(float(v), 6) for v in p]}
+                            for row, n, c, a, p in zip(self.rows, named, confidence, accused, self.probabilities)],
             "groups": [{"source": g.source, "rows": g.rows, "confidence": round(g.confidence, 6),
                         "accused": g.source is not None and g.confidence >= self.threshold,
                         "probabilities": g.probabilities} for g in self.groups()],
@@ -216,5 +222,5 @@ def trace_learned(copies: CopySet, scorer: torch.nn.Module, x: torch.Tensor, row
     features, context = copy_features(copies, x)
     with torch.no_grad():
         probabilities = scorer(features, context)
-    return LearnedReport(probabilities=probabilities, rows=list(range(len(x))) if rows is None else list(rows),
-                         threshold=threshold)
+    return LearnedReport(probabilities=probabilities, false_alarm=scorer.false_alarm(probabilities[:, :-1]),
+                         rows=list(range(len(x))) if rows is None else list(rows), threshold=threshold)

@@ -93,11 +93,9 @@ def dol_scores(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> torc
 
 #: Per-copy features of `copy_features`, in order (the learned rule's inputs; see learned.py).
 COPY_FEATURES = ("log_gap", "log_gap_rel", "pair_diff", "pair_gap", "own_dir", "own_dir_rel",
-                 "fooled", "dol", "third_class", "pair_diff_above", "pair_diff_below",
-                 "t_c1", "t_c2", "t_c3", "t_label", "t_second", "label_c2", "label_c3")
+                 "fooled", "dol", "third_class", "pair_diff_above", "pair_diff_below")
 #: Features shared by all copies of one example.
-CONTEXT_FEATURES = ("log_c_gap", "c_gap", "share_fooled", "min_log_gap", "c_top", "all_agree",
-                    "log_p1", "log_p2", "log_p3")
+CONTEXT_FEATURES = ("log_c_gap", "c_gap", "share_fooled", "min_log_gap", "c_top", "all_agree")
 
 
 def _log_units(gap: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -138,9 +136,9 @@ def copy_features(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> t
         gap = top2.values[..., 0] - top2.values[..., 1]  # (B, m)
         label = top2.indices[..., 0]  # (B, m)
         log_gap = _log_units(gap, alpha)
-        c_top3 = probs.topk(3, dim=1)
-        c1, c2, c3 = c_top3.indices[:, 0], c_top3.indices[:, 1], c_top3.indices[:, 2]  # (B,)
-        c_gap = c_top3.values[:, 0] - c_top3.values[:, 1]  # (B,)
+        c_top2 = probs.topk(2, dim=1)
+        c1, c2 = c_top2.indices[:, 0], c_top2.indices[:, 1]  # (B,)
+        c_gap = c_top2.values[:, 0] - c_top2.values[:, 1]  # (B,)
         at = lambda cls: traced.gather(2, cls.view(b, 1, 1).expand(b, m, 1)).squeeze(2)  # noqa: E731
         pair_diff = at(c1) - at(c2)  # (B, m)
         pair_gap = (c_gap.unsqueeze(1) + alpha * pair_diff) / alpha
@@ -149,21 +147,15 @@ def copy_features(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> t
         rival = masked.argmax(2)  # (B, m)
         own_dir = traced.gather(2, label.unsqueeze(2)).squeeze(2) - traced.gather(2, rival.unsqueeze(2)).squeeze(2)
         dol = dol_from_scores(scores, traced)
-        t_label = traced.gather(2, label.unsqueeze(2)).squeeze(2)
-        t_second = traced.gather(2, top2.indices[..., 1:]).squeeze(2)
         fooled = (label != c1.unsqueeze(1)).float()
         third = ((label != c1.unsqueeze(1)) & (label != c2.unsqueeze(1))).float()
         feats.append(torch.stack([
             log_gap, log_gap - log_gap.amin(1, keepdim=True), pair_diff, pair_gap.clamp(-20, 20), own_dir,
             own_dir - _others_extreme(own_dir, True), fooled, dol, third,
-            pair_diff - _others_extreme(pair_diff, True), pair_diff - _others_extreme(pair_diff, False),
-            at(c1), at(c2), at(c3), t_label, t_second, (label == c2.unsqueeze(1)).float(),
-            (label == c3.unsqueeze(1)).float()], dim=2))
-        log_p = c_top3.values.clamp_min(1e-8).log()
+            pair_diff - _others_extreme(pair_diff, True), pair_diff - _others_extreme(pair_diff, False)], dim=2))
         ctxs.append(torch.stack([
             _log_units(c_gap, alpha), (c_gap / alpha).clamp(max=20), fooled.mean(1), log_gap.amin(1),
-            c_top3.values[:, 0], (label == label[:, :1]).all(1).float(), log_p[:, 0], log_p[:, 1], log_p[:, 2]],
-            dim=1))
+            c_top2.values[:, 0], (label == label[:, :1]).all(1).float()], dim=1))
     if not feats:
         return torch.empty(0, copies.num_copies, len(COPY_FEATURES)), torch.empty(0, len(CONTEXT_FEATURES))
     return torch.cat(feats), torch.cat(ctxs)
