@@ -13,7 +13,7 @@ Implementations:
 - fb-*: foolbox 3 HopSkipJump and Boundary (another library; its own initialisation and stopping);
 - rs: a plain random-direction search written here (not shipped by the project);
 - smooth-hsj: an attacker who knows the scheme and averages every query over input noise
-  (majority label of 8 draws, sd 0.1), so that he attacks a smoothed copy;
+  (majority label over 8 fixed noise patterns, sd 0.1), so that he attacks a smoothed copy;
 - ctl-*: controls, crafted on C alone, on copies with another tracer (seed 1000), or on an unrelated
   model (another LeNet trained with seed 1: `advforensics models train --model lenet --data mnist
   --seed 1 --out runs/field/unrelated`).
@@ -60,12 +60,15 @@ class Softmax(nn.Module):
 
 class NoiseAveragedOracle(nn.Module):
     """The label an attacker sees when he averages each query over `draws` noisy versions of it
-    (majority vote, one-hot), to wash the tracer's small-scale structure out of the boundary."""
+    (majority vote, one-hot), to wash the tracer's small-scale structure out of the boundary. The
+    noise patterns are drawn once, so that the averaged oracle is a fixed function (an attack's
+    binary searches fail against an oracle that answers the same query differently)."""
 
-    def __init__(self, model: nn.Module, sigma: float = 0.1, draws: int = 8, seed: int = 0) -> None:
+    def __init__(self, model: nn.Module, shape: tuple[int, ...], sigma: float = 0.1, draws: int = 8,
+                 seed: int = 0) -> None:
         super().__init__()
-        self.model, self.sigma, self.draws = model, sigma, draws
-        self.gen = torch.Generator().manual_seed(seed)
+        self.model = model
+        self.noise = torch.randn((draws, *shape), generator=torch.Generator().manual_seed(seed)) * sigma
 
     def train(self, mode: bool = True) -> NoiseAveragedOracle:
         return super().train(False)
@@ -73,11 +76,9 @@ class NoiseAveragedOracle(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float()
-        noise = torch.randn((self.draws, *x.shape), generator=self.gen) * self.sigma
-        labels = torch.stack([self.model((x + n).clamp(0, 1)).argmax(1) for n in noise])  # (draws, B)
+        labels = torch.stack([self.model((x + n).clamp(0, 1)).argmax(1) for n in self.noise])  # (draws, B)
         k = self.model(x[:1]).shape[1]
-        votes = torch.nn.functional.one_hot(labels, k).sum(0).float()  # (B, K)
-        return votes / self.draws
+        return torch.nn.functional.one_hot(labels, k).sum(0).float() / len(self.noise)  # (B, K)
 
 
 def foolbox_attack(kind: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> torch.Tensor:
@@ -185,7 +186,7 @@ def targets(kind: str, copies: CopySet, seed: int, unrelated: Path) -> list[tupl
     if kind == "copies":
         return [(copies.copy(i), i) for i in range(m)]
     if kind == "smoothed copies":
-        return [(NoiseAveragedOracle(copies.copy(i), seed=seed + i), i) for i in range(m)]
+        return [(NoiseAveragedOracle(copies.copy(i), copies.tracer.input_shape, seed=seed + i), i) for i in range(m)]
     if kind == "copies with another tracer":
         c, h, w = copies.tracer.input_shape
         other = create_tracer("random", num_outputs=copies.num_classes, in_channels=c, image_size=(h, w),

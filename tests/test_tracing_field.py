@@ -146,14 +146,20 @@ def test_learned_rule_traces_fresh_boundary_points_and_rejects_clean_images(copi
     assert float((named == copies.num_copies).float().mean()) > 0.8 and int(accused.sum()) <= 2
 
 
-def test_an_accusation_states_one_minus_the_null_share_above_it(fitted) -> None:
-    _, scorer = fitted
-    null = scorer.null
-    assert len(null) > 100 and bool((null.diff() >= 0).all())
-    p = null[len(null) // 2].view(1, 1)  # the median of the null: about half of it is at least as high
-    rate = float(scorer.false_alarm(p))
-    assert abs(rate - 0.5) < 0.1
-    assert float(scorer.false_alarm(torch.tensor([[1.1]]))) == pytest.approx(1 / (len(null) + 1))
+def test_an_accusation_needs_both_keys() -> None:
+    """The learned probability and a formula rule's null must both vouch for a copy."""
+    from advforensics.tracing.calibration import Calibration
+    from advforensics.tracing.identify import two_key_error
+
+    probabilities = torch.tensor([[0.995, 0.001, 0.001, 0.003], [0.995, 0.001, 0.001, 0.003]])  # m = 3
+    gen = torch.Generator().manual_seed(0)
+    null_scores = torch.randn(300, 3, generator=gen)
+    cal = Calibration.from_scores(null_scores, torch.zeros(300, dtype=torch.int64), rule="dol")
+    scores = {"dol": torch.tensor([[9.0, 0.0, 0.0], [-9.0, 0.0, 0.0]])}  # row 0: dol agrees; row 1: it does not
+    error = two_key_error(probabilities, scores, {"dol": cal})
+    assert float(error[0, 0]) == pytest.approx(0.005, abs=1e-6)  # the learned key is the weaker one
+    assert float(error[1, 0]) == 1.0  # the formula key refuses: no accusation, whatever the learned says
+    assert torch.allclose(two_key_error(probabilities, {}, {}), 1.0 - probabilities[:, :3])
 
 
 def test_learned_rule_round_trips_as_json_and_refuses_other_features(fitted, copies, boundary_set) -> None:

@@ -75,7 +75,9 @@ def identify(record_dir: str | Path, evidence: Evidence | torch.Tensor, rule: st
         if record.learned is None:
             raise InputValidationError("this record has no learned rule; remake the copies with fit images "
                                        "(trace separate --calibrate-data) or choose --rule proximity")
-        return trace_learned(copies, scorer_from_dict(record.learned), x, rows, threshold)
+        calibrations = {name: Calibration.from_dict(record.calibration_for(name)) for name in FORMULA_RULES
+                        if record.calibration_for(name)}
+        return trace_learned(copies, scorer_from_dict(record.learned), x, rows, threshold, calibrations)
     stored = record.calibration_for(rule)
     calibration = Calibration.from_dict(stored) if stored else None
     return trace_scores(rule_scores(copies, x, (rule,))[rule], rule, calibration)

@@ -129,7 +129,7 @@ def regime_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[str
         if fooling.any():
             row.still_fooling_accuracy[rule] = float(correct[fooling].float().mean())
     if scorer is not None:
-        report = trace_learned(copies, scorer, x)
+        report = trace_learned(copies, scorer, x, calibrations=calibrations)
         top, conf, accused = report.per_example()
         correct = top == src
         row.rules["learned"] = RuleResult(
@@ -185,7 +185,7 @@ def control_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[st
             float(confidence_from_false_alarm(p.aggregate_false_alarm[p.aggregate_source], m)) >= CONFIDENT
             for p in pooled) / groups
     if scorer is not None:
-        report = trace_learned(copies, scorer, x)
+        report = trace_learned(copies, scorer, x, calibrations=calibrations)
         top, conf, accused = report.per_example()
         row.confident["learned"] = float(accused.float().mean())
         row.none_share = float((top == m).float().mean())

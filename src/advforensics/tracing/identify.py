@@ -146,15 +146,16 @@ class LearnedReport:
     """The learned rule's answer for a set of examples: per example, and pooled.
 
     Each example gets the scorer's probabilities over the m copies and "none of these copies", and
-    for each copy a false-alarm rate from the scorer's null; naming a copy states the confidence one
-    minus that rate. Pooling takes the renormalised geometric mean of the per-example probabilities
+    for each copy an error rate: the larger of one minus its learned probability and the smallest
+    null-calibrated false-alarm bound of the formula rules for that copy (two keys: both the learned
+    rule and a formula rule must vouch for an accusation). Naming a copy states one minus that rate. Pooling takes the renormalised geometric mean of the per-example probabilities
     (its argmax is the product rule's) and the geometric mean of the false-alarm rates, never their
     product: one attacker's examples are not independent (same images, same attack). A file whose
     confident accusations name two or more copies beyond the error rate a confidence promises is
     split into per-source groups, with no single verdict (`one_source` False)."""
 
     probabilities: torch.Tensor  # (B, m + 1), last column "none of these copies"
-    false_alarm: torch.Tensor  # (B, m)
+    false_alarm: torch.Tensor  # (B, m) error rate of naming each copy
     rows: list[int]
     threshold: float = CONFIDENT
 
@@ -212,15 +213,31 @@ class LearnedReport:
         }
 
 
+def two_key_error(probabilities: torch.Tensor, scores: dict[str, torch.Tensor],
+                  calibrations: dict[str, Calibration]) -> torch.Tensor:
+    """(B, m) error rate of naming each copy: max(1 - learned probability, min over the calibrated
+    formula rules of their false-alarm bound (m - 1) p). Without calibrations, the learned alone."""
+    m = probabilities.shape[1] - 1
+    learned = 1.0 - probabilities[:, :m]
+    bounds = [((m - 1) * cal.false_alarm_rate(scores[rule]).float()).clamp(max=1.0)
+              for rule, cal in calibrations.items() if rule in scores]
+    if not bounds:
+        return learned
+    return torch.maximum(learned, torch.stack(bounds).amin(0))
+
+
 def trace_learned(copies: CopySet, scorer: torch.nn.Module, x: torch.Tensor, rows: list[int] | None = None,
-                  threshold: float = CONFIDENT) -> LearnedReport:
-    """Trace examples x (B, C, H, W) in [0, 1] with a fitted learned scorer (learned.py)."""
-    from advforensics.tracing.scores import copy_features
+                  threshold: float = CONFIDENT, calibrations: dict[str, Calibration] | None = None) -> LearnedReport:
+    """Trace examples x (B, C, H, W) in [0, 1] with a fitted learned scorer (learned.py); `calibrations`
+    (rule -> the record's Calibration) are the second key of every accusation."""
+    from advforensics.tracing.scores import copy_features, rule_scores
 
     if len(x) == 0:
         raise InputValidationError("no examples to trace")
     features, context = copy_features(copies, x)
     with torch.no_grad():
         probabilities = scorer(features, context)
-    return LearnedReport(probabilities=probabilities, false_alarm=scorer.false_alarm(probabilities[:, :-1]),
+    calibrations = calibrations or {}
+    scores = rule_scores(copies, x, tuple(calibrations)) if calibrations else {}
+    return LearnedReport(probabilities=probabilities, false_alarm=two_key_error(probabilities, scores, calibrations),
                          rows=list(range(len(x))) if rows is None else list(rows), threshold=threshold)

@@ -13,10 +13,11 @@ make examples of every regime itself and learn how the per-copy features combine
 - `LearnedScorer` scores each copy with one small network shared by all copies (so it is
   permutation-equivariant and takes any number of copies), and adds a "none" alternative scored
   from the shared context; a softmax over the m + 1 alternatives gives probabilities.
-- `fit_learned_rule` trains it, then fits a temperature on held-out simulated images, and keeps
-  as its null the probabilities that would name a wrong copy on those images (controls, and
-  sources' innocent copies): an accusation's confidence is one minus the null's share above it,
-  the same promise the formula rules make with their null.
+- `fit_learned_rule` trains it, then fits a temperature on held-out simulated images.
+
+An accusation needs two keys (identify.py): the learned probability, and a formula rule that names
+the same copy with the confidence of its own null; the stated confidence is the weaker of the two.
+On field controls the learned probability alone over-accused (1.4-3% at 0.99; docs/tracing.md).
 
 The rule is stored in the seller record as plain JSON (numbers only, covered by the record hash).
 """
@@ -179,9 +180,6 @@ class LearnedScorer(nn.Module):
         self.register_buffer("context_mean", torch.zeros(context_inputs))
         self.register_buffer("context_std", torch.ones(context_inputs))
         self.register_buffer("temperature", torch.ones(()))
-        # sorted top-copy probabilities where naming a copy would be wrong (held-out simulated controls,
-        # and the best innocent copy of simulated sources): the null behind an accusation's confidence
-        self.register_buffer("null", torch.zeros(0))
 
     def logits(self, features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """features (B, m, F), context (B, Cx) -> untempered logits (B, m + 1); the last is "none"."""
@@ -196,13 +194,6 @@ class LearnedScorer(nn.Module):
     def forward(self, features: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """Calibrated probabilities (B, m + 1)."""
         return torch.softmax(self.logits(features, context) / self.temperature, dim=1)
-
-    def false_alarm(self, copy_probabilities: torch.Tensor) -> torch.Tensor:
-        """(B, m) probabilities of the copies -> (B, m) share of the null at least as high (+1 smoothed):
-        how often naming a copy at that probability would be wrong. An accusation's confidence is one
-        minus this, so a stated 0.99 is wrong at most 1% of the time on evidence like the null's."""
-        above = len(self.null) - torch.searchsorted(self.null, copy_probabilities.contiguous(), right=False)
-        return (above.float() + 1) / (len(self.null) + 1)
 
 
 @dataclass
@@ -263,15 +254,7 @@ def fit_learned_rule(data: SimulatedSet, config: FitConfig | None = None) -> Lea
 
     opt.step(closure)
     model.temperature.fill_(float(log_t.detach().exp()))
-    with torch.no_grad():
-        probs = model(data.features[tune], data.context[tune])[:, :-1]  # (N, m)
-    target = data.target[tune]
-    wrong = probs.clone()
-    sources = target < probs.shape[1]
-    wrong[sources.nonzero().squeeze(1), target[sources]] = -1.0  # only innocent copies count
-    model.null = wrong.max(1).values.sort().values
-    log.info("learned rule temperature %.3f on %d held-out examples; null of %d", float(model.temperature),
-             len(tune), len(model.null))
+    log.info("learned rule temperature %.3f on %d held-out examples", float(model.temperature), len(tune))
     return model
 
 
@@ -291,10 +274,7 @@ def scorer_from_dict(payload: dict[str, Any]) -> LearnedScorer:
     model = LearnedScorer(len(COPY_FEATURES), len(CONTEXT_FEATURES), int(payload["hidden"]))
     try:
         state = {k: torch.tensor(v, dtype=torch.float32) for k, v in payload["state"].items()}
-        model.null = torch.zeros(len(state["null"]))
         model.load_state_dict(state)
-        if len(model.null) == 0 or bool((model.null.diff() < 0).any()):
-            raise ValueError("its null is empty or unsorted")
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"the record's learned rule does not load: {error}") from None
     return model.eval()
