@@ -21,8 +21,10 @@ import torch
 from advforensics.models import create_model, load_model
 from advforensics.tracing.copies import CopyParams, CopySet, inverse_permutations
 from advforensics.tracing.names import FORMULA_RULES
+from advforensics.tracing.calibration import Calibration
+from advforensics.tracing.identify import trace_learned
 from advforensics.tracing.learned import LearnedScorer
-from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_features, copy_scores
+from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_scores
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import create_tracer
 
@@ -70,14 +72,15 @@ def main() -> None:
             for b in batches:
                 copies.shared_pass(b)
 
-    scorer = LearnedScorer(len(COPY_FEATURES), len(CONTEXT_FEATURES)).eval()  # cost does not depend on weights
+    # the learned rule's cost depends on neither the weights nor the calibration's values
+    scorer = LearnedScorer(len(COPY_FEATURES), len(CONTEXT_FEATURES)).eval()
+    null = torch.randn(200, copies.num_copies)
+    calibrations = {rule: Calibration.from_scores(null, torch.zeros(200, dtype=torch.int64), rule=rule)
+                    for rule in FORMULA_RULES}
 
     def full_scoring(rule: str) -> None:  # the library call users make, input checks included
-        if rule == "learned":  # features from the one shared pass, then the small per-copy network
-            features, context = copy_features(copies, x, batch_size=args.batch_size)
-            with torch.no_grad():
-                for f, c in zip(features.split(args.batch_size), context.split(args.batch_size)):
-                    scorer(f, c)
+        if rule == "learned":  # one shared pass, the small per-copy network and the formula key
+            trace_learned(copies, scorer, x, calibrations=calibrations)
         else:
             copy_scores(copies, x, rule, batch_size=args.batch_size)
 

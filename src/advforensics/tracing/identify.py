@@ -230,14 +230,13 @@ def trace_learned(copies: CopySet, scorer: torch.nn.Module, x: torch.Tensor, row
                   threshold: float = CONFIDENT, calibrations: dict[str, Calibration] | None = None) -> LearnedReport:
     """Trace examples x (B, C, H, W) in [0, 1] with a fitted learned scorer (learned.py); `calibrations`
     (rule -> the record's Calibration) are the second key of every accusation."""
-    from advforensics.tracing.scores import copy_features, rule_scores
+    from advforensics.tracing.scores import features_and_rules
 
     if len(x) == 0:
         raise InputValidationError("no examples to trace")
-    features, context = copy_features(copies, x)
+    features, context, scores = features_and_rules(copies, x)  # one shared pass for both keys
     with torch.no_grad():
         probabilities = scorer(features, context)
     calibrations = calibrations or {}
-    scores = rule_scores(copies, x, tuple(calibrations)) if calibrations else {}
     return LearnedReport(probabilities=probabilities, false_alarm=two_key_error(probabilities, scores, calibrations),
                          rows=list(range(len(x))) if rows is None else list(rows), threshold=threshold)

@@ -115,6 +115,16 @@ def _others_extreme(values: torch.Tensor, largest: bool) -> torch.Tensor:
 def copy_features(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """What the learned rule reads, from ONE shared pass: x (B, C, H, W) ->
     (per-copy features (B, m, len(COPY_FEATURES)), context (B, len(CONTEXT_FEATURES))).
+    `features_and_rules` also returns every formula rule's scores from the same pass.
+"""
+    features, context, _ = features_and_rules(copies, x, batch_size)
+    return features, context
+
+
+@torch.no_grad()
+def features_and_rules(copies: CopySet, x: torch.Tensor,
+                       batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """`copy_features` and {rule: (B, m)} of every formula rule, from one shared pass.
 
     Two kinds of evidence, because attackers leave the boundary in two ways:
     - boundary-type (log_gap: how close copy i's top-2 scores are, in alpha units, log scale):
@@ -127,6 +137,7 @@ def copy_features(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> t
     check_images(x, "examples", channels=c, size=(h, w))
     alpha = float(copies.params.alpha)
     feats, ctxs = [], []
+    rules: dict[str, list[torch.Tensor]] = {rule: [] for rule in FORMULA_RULES}
     for chunk in x.split(batch_size):
         probs, t0 = copies.shared_pass(chunk)  # (B, K), (B, K)
         traced = copies.traced_outputs(t0)  # (B, m, K)
@@ -147,6 +158,9 @@ def copy_features(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> t
         rival = masked.argmax(2)  # (B, m)
         own_dir = traced.gather(2, label.unsqueeze(2)).squeeze(2) - traced.gather(2, rival.unsqueeze(2)).squeeze(2)
         dol = dol_from_scores(scores, traced)
+        rules["dol"].append(dol)
+        rules["margin"].append(margin_from_scores(scores, probs))
+        rules["proximity"].append(-gap)
         fooled = (label != c1.unsqueeze(1)).float()
         third = ((label != c1.unsqueeze(1)) & (label != c2.unsqueeze(1))).float()
         feats.append(torch.stack([
@@ -157,5 +171,7 @@ def copy_features(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> t
             _log_units(c_gap, alpha), (c_gap / alpha).clamp(max=20), fooled.mean(1), log_gap.amin(1),
             c_top2.values[:, 0], (label == label[:, :1]).all(1).float()], dim=1))
     if not feats:
-        return torch.empty(0, copies.num_copies, len(COPY_FEATURES)), torch.empty(0, len(CONTEXT_FEATURES))
-    return torch.cat(feats), torch.cat(ctxs)
+        m = copies.num_copies
+        return (torch.empty(0, m, len(COPY_FEATURES)), torch.empty(0, len(CONTEXT_FEATURES)),
+                {rule: torch.empty(0, m) for rule in FORMULA_RULES})
+    return torch.cat(feats), torch.cat(ctxs), {rule: torch.cat(parts) for rule, parts in rules.items()}
