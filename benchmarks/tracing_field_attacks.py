@@ -35,6 +35,7 @@ from torch import nn
 from advforensics.attacks import create_attack
 from advforensics.data import load_dataset
 from advforensics.tracing.copies import CopySet
+from advforensics.tracing.experiment import ClassifierOracle
 from advforensics.tracing.record import load_copies
 from advforensics.tracing.tracer import create_tracer
 
@@ -42,20 +43,6 @@ log = logging.getLogger("tracing_field_attacks")
 
 ART_HSJ = {"max_iter": 20, "max_eval": 1000, "init_eval": 100}
 ART_BOUNDARY = {"max_iter": 200}
-
-
-class Softmax(nn.Module):
-    """A classifier as a black box that returns probabilities, always in eval mode."""
-
-    def __init__(self, classifier: nn.Module) -> None:
-        super().__init__()
-        self.classifier = classifier.eval()
-
-    def train(self, mode: bool = True) -> Softmax:
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.classifier(x.float()), dim=1)
 
 
 class NoiseAveragedOracle(nn.Module):
@@ -196,8 +183,8 @@ def targets(kind: str, copies: CopySet, seed: int, unrelated: Path) -> list[tupl
     if kind == "an unrelated model":
         from advforensics.models import load_model
 
-        return [(Softmax(load_model(unrelated)[0].eval()), -1)]
-    return [(Softmax(copies.classifier), -1)]
+        return [(ClassifierOracle(load_model(unrelated)[0].eval()), -1)]
+    return [(ClassifierOracle(copies.classifier), -1)]
 
 
 def main() -> None:
