@@ -2,7 +2,8 @@
 
 Each set is crafted on the copies of a seller record (or, for controls, on models that are NOT
 those copies) and cached as OUT/<set>.npz with x_adv, clean, labels and sources (-1 = no copy).
-Sets are resumable one by one, so a long run can be split across processes:
+Sets are resumable one by one, so a long run can be split across processes (the fb-* sets need
+foolbox: `pip install -e ".[field]"`):
 
     python benchmarks/tracing_field_attacks.py --record runs/field/copies --data-dir ../shared/data \
         --out runs/field/evidence --sets art-hsj,art-boundary --per-source 45 --seed 0
