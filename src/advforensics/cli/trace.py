@@ -159,15 +159,16 @@ def _named(source: int | None) -> str:
 
 def _print_learned(payload: dict, show: int) -> None:
     click.echo(f"{payload['num_examples']} examples, {payload['num_copies']} copies, rule learned "
-               f"(accusation at probability >= {payload['threshold']})")
+               f"(accused at confidence >= {payload['threshold']}: the learned probability and a formula "
+               "rule's null must both reach it)")
     for row in payload["per_example"][:show]:
         verdict = "ACCUSED" if row["accused"] else "undecided" if row["source"] is not None else ""
-        click.echo(f"  row {row['row']}: {_named(row['source'])}  probability {row['confidence']:.4f}  {verdict}".rstrip())
+        click.echo(f"  row {row['row']}: {_named(row['source'])}  confidence {row['confidence']:.4f}  {verdict}".rstrip())
     if not payload["one_source"]:
         click.echo(f"several sources: copies accused {payload['accusations']} times; one verdict per group")
     for group in payload["groups"]:
         label = "pooled" if payload["one_source"] else f"group of {len(group['rows'])}"
-        click.echo(f"{label}: {_named(group['source'])}  probability {group['confidence']:.4f}"
+        click.echo(f"{label}: {_named(group['source'])}  confidence {group['confidence']:.4f}"
                    + ("  ACCUSED" if group["accused"] else ""))
 
 
