@@ -34,7 +34,7 @@ from torch import nn
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.evidence.transforms import reencode
 from advforensics.tracing.behaviours import along, low_pass, transfer_seeking
-from advforensics.tracing.calibration import min_norm_points
+from advforensics.tracing.calibration import boundary_points, min_norm_points
 from advforensics.tracing.copies import CopySet
 from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_features
 from advforensics.tracing.tracer import create_tracer
@@ -57,6 +57,8 @@ class SimulationConfig:
     landing: tuple[float, float] = (1e-5, 3e-3)  # log-uniform relative overshoot of the attack's end point
     overshoot: tuple[float, float] = (1.02, 1.5)
     variants: int = 3  # behaviour x re-encoding draws per boundary point (the points are the cost)
+    imprecision: float = 1.2  # largest turn of an imprecise attack's direction, relative to its norm
+    imprecise_share: float = 0.7
     look_alike_seed: int = 7919  # not the study's look-alike control (seed 1000): that one stays unseen
     seed: int = 0
 
@@ -109,6 +111,27 @@ def _behave(copies: CopySet, model: nn.Module, behaviour: str, source: torch.Ten
     return pushed
 
 
+def _imprecise(model: nn.Module, x0: torch.Tensor, x_b: torch.Tensor, ok: torch.Tensor, config: SimulationConfig,
+               gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real attacks land on the boundary along a worse direction than the minimal one (HopSkipJump's
+    median L2 is 1.3x min-norm's here): for a share of the points, turn the perturbation by random
+    noise of up to `config.imprecision` of its norm and land on the boundary along the new direction."""
+    if config.imprecision <= 0:
+        return x_b, ok
+    rows = (torch.rand(len(x0), generator=gen) < config.imprecise_share) & ok
+    if not rows.any():
+        return x_b, ok
+    delta = x_b[rows] - x0[rows]
+    noise = torch.randn(delta.shape, generator=gen)
+    scale = delta.flatten(1).norm(dim=1) * config.imprecision * torch.rand(int(rows.sum()), generator=gen)
+    noise = noise * (scale / noise.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+    far = (x0[rows] + 2.0 * (delta + noise)).clamp(0, 1)  # past the boundary along the turned direction
+    landed, valid = boundary_points(model, x0[rows], far)
+    out, keep = x_b.clone(), ok.clone()
+    out[rows] = torch.where(valid.view(-1, 1, 1, 1), landed, x_b[rows])
+    return out, keep
+
+
 def simulate(copies: CopySet, images: torch.Tensor, labels: torch.Tensor,
              config: SimulationConfig | None = None) -> SimulatedSet:
     """Simulated evidence on every copy and on the controls, from clean `images` (N, C, H, W) with their
@@ -137,6 +160,7 @@ def simulate(copies: CopySet, images: torch.Tensor, labels: torch.Tensor,
             x_b, ok = x0, torch.ones(len(x0), dtype=torch.bool)
         else:
             x_b, ok = min_norm_points(model, x0, y)  # the cost of the simulation; variants reuse it
+            x_b, ok = _imprecise(model, x0, x_b, ok, config, gen)
         source = torch.full((len(x0),), target if target < m else -1)
         for _ in range(1 if model is None else config.variants):
             if model is None:
