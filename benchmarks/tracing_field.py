@@ -16,7 +16,6 @@ so every set here is evidence it never saw. Sets are tagged by role:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
