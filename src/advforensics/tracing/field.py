@@ -146,8 +146,7 @@ def regime_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[str
 
 def _pooled_source(report: LearnedReport, rows: torch.Tensor) -> int | None:
     """The pooled verdict of some rows (None: none of these copies, or the rows were split as mixed)."""
-    sub = LearnedReport(probabilities=report.probabilities[rows], false_alarm=report.false_alarm[rows],
-                        rows=rows.tolist(), threshold=report.threshold)
+    sub = report.subset(rows)
     return sub.groups()[0].source if sub.one_source else None
 
 
@@ -192,8 +191,7 @@ def control_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[st
         row.reliability = reliability(conf, top == m)
         hits = 0
         for g in pools:
-            sub = LearnedReport(probabilities=report.probabilities[g], false_alarm=report.false_alarm[g], rows=g.tolist())
-            hits += any(grp.source is not None and grp.confidence >= CONFIDENT for grp in sub.groups())
+            hits += any(grp.source is not None and grp.confidence >= CONFIDENT for grp in report.subset(g).groups())
         row.pooled10_confident["learned"] = hits / groups
     return row
 

@@ -163,6 +163,11 @@ class LearnedReport:
     def num_copies(self) -> int:
         return int(self.probabilities.shape[1]) - 1
 
+    def subset(self, index: torch.Tensor) -> LearnedReport:
+        """The report of some of the examples (index (k,) into this report's rows)."""
+        return LearnedReport(probabilities=self.probabilities[index], false_alarm=self.false_alarm[index],
+                             rows=[self.rows[int(i)] for i in index], threshold=self.threshold)
+
     def per_example(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(named (B,): a copy index, or m for none; confidence (B,); accused (B,) bool)."""
         named = self.probabilities.argmax(1)
