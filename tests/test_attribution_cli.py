@@ -75,7 +75,7 @@ def test_corpus_train_evaluate_predict_round_trip(workdir):
     assert r.exit_code == 0, r.output
     preds = json.loads(r.output)
     assert len(preds) == 3 and preds[0]["attack"] in ("fgsm", "pgd-linf")
-    assert preds[0]["victim"] in ("lenet", "lenet-w1", "lenet-w0")
+    assert preds[0]["victim"] == "lenet" and preds[0]["row"] == 0  # the architecture, and the row it answers
     np.savez(root / "big.npz", images=np.zeros((2, 1, 28, 28), np.uint8))
     r = _run(["attribution", "predict", "--model", str(model), str(root / "big.npz")])
     assert r.exit_code == 2 and "size" in r.output
@@ -97,7 +97,8 @@ def test_corpus_train_evaluate_predict_round_trip(workdir):
               str(root / "report-1x1"), "--json", str(root / "eval-1x1.json")])
     assert r.exit_code == 0, r.output
     sub = json.loads((root / "eval-1x1.json").read_text())
-    assert sub["attack_names"] == ["pgd-linf"] and sub["victim_names"] == ["lenet-w1"] and sub["n"] < metrics["n"]
+    # the victim label is the architecture: both lenets are one class
+    assert sub["attack_names"] == ["pgd-linf"] and sub["victim_names"] == ["lenet"] and sub["n"] < metrics["n"]
     r = _run(["attribution", "train", "--corpus", str(root / "corpus"), "--out", str(root / "x.safetensors"),
               "--attacks", "cw-l2", "--no-progress"])
     assert r.exit_code == 2 and "cw-l2" in r.output and not (root / "x.safetensors").exists()
@@ -137,9 +138,10 @@ def test_side_features_train_evaluate_predict(workdir, tmp_path):
               "--no-progress"])
     assert r.exit_code == 0, r.output
     card = json.loads(model.with_suffix(".json").read_text())
-    assert card["config"]["histogram"] and card["config"]["probe_victims"] == ["lenet", "lenet-w1"]
+    assert card["config"]["histogram"] and card["config"]["probe_victims"] == ["lenet-w0", "lenet-w1"]
     assert card["config"]["hyper_per_attack"]
-    assert set(card["probe_weights_sha256"]) == {"lenet", "lenet-w1"}
+    assert set(card["probe_weights_sha256"]) == {"lenet-w0", "lenet-w1"}
+    assert card["config"]["probe_victim_classes"] == [0, 0]  # both are class "lenet"
     r = _run(["attribution", "evaluate", "--corpus", str(corpus_dir), "--model", str(model), "--out",
               str(tmp_path / "report"), "--json", str(tmp_path / "eval.json")])
     assert r.exit_code == 0, r.output

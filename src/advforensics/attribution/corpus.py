@@ -45,7 +45,7 @@ from advforensics.utils import (atomic_write_bytes, check_images, check_labels, 
 log = logging.getLogger(__name__)
 
 FORMAT = "advforensics-attribution-corpus"
-VERSION = 1
+VERSION = 2  # 2: variants, per-example params, victim architecture, unreached C&W examples dropped
 MANIFEST = "manifest.json"
 CLEAN_FILE = "clean.npz"
 
@@ -54,15 +54,19 @@ COLUMNS: dict[str, Any] = {
     "clean_pos": np.int64,  # row of clean.npz this example was made from
     "clean_index": np.int64,  # index of the clean image in its data set (the split key)
     "clean_label": np.int64,
-    "attack": object,
-    "victim": object,
-    "hyper": np.float32,  # eps * 255 (FGSM/PGD) or kappa (C&W); 0 for clean
+    "attack": object,  # the attack family (the attributor's label), "clean" for clean and benign rows
+    "variant": object,  # the grid variant's key (family~variant), or the benign change of a clean row
+    "implementation": object,  # "advforensics" or "art" ("" for clean rows)
+    "params": object,  # JSON: every parameter the example was made with, the value and seed included
+    "victim": object,  # the victim model's name in the corpus
+    "victim_arch": object,  # its architecture (the attributor's victim label)
+    "hyper": np.float32,  # eps * 255 (FGSM/PGD/Square) or kappa (C&W); 0 for clean and DeepFool
     "success": np.bool_,
     "predicted": np.int64,  # victim's label of the stored (quantised) evidence
     "l2": np.float32,
     "linf": np.float32,
     "margin": np.float32,  # best other logit - true logit on the stored evidence (> 0: fooled)
-    "reached": np.bool_,  # C&W: margin >= kappa reached (extras); True for the others
+    "reached": np.bool_,  # C&W: the attack's own output holds margin >= kappa; True for the others
 }
 
 
@@ -73,6 +77,8 @@ class CorpusConfig:
     shard_images: clean images per work unit. batch_size: attack batch. quantize: 8-bit evidence.
     victim_params: per-victim, per-attack extra keyword arguments, e.g. a C&W kappa scale
         {"resnet18": {"cw-l2": {"kappa_scale": 0.1}}} (kappa must be scaled to a victim's logits).
+    keep_unreached: also store C&W examples that fool the victim without reaching their kappa (their
+        `reached` column is False); by default only examples that hold their stated strength are kept.
     """
 
     shard_images: int = 256
@@ -80,6 +86,7 @@ class CorpusConfig:
     quantize: bool = True
     seed: int = 0
     victim_params: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    keep_unreached: bool = False
 
     def __post_init__(self) -> None:
         if self.shard_images < 1:
@@ -103,17 +110,23 @@ AttackRunner = Callable[[AttackSpec, nn.Module, torch.Tensor, torch.Tensor, int,
 
 def run_grid_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int,
                     extra: dict[str, Any]) -> list[CellResult]:
-    """Run every hyperparameter value of `spec` on (x, y) with the project's attacks.
+    """Run every hyperparameter value of `spec` on (x, y), with the project's attacks or ART's.
 
     FGSM uses `fgsm_multi_eps`: one gradient serves all epsilons (bit-identical to separate calls).
     C&W with `warm_search_steps`/`warm_steps` among its params uses `cw_kappa_sweep`: each kappa
     continues from the next smaller one's examples (not bit-identical; benchmarks/cw_sweep.py).
+    PGD's step is `alpha_ratio` * eps (default 0.25) or a fixed `alpha255` / 255.
     """
     from advforensics.attacks import create_attack
     from advforensics.attacks.cw import cw_kappa_sweep
     from advforensics.attacks.fgsm import fgsm_multi_eps
 
     params = {**spec.params, **extra}
+    if spec.implementation == "art":
+        from advforensics.attribution.art_runner import run_art_values
+
+        return [CellResult(v, x_adv) for v, x_adv in
+                zip(spec.values, run_art_values(spec.name, spec.values, params, model, x, y, seed))]
     if spec.name == "fgsm":
         results = fgsm_multi_eps(model, x, y, [v / 255.0 for v in spec.values])
         return [CellResult(v, r.x_adv) for v, r in zip(spec.values, results)]
@@ -124,16 +137,17 @@ def run_grid_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torc
     for value in spec.values:
         if spec.name == "pgd-linf":
             p = dict(params)
-            ratio = float(p.pop("alpha_ratio", 0.25))
             eps = value / 255.0
-            result = create_attack("pgd-linf", eps=eps, alpha=ratio * eps, seed=seed, **p)(model, x, y)
+            alpha = float(p.pop("alpha255")) / 255.0 if "alpha255" in p else float(p.pop("alpha_ratio", 0.25)) * eps
+            p.pop("alpha_ratio", None)
+            result = create_attack("pgd-linf", eps=eps, alpha=alpha, seed=seed, **p)(model, x, y)
             out.append(CellResult(value, result.x_adv))
         elif spec.name == "cw-l2":
             result = create_attack("cw-l2", kappa=float(value), **params)(model, x, y)
             reached = result.extras.get("reached")
             out.append(CellResult(value, result.x_adv, None if reached is None else reached.bool()))
         else:  # pragma: no cover - AttackSpec validates names
-            raise InputValidationError(f"no runner for attack {spec.name!r}")
+            raise InputValidationError(f"no runner for attack {spec.name!r} in {spec.implementation}")
     return out
 
 
@@ -234,7 +248,7 @@ class CorpusReport:
 
 def _plan_units(victims: Sequence[str], grid: GridSpec, n_clean: int, shard_images: int
                 ) -> list[tuple[str, str, str, int, int]]:
-    """(unit_id, victim, attack, start, stop) for every work unit, in generation order."""
+    """(unit_id, victim, attack variant key, start, stop) for every work unit, in generation order."""
     chunks = [(start, min(start + shard_images, n_clean)) for start in range(0, n_clean, shard_images)]
     plan = []
     for k, (start, stop) in enumerate(chunks):
@@ -243,7 +257,7 @@ def _plan_units(victims: Sequence[str], grid: GridSpec, n_clean: int, shard_imag
     for victim in victims:
         for spec in grid.attacks:
             for k, (start, stop) in enumerate(chunks):
-                plan.append((f"{victim}__{spec.name}__{k:05d}", victim, spec.name, start, stop))
+                plan.append((f"{victim}__{spec.key}__{k:05d}", victim, spec.key, start, stop))
     return plan
 
 
@@ -255,74 +269,154 @@ def _check_victim_names(victims: Mapping[str, nn.Module]) -> None:
             raise InputValidationError(f"invalid victim name {name!r} (no '__', '/', or 'clean')")
 
 
+def victim_architectures(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """victim name -> architecture name, from the manifest's victim_info (the name itself without it)."""
+    info = manifest.get("victim_info", {}) or {}
+    return {v: str(((info.get(v) or {}).get("architecture") or {}).get("name", v)) for v in manifest["victims"]}
+
+
+def _assign_values(n_images: int, n_values: int, per_image: int | None, seed: int) -> np.ndarray:
+    """(n_images, n_values) bool: which values each image is attacked with (all, or `per_image` at random)."""
+    if per_image is None or per_image >= n_values:
+        return np.ones((n_images, n_values), bool)
+    rng = np.random.default_rng(seed)
+    chosen = np.argsort(rng.random((n_images, n_values)), axis=1)[:, :per_image]
+    mask = np.zeros((n_images, n_values), bool)
+    np.put_along_axis(mask, chosen, True, axis=1)
+    return mask
+
+
+def _draws_variant(grid: GridSpec, spec: AttackSpec, victim: str, clean_index: np.ndarray, seed: int) -> np.ndarray:
+    """(B,) bool: which clean images draw `spec` among its family's variants on `victim` (one each)."""
+    keys = [a.key for a in grid.variants_of(spec.name)]
+    draws = np.array([int(hashlib.sha256(f"{seed}:{victim}:{spec.name}:{i}".encode()).hexdigest()[:8], 16) % len(keys)
+                      for i in clean_index])
+    return draws == keys.index(spec.key)
+
+
+class _Rows:
+    """Column lists of one unit's stored rows."""
+
+    def __init__(self) -> None:
+        self.images: list[np.ndarray] = []
+        self.cols: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS}
+
+    def add(self, images: np.ndarray, **columns: Any) -> None:
+        n = len(images)
+        if n == 0:
+            return
+        self.images.append(images)
+        for name, dtype in COLUMNS.items():
+            value = columns[name]
+            if dtype is object:
+                array = np.array(list(value) if isinstance(value, (list, np.ndarray)) else [value] * n, dtype=object)
+            else:
+                array = np.broadcast_to(np.asarray(value, dtype=dtype), (n,)).copy()
+            self.cols[name].append(array)
+
+    def stacked(self, shape: tuple[int, ...], quantize: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        dtype = np.uint8 if quantize else np.float32
+        images = np.concatenate(self.images) if self.images else np.zeros((0, *shape), dtype)
+        columns = {name: (np.concatenate(parts) if parts else np.zeros(0, dtype=COLUMNS[name]))
+                   for name, parts in self.cols.items()}
+        return images, columns
+
+
+def _clean_unit(x: torch.Tensor, y: torch.Tensor, pos: np.ndarray, indices: np.ndarray, grid: GridSpec,
+                config: CorpusConfig, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The clean images as they are, and once per benign change (all labelled "clean")."""
+    from advforensics.evidence.transforms import reencode
+
+    rows = _Rows()
+    for change in ("none", *grid.benign):
+        changed = reencode(x, change, seed=seed) if change != "none" else x
+        delta = (changed - x).flatten(1)
+        rows.add(_to_storage(changed, config.quantize), clean_pos=pos, clean_index=indices[pos],
+                 clean_label=y.numpy(), attack=CLEAN, variant=change, implementation="",
+                 params=json.dumps({"change": change, "seed": seed}), victim=CLEAN, victim_arch=CLEAN, hyper=0.0,
+                 success=False, predicted=y.numpy(), l2=delta.norm(dim=1).numpy(), linf=delta.abs().amax(dim=1).numpy(),
+                 margin=np.nan, reached=True)
+    return rows.stacked(tuple(x.shape[1:]), config.quantize)
+
+
 def _generate_unit(unit: tuple[str, str, str, int, int], grid: GridSpec, victims: Mapping[str, nn.Module],
-                   x_all: torch.Tensor, y_all: torch.Tensor, indices: np.ndarray, config: CorpusConfig,
-                   runner: AttackRunner) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict[str, Any]], int]:
-    """Make one unit's evidence and label rows; return (images, columns, cell stats, attack runs)."""
-    unit_id, victim, attack, start, stop = unit
+                   arch: Mapping[str, str], x_all: torch.Tensor, y_all: torch.Tensor, indices: np.ndarray,
+                   config: CorpusConfig, runner: AttackRunner
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray], list[dict[str, Any]], int]:
+    """Make one unit's evidence and label rows; return (images, columns, cell stats, attack runs).
+
+    A row is stored when the stored (quantised) image fools the victim and, for C&W, the attack's own
+    output holds the stated kappa (unless `config.keep_unreached`).
+    """
+    unit_id, victim, key, start, stop = unit
     x, y = x_all[start:stop], y_all[start:stop]  # (B, C, H, W), (B,)
     pos = np.arange(start, stop, dtype=np.int64)
-    if attack == CLEAN:
-        n = len(pos)
-        cols = {"clean_pos": pos, "clean_index": indices[pos], "clean_label": y.numpy().astype(np.int64),
-                "attack": np.array([CLEAN] * n, dtype=object), "victim": np.array([CLEAN] * n, dtype=object),
-                "hyper": np.zeros(n, np.float32), "success": np.zeros(n, bool), "predicted": y.numpy().astype(np.int64),
-                "l2": np.zeros(n, np.float32), "linf": np.zeros(n, np.float32),
-                "margin": np.full(n, np.nan, np.float32), "reached": np.ones(n, bool)}
-        return _to_storage(x, config.quantize), cols, [], 0
-    model = victims[victim]
-    spec = grid.attack(attack)
     seed = _unit_seed(config.seed, unit_id)
+    if key == CLEAN:
+        stacked, columns = _clean_unit(x, y, pos, indices, grid, config, seed)
+        return stacked, columns, [], 0
+    model = victims[victim]
+    spec = grid.variant(key)
     torch.manual_seed(seed)
-    extra = config.victim_params.get(victim, {}).get(attack, {})
+    extra = config.victim_params.get(victim, {}).get(spec.name, {})
+    kappa_scale = float({**spec.params, **extra}.get("kappa_scale", 1.0))
     clean_pred = _logits(model, x, config.batch_size).argmax(dim=1)
     correct = clean_pred == y  # attack only images the victim gets right
+    if grid.variants_per_image == 1:  # and only those that drew this variant of the family
+        correct &= torch.from_numpy(_draws_variant(grid, spec, victim, indices[pos], config.seed))
     xc, yc, pc = x[correct], y[correct], pos[correct.numpy()]
-    images: list[np.ndarray] = []
-    cols: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS}
-    stats: dict[float, dict[str, Any]] = {float(v): {"attack": attack, "victim": victim, "hyper": float(v),
-                                                     "attempted": 0, "succeeded": 0, "reached": 0}
-                                          for v in spec.values}
+    assigned = _assign_values(len(xc), len(spec.values), grid.values_per_image, seed)  # (n, V)
+    rows = _Rows()
+    stats: dict[float, dict[str, Any]] = {float(v): {"attack": spec.name, "variant": spec.key, "victim": victim,
+                                                     "hyper": float(v), "attempted": 0, "succeeded": 0, "reached": 0,
+                                                     "stored": 0} for v in spec.values}
     runs = 0
     device = module_device(model)
-    for b0 in range(0, len(xc), config.batch_size):
-        xb, yb, pb = xc[b0:b0 + config.batch_size], yc[b0:b0 + config.batch_size], pc[b0:b0 + config.batch_size]
-        cells = runner(spec, model, xb.to(device), yb.to(device), seed + b0, extra)
-        runs += len(xb) * len(cells)
-        for cell in cells:
-            x_adv = cell.x_adv.detach().cpu()
-            x_adv = _quantise(x_adv) if config.quantize else x_adv.clamp(0, 1)  # (b, C, H, W)
-            logits = _logits(model, x_adv, config.batch_size)
-            pred = logits.argmax(dim=1)
-            ok = pred != yb
-            reached = cell.reached.cpu() if cell.reached is not None else torch.ones_like(ok)
-            st = stats[float(cell.hyper)]
-            st["attempted"] += int(len(xb))
-            st["succeeded"] += int(ok.sum())
-            st["reached"] += int((reached & ok).sum())
-            if not ok.any():
-                continue
-            keep = ok.numpy()
-            delta = (x_adv - xb).flatten(1)
-            images.append(_to_storage(x_adv[ok], config.quantize))
-            n = int(ok.sum())
-            cols["clean_pos"].append(pb[keep])
-            cols["clean_index"].append(indices[pb[keep]])
-            cols["clean_label"].append(yb[ok].numpy().astype(np.int64))
-            cols["attack"].append(np.array([attack] * n, dtype=object))
-            cols["victim"].append(np.array([victim] * n, dtype=object))
-            cols["hyper"].append(np.full(n, cell.hyper, np.float32))
-            cols["success"].append(np.ones(n, bool))
-            cols["predicted"].append(pred[ok].numpy().astype(np.int64))
-            cols["l2"].append(delta.norm(dim=1)[ok].numpy().astype(np.float32))
-            cols["linf"].append(delta.abs().amax(dim=1)[ok].numpy().astype(np.float32))
-            cols["margin"].append(_margin(logits, yb)[ok].numpy().astype(np.float32))
-            cols["reached"].append(reached[ok].numpy().astype(bool))
-    shape = tuple(x.shape[1:])
-    dtype = np.uint8 if config.quantize else np.float32
-    stacked = np.concatenate(images) if images else np.zeros((0, *shape), dtype)
-    columns = {name: (np.concatenate(parts) if parts else np.zeros(0, dtype=COLUMNS[name]))
-               for name, parts in cols.items()}
+    # one runner call per value group: images assigned the same values run together
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(assigned):
+        groups.setdefault(tuple(np.flatnonzero(row)), []).append(i)
+    for value_ids, members in sorted(groups.items()):
+        sub_spec = AttackSpec(spec.name, tuple(spec.values[j] for j in value_ids), spec.params, spec.variant,
+                              spec.implementation) if len(value_ids) < len(spec.values) else spec
+        member_idx = np.asarray(members)
+        for b0 in range(0, len(member_idx), config.batch_size):
+            take = member_idx[b0:b0 + config.batch_size]
+            xb, yb, pb = xc[take], yc[take], pc[take]
+            batch_seed = seed + int(take[0]) + 7919 * len(value_ids)
+            cells = runner(sub_spec, model, xb.to(device), yb.to(device), batch_seed, extra)
+            runs += len(xb) * len(cells)
+            for cell in cells:
+                x_float = cell.x_adv.detach().cpu().clamp(0, 1)
+                x_adv = _quantise(x_float) if config.quantize else x_float  # (b, C, H, W)
+                logits = _logits(model, x_adv, config.batch_size)
+                pred = logits.argmax(dim=1)
+                ok = pred != yb
+                if spec.name == "cw-l2":  # the attack's own output must hold the stated margin
+                    reached = _margin(_logits(model, x_float, config.batch_size), yb) >= \
+                        float(cell.hyper) * kappa_scale - 1e-6
+                else:
+                    reached = torch.ones_like(ok)
+                keep = ok & (reached | config.keep_unreached)
+                st = stats[float(cell.hyper)]
+                st["attempted"] += int(len(xb))
+                st["succeeded"] += int(ok.sum())
+                st["reached"] += int((reached & ok).sum())
+                st["stored"] += int(keep.sum())
+                if not keep.any():
+                    continue
+                k = keep.numpy()
+                delta = (x_adv - xb).flatten(1)
+                params = json.dumps({**spec.params, **extra, "value": float(cell.hyper), "seed": batch_seed,
+                                     "implementation": spec.implementation, "variant": spec.key}, sort_keys=True,
+                                    default=str)
+                rows.add(_to_storage(x_adv[keep], config.quantize), clean_pos=pb[k], clean_index=indices[pb[k]],
+                         clean_label=yb[keep].numpy(), attack=spec.name, variant=spec.key,
+                         implementation=spec.implementation, params=params, victim=victim, victim_arch=arch[victim],
+                         hyper=float(cell.hyper), success=True, predicted=pred[keep].numpy(),
+                         l2=delta.norm(dim=1)[keep].numpy(), linf=delta.abs().amax(dim=1)[keep].numpy(),
+                         margin=_margin(logits, yb)[keep].numpy(), reached=reached[keep].numpy())
+    stacked, columns = rows.stacked(tuple(x.shape[1:]), config.quantize)
     cell_stats = []
     for st in stats.values():
         st["success_rate"] = st["succeeded"] / st["attempted"] if st["attempted"] else 0.0
@@ -379,16 +473,18 @@ def _aggregate_cells(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     totals: dict[tuple[str, str, float], dict[str, Any]] = {}
     for entry in manifest["units"].values():
         for cell in entry.get("cells", []):
-            key = (cell["victim"], cell["attack"], float(cell["hyper"]))
-            agg = totals.setdefault(key, {"victim": key[0], "attack": key[1], "hyper": key[2],
-                                          "attempted": 0, "succeeded": 0, "reached": 0})
-            for name in ("attempted", "succeeded", "reached"):
-                agg[name] += int(cell[name])
+            variant = cell.get("variant", cell["attack"])
+            key = (cell["victim"], variant, float(cell["hyper"]))
+            agg = totals.setdefault(key, {"victim": key[0], "attack": cell["attack"], "variant": variant,
+                                          "hyper": key[2], "attempted": 0, "succeeded": 0, "reached": 0,
+                                          "stored": 0})
+            for name in ("attempted", "succeeded", "reached", "stored"):
+                agg[name] += int(cell.get(name, 0))
     out = []
     for agg in totals.values():
         agg["success_rate"] = agg["succeeded"] / agg["attempted"] if agg["attempted"] else 0.0
         out.append(agg)
-    return sorted(out, key=lambda c: (c["victim"], c["attack"], c["hyper"]))
+    return sorted(out, key=lambda c: (c["victim"], c["variant"], c["hyper"]))
 
 
 def _aggregate_throughput(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -440,7 +536,8 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
     y_all = labels.detach().to(torch.int64)
     clean_bytes = _npz_bytes(images=clean_u8.numpy(), labels=y_all.numpy(), indices=indices)
     config_dict = {"shard_images": config.shard_images, "batch_size": config.batch_size,
-                   "quantize": config.quantize, "seed": config.seed, "victim_params": config.victim_params}
+                   "quantize": config.quantize, "seed": config.seed, "victim_params": config.victim_params,
+                   "keep_unreached": config.keep_unreached}
     fresh = {"format": FORMAT, "version": VERSION, "grid": grid.to_dict(), "victims": list(victims),
              "victim_info": victim_info or {}, "data": data_info or {}, "image_shape": list(images.shape[1:]),
              "dtype": "uint8" if config.quantize else "float32", "quantize_bits": 8 if config.quantize else None,
@@ -472,6 +569,7 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
     for model in victims.values():
         model.to(device).eval()
     plan = _plan_units(list(victims), grid, n_clean, config.shard_images)
+    arch = victim_architectures(manifest)
     todo = [unit for unit in plan if unit[0] not in manifest["units"]]
     reused = [unit[0] for unit in plan if unit[0] in manifest["units"]]
     generated: list[str] = []
@@ -479,7 +577,8 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
         if max_units is not None and len(generated) >= max_units:
             break
         t0 = time.perf_counter()
-        stacked, columns, cells, runs = _generate_unit(unit, grid, victims, x_all, y_all, indices, config, runner)
+        stacked, columns, cells, runs = _generate_unit(unit, grid, victims, arch, x_all, y_all, indices, config,
+                                                       runner)
         seconds = time.perf_counter() - t0
         entry = _write_unit(root, unit[0], stacked, columns)
         entry.update({"cells": cells, "attack_runs": runs, "seconds": seconds})
@@ -536,7 +635,9 @@ class Corpus:
 
     @property
     def victim_names(self) -> list[str]:
-        return list(self.manifest["victims"]) + ([CLEAN] if self.grid.include_clean else [])
+        """Victim vocabulary: the victims' architectures (two seeds of one architecture are one class)."""
+        archs = list(dict.fromkeys(victim_architectures(self.manifest).values()))
+        return archs + ([CLEAN] if self.grid.include_clean else [])
 
     def __len__(self) -> int:
         return int(len(self.images))
@@ -547,7 +648,7 @@ class Corpus:
 
     def victim_targets(self) -> np.ndarray:
         lookup = {name: i for i, name in enumerate(self.victim_names)}
-        return np.array([lookup[v] for v in self.columns["victim"]], dtype=np.int64)
+        return np.array([lookup[v] for v in self.columns["victim_arch"]], dtype=np.int64)
 
     def hyper_targets(self) -> np.ndarray:
         return self.columns["hyper"].astype(np.float32)
@@ -586,7 +687,8 @@ class Corpus:
         keep = adversarial | (self.columns["attack"] == CLEAN) if grid.include_clean else adversarial
         rows = np.flatnonzero(keep)
         sub_grid = GridSpec(attacks=tuple(a for a in grid.attacks if a.name in attacks),
-                            include_clean=grid.include_clean)
+                            include_clean=grid.include_clean, values_per_image=grid.values_per_image,
+                            benign=grid.benign)
         selection = {"parent": self.corpus_id, "attacks": [a.name for a in sub_grid.attacks],
                      "victims": [v for v in self.manifest["victims"] if v in victims]}
         manifest = {**self.manifest, "grid": sub_grid.to_dict(), "victims": selection["victims"],
@@ -660,5 +762,22 @@ def split_by_clean_image(clean_index: np.ndarray, test_fraction: float = 0.2, se
     return ~test, test
 
 
-__all__ = ["CorpusConfig", "CellResult", "CorpusReport", "Corpus", "generate_corpus", "load_corpus",
+def attribution_splits(clean_index: np.ndarray, test_fraction: float, calibration_fraction: float, seed: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean (train, calibration, test) row masks, all by clean image.
+
+    The test split is `split_by_clean_image`'s (so older cards reproduce theirs); the calibration
+    split takes `calibration_fraction` of the remaining clean images (0: none).
+    """
+    train, test = split_by_clean_image(clean_index, test_fraction, seed)
+    calibration = np.zeros_like(train)
+    if calibration_fraction > 0:
+        rest = np.flatnonzero(train)
+        keep, held = split_by_clean_image(clean_index[rest], calibration_fraction, seed + 1)
+        calibration[rest[held]] = True
+        train = train & ~calibration
+    return train, calibration, test
+
+
+__all__ = ["CorpusConfig", "attribution_splits", "victim_architectures", "CellResult", "CorpusReport", "Corpus", "generate_corpus", "load_corpus",
            "run_grid_attack", "split_by_clean_image", "COLUMNS"]

@@ -40,25 +40,29 @@ def check_input(card: dict[str, Any], x: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def predict_outputs(model: nn.Module, card: dict[str, Any], x: torch.Tensor, batch_size: int = 256
-                    ) -> dict[str, np.ndarray]:
-    """attack_probs (B, A), victim_probs (B, V), hyper (B,) where the model has those heads.
+def model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """attack_logits (B, A), victim_logits (B, V), hyper (B,) where the model has those heads.
 
     Runs on the model's device, a batch at a time; the outputs come back as CPU arrays.
     """
-    check_input(card, x)
     model.eval()
     device = module_device(model)
     parts: dict[str, list[np.ndarray]] = {}
     for chunk in x.split(batch_size):
         out = model(chunk.to(device))
-        if "attack_logits" in out:
-            parts.setdefault("attack_probs", []).append(out["attack_logits"].softmax(1).cpu().numpy())
-        if "victim_logits" in out:
-            parts.setdefault("victim_probs", []).append(out["victim_logits"].softmax(1).cpu().numpy())
-        if "hyper" in out:
-            parts.setdefault("hyper", []).append(out["hyper"].float().cpu().numpy())
+        for key in ("attack_logits", "victim_logits", "hyper"):
+            if key in out:
+                parts.setdefault(key, []).append(out[key].float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def predict_outputs(model: nn.Module, card: dict[str, Any], x: torch.Tensor, batch_size: int = 256
+                    ) -> dict[str, np.ndarray]:
+    """attack_probs (B, A), victim_probs (B, V), hyper (B,) where the model has those heads (uncalibrated)."""
+    check_input(card, x)
+    out = model_logits(model, x, batch_size)
+    probs = {"attack_logits": "attack_probs", "victim_logits": "victim_probs"}
+    return {probs.get(k, k): (torch.from_numpy(v).softmax(1).numpy() if k in probs else v) for k, v in out.items()}
 
 
 def predict_records(model: nn.Module, card: dict[str, Any], x: torch.Tensor) -> list[dict[str, Any]]:
@@ -268,5 +272,5 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return files
 
 
-__all__ = ["evaluate_attributor", "predict_outputs", "predict_records", "count_flops", "delta_mtl", "write_report",
+__all__ = ["evaluate_attributor", "model_logits", "predict_outputs", "predict_records", "count_flops", "delta_mtl", "write_report",
            "results_table", "false_alarm_table", "clean_class_rates", "check_input", "MTL_METRICS"]

@@ -3,7 +3,13 @@
 The grid is data, not code: a `GridSpec` round-trips through JSON (it is stored in the corpus
 manifest), so a corpus always says exactly which attacks, budgets and fixed parameters made it.
 Hyperparameters are stored in the paper's units: epsilon * 255 for FGSM/PGD, kappa for C&W, so one
-regressor sees one scale (RMSE is reported in those units).
+regressor sees one scale (RMSE is reported in those units). In the field grids kappa is in logits
+(kappa_scale 1): the margin the example holds over the runner-up class on its victim.
+
+An attack family (the attack label an attributor learns) may appear several times in a grid, once per
+variant: another schedule (step size and count, random start, C&W's c and learning rate) or another
+implementation (the project's own code, or ART's). A grid that spans each family's variants teaches the
+family, not one implementation of it (issue 11).
 """
 
 from __future__ import annotations
@@ -16,26 +22,49 @@ from advforensics.errors import InputValidationError, UnknownNameError
 #: Label used for the optional false-alarm class (clean images): attack and victim are both "clean".
 CLEAN = "clean"
 
-#: Attacks the corpus generator knows how to run, and the unit of their hyperparameter.
-KNOWN_ATTACKS = {"fgsm": "eps255", "pgd-linf": "eps255", "cw-l2": "kappa"}
+#: Attack families the corpus generator knows how to run, and the unit of their hyperparameter
+#: ("none": the family has no strength, e.g. DeepFool stops at the boundary).
+KNOWN_ATTACKS = {"fgsm": "eps255", "pgd-linf": "eps255", "cw-l2": "kappa", "deepfool": "none",
+                 "square-linf": "eps255"}
+#: Families only ART implements here.
+ART_ONLY = ("deepfool", "square-linf")
+#: Who implements a variant: the project's attacks, or the Adversarial Robustness Toolbox.
+IMPLEMENTATIONS = ("advforensics", "art")
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of the grid: its registry name, hyperparameter values and fixed parameters.
+    """One attack of the grid: its family, hyperparameter values, fixed parameters and variant.
 
-    values: eps * 255 for "fgsm"/"pgd-linf" (10 means eps = 10/255); kappa for "cw-l2".
-    params: fixed keyword arguments for `create_attack` (e.g. PGD steps). For PGD, `alpha_ratio`
-        (step size as a fraction of eps) replaces alpha, since alpha must scale with eps.
+    name: the attack family (the attributor's attack label).
+    values: eps * 255 for "fgsm"/"pgd-linf"/"square-linf" (10 means eps = 10/255); kappa for "cw-l2";
+        a single placeholder 0 for a family without strength ("deepfool").
+    params: fixed keyword arguments of the implementation (e.g. PGD steps). For PGD, `alpha_ratio`
+        (step size as a fraction of eps) or `alpha255` (a fixed step in /255) replaces alpha.
+    variant: names this schedule when a family appears more than once (unit ids carry it).
+    implementation: "advforensics" (the project's attacks) or "art".
     """
 
     name: str
     values: tuple[float, ...]
     params: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""
+    implementation: str = "advforensics"
 
     def __post_init__(self) -> None:
         if self.name not in KNOWN_ATTACKS:
             raise UnknownNameError(f"unknown grid attack {self.name!r}; known: {', '.join(sorted(KNOWN_ATTACKS))}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise UnknownNameError(f"unknown implementation {self.implementation!r}; known: "
+                                   f"{', '.join(IMPLEMENTATIONS)}")
+        if self.name in ART_ONLY and self.implementation != "art":
+            raise InputValidationError(f"attack {self.name!r} is implemented by ART only (implementation='art')")
+        if "__" in self.variant or "/" in self.variant:
+            raise InputValidationError(f"variant names may not hold '__' or '/', got {self.variant!r}")
+        if KNOWN_ATTACKS[self.name] == "none":
+            if tuple(float(v) for v in self.values) != (0.0,):
+                raise InputValidationError(f"attack {self.name!r} has no strength; its values must be (0,)")
+            return
         if not self.values:
             raise InputValidationError(f"attack {self.name!r}: the grid needs at least one hyperparameter value")
         if len(set(self.values)) != len(self.values):
@@ -49,46 +78,100 @@ class AttackSpec:
     def unit(self) -> str:
         return KNOWN_ATTACKS[self.name]
 
+    @property
+    def key(self) -> str:
+        """Unique name of this variant in a grid: "pgd-linf" or "pgd-linf~a2-s10"."""
+        return f"{self.name}~{self.variant}" if self.variant else self.name
+
 
 @dataclass(frozen=True)
 class GridSpec:
-    """Attacks x hyperparameters (victims are given separately, as trained models)."""
+    """Attacks x hyperparameters (victims are given separately, as trained models).
+
+    values_per_image: attack each clean image with this many of a variant's values, drawn at random
+        per image (None: every value). A wide grid of variants stays affordable, and every value still
+        gets its share of the clean images.
+    variants_per_image: attack each clean image (on each victim) with one variant of each family, drawn
+        at random per image and victim (1), or with every variant (None).
+    benign: harmless changes of the clean images, stored as extra clean rows ("not adversarial"):
+        `advforensics.evidence.reencode` specs such as "noise:4" or "jpeg:75". Needs include_clean.
+    """
 
     attacks: tuple[AttackSpec, ...]
     include_clean: bool = False
+    values_per_image: int | None = None
+    benign: tuple[str, ...] = ()
+    variants_per_image: int | None = None
 
     def __post_init__(self) -> None:
-        names = [a.name for a in self.attacks]
-        if not names:
+        keys = [a.key for a in self.attacks]
+        if not keys:
             raise InputValidationError("the grid needs at least one attack")
-        if len(set(names)) != len(names):
-            raise InputValidationError(f"duplicate attacks in the grid: {names}")
+        if len(set(keys)) != len(keys):
+            raise InputValidationError(f"duplicate attack variants in the grid: {keys}")
+        if self.values_per_image is not None and self.values_per_image < 1:
+            raise InputValidationError(f"values_per_image must be >= 1, got {self.values_per_image}")
+        if self.variants_per_image not in (None, 1):
+            raise InputValidationError(f"variants_per_image must be 1 or None, got {self.variants_per_image}")
+        if self.benign and not self.include_clean:
+            raise InputValidationError("benign changes are clean rows: the grid needs include_clean")
+        if self.benign:
+            from advforensics.evidence.transforms import check_reencoding
+
+            for spec in self.benign:
+                check_reencoding(spec)
 
     @property
     def attack_names(self) -> list[str]:
-        """Attack vocabulary (class order for the attack classifier), clean last if included."""
-        return [a.name for a in self.attacks] + ([CLEAN] if self.include_clean else [])
+        """Attack vocabulary (class order for the attack classifier): families, clean last if included."""
+        return list(dict.fromkeys(a.name for a in self.attacks)) + ([CLEAN] if self.include_clean else [])
 
     def attack(self, name: str) -> AttackSpec:
+        """The first variant of family `name`."""
         for spec in self.attacks:
             if spec.name == name:
                 return spec
         raise UnknownNameError(f"attack {name!r} is not in the grid; grid attacks: {', '.join(self.attack_names)}")
 
+    def variant(self, key: str) -> AttackSpec:
+        for spec in self.attacks:
+            if spec.key == key:
+                return spec
+        raise UnknownNameError(f"attack variant {key!r} is not in the grid")
+
     def n_cells(self, n_victims: int) -> int:
         return n_victims * sum(len(a.values) for a in self.attacks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"attacks": [{"name": a.name, "values": [float(v) for v in a.values], "params": dict(a.params)}
-                            for a in self.attacks],
-                "include_clean": self.include_clean}
+        payload: dict[str, Any] = {
+            "attacks": [{"name": a.name, "values": [float(v) for v in a.values], "params": dict(a.params),
+                         **({"variant": a.variant} if a.variant else {}),
+                         **({"implementation": a.implementation} if a.implementation != "advforensics" else {})}
+                        for a in self.attacks],
+            "include_clean": self.include_clean}
+        if self.values_per_image is not None:
+            payload["values_per_image"] = self.values_per_image
+        if self.benign:
+            payload["benign"] = list(self.benign)
+        if self.variants_per_image is not None:
+            payload["variants_per_image"] = self.variants_per_image
+        return payload
+
+    def variants_of(self, family: str) -> list[AttackSpec]:
+        return [a for a in self.attacks if a.name == family]
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> GridSpec:
         try:
             attacks = tuple(AttackSpec(name=str(a["name"]), values=tuple(float(v) for v in a["values"]),
-                                       params=dict(a.get("params", {}))) for a in payload["attacks"])
-            return cls(attacks=attacks, include_clean=bool(payload.get("include_clean", False)))
+                                       params=dict(a.get("params", {})), variant=str(a.get("variant", "")),
+                                       implementation=str(a.get("implementation", "advforensics")))
+                            for a in payload["attacks"])
+            vpi, vari = payload.get("values_per_image"), payload.get("variants_per_image")
+            return cls(attacks=attacks, include_clean=bool(payload.get("include_clean", False)),
+                       values_per_image=None if vpi is None else int(vpi),
+                       benign=tuple(str(b) for b in payload.get("benign", ())),
+                       variants_per_image=None if vari is None else int(vari))
         except (KeyError, TypeError, ValueError) as error:
             if isinstance(error, InputValidationError):
                 raise
@@ -123,7 +206,69 @@ def small_grid(include_clean: bool = False) -> GridSpec:
                              AttackSpec("cw-l2", kappa, dict(CW_PARAMS_SMALL))), include_clean=include_clean)
 
 
-GRIDS = {"default": default_grid, "small": small_grid}
+#: Field grids (issue 11). Strengths: eps in /255, kappa in logits (kappa_scale 1, the same unit on every
+#: victim). Values a real attacker might pick; each clean image gets one of them per variant.
+FIELD_EPS = (16.0, 24.0, 32.0, 48.0, 64.0, 80.0, 96.0, 128.0)
+FIELD_KAPPA = (1.0, 2.0, 4.0, 8.0)
+#: Held-out values lie between the training ones: the regressor must interpolate, not look up.
+HELDOUT_EPS = (20.0, 40.0, 56.0, 72.0, 112.0)
+HELDOUT_KAPPA = (1.5, 3.0, 6.0)
+#: Benign changes of clean images that must read "not adversarial" (training / held out).
+FIELD_BENIGN = ("noise:4", "noise:8", "jpeg:75", "jpeg:90")
+HELDOUT_BENIGN = ("noise:2", "noise:12", "jpeg:60", "jpeg:95", "resize:0.75")
+
+
+def field_grid(include_clean: bool = True) -> GridSpec:
+    """Each family over the variables an attacker changes, from the project's code and ART (DeepFool).
+
+    PGD: step as a fraction of eps or fixed in /255, 5-20 steps, with and without random start.
+    C&W: binary search over c, or one fixed c; 30-60 Adam steps; learning rates 0.03-0.1.
+    DeepFool (ART): overshoot 0.02 and 0.1, 10 or 3 candidate classes.
+    """
+    eps, kappa = FIELD_EPS, FIELD_KAPPA
+    pgd = (("r0.25-s10-rs", {"alpha_ratio": 0.25, "steps": 10, "random_start": True}),
+           ("r0.1-s20", {"alpha_ratio": 0.1, "steps": 20, "random_start": False}),
+           ("f1-s20-rs", {"alpha255": 1.0, "steps": 20, "random_start": True}),
+           ("f4-s10", {"alpha255": 4.0, "steps": 10, "random_start": False}),
+           ("r0.5-s5-rs", {"alpha_ratio": 0.5, "steps": 5, "random_start": True}))
+    cw = (("bs2-s40-lr0.1", {"search_steps": 2, "steps": 40, "lr": 0.1}),
+          ("c3-s60-lr0.03", {"search_steps": 1, "c0": 3.0, "steps": 60, "lr": 0.03}),
+          ("c10-s30-lr0.05", {"search_steps": 1, "c0": 10.0, "steps": 30, "lr": 0.05}))
+    deepfool = (("os0.02", {"epsilon": 0.02, "max_iter": 50, "nb_grads": 10}),
+                ("os0.1-g3", {"epsilon": 0.1, "max_iter": 50, "nb_grads": 3}))
+    return GridSpec(attacks=(AttackSpec("fgsm", eps),
+                             *(AttackSpec("pgd-linf", eps, p, variant=v) for v, p in pgd),
+                             *(AttackSpec("cw-l2", kappa, p, variant=v) for v, p in cw),
+                             *(AttackSpec("deepfool", (0.0,), p, variant=v, implementation="art")
+                               for v, p in deepfool)),
+                    include_clean=include_clean, values_per_image=1, variants_per_image=1,
+                    benign=FIELD_BENIGN if include_clean else ())
+
+
+def heldout_grid(include_clean: bool = True) -> GridSpec:
+    """Implementations and schedules `field_grid` never uses, at values between its values.
+
+    ART's FGSM, PGD (random init, step 0.2 eps, 20 iterations) and C&W-L2 (5 x 20 steps, lr 0.01);
+    the project's PGD at torchattacks' default schedule (2/255 x 10, random start) and at step eps/10 x 40
+    with random start; the project's C&W at one fixed c = 1, 80 steps, lr 0.02; Square (ART, 200 queries), a family
+    no field corpus holds; benign changes the corpus never shows.
+    """
+    eps, kappa = HELDOUT_EPS, HELDOUT_KAPPA
+    return GridSpec(attacks=(
+        AttackSpec("fgsm", eps, variant="art", implementation="art"),
+        AttackSpec("pgd-linf", eps, {"eps_step_ratio": 0.2, "max_iter": 20, "num_random_init": 1},
+                   variant="art-r0.2-s20-rs", implementation="art"),
+        AttackSpec("pgd-linf", eps, {"alpha255": 2.0, "steps": 10, "random_start": True}, variant="f2-s10-rs"),
+        AttackSpec("pgd-linf", eps, {"alpha_ratio": 0.1, "steps": 40, "random_start": True}, variant="r0.1-s40-rs"),
+        AttackSpec("cw-l2", kappa, {"learning_rate": 0.01, "binary_search_steps": 5, "max_iter": 20,
+                                    "initial_const": 0.1}, variant="art-bs5-s20-lr0.01", implementation="art"),
+        AttackSpec("cw-l2", kappa, {"search_steps": 1, "c0": 1.0, "steps": 80, "lr": 0.02}, variant="c1-s80-lr0.02"),
+        AttackSpec("square-linf", (48.0, 80.0), {"max_iter": 200}, variant="art-q200", implementation="art")),
+        include_clean=include_clean, values_per_image=1, variants_per_image=1,
+        benign=HELDOUT_BENIGN if include_clean else ())
+
+
+GRIDS = {"default": default_grid, "small": small_grid, "field": field_grid, "heldout": heldout_grid}
 
 
 def get_grid(name: str, include_clean: bool = False) -> GridSpec:
@@ -132,4 +277,5 @@ def get_grid(name: str, include_clean: bool = False) -> GridSpec:
     return GRIDS[name](include_clean=include_clean)
 
 
-__all__ = ["AttackSpec", "GridSpec", "CLEAN", "default_grid", "small_grid", "get_grid", "GRIDS", "KNOWN_ATTACKS"]
+__all__ = ["AttackSpec", "GridSpec", "CLEAN", "default_grid", "small_grid", "field_grid", "heldout_grid", "get_grid",
+           "GRIDS", "KNOWN_ATTACKS", "IMPLEMENTATIONS"]

@@ -61,6 +61,8 @@ class MTAAConfig:
     probe_victims: list[str] = field(default_factory=list)
     probe_architectures: list[dict[str, Any]] = field(default_factory=list)
     probe_kappa_scales: list[float] = field(default_factory=list)
+    # victim class (architecture) of each probed victim; empty: probed victim i is class i (older cards)
+    probe_victim_classes: list[int] = field(default_factory=list)
     # the regressor answers once per attack; training reads the true attack's answer, inference the
     # predicted attack's (eps and kappa are different quantities; one output must otherwise switch)
     hyper_per_attack: bool = False
@@ -82,9 +84,12 @@ class MTAAConfig:
         if not len(self.probe_victims) == len(self.probe_architectures) == len(self.probe_kappa_scales):
             raise InputValidationError("probe_victims, probe_architectures and probe_kappa_scales must have one "
                                        "entry per probed victim")
-        if self.probe_victims and len(self.probe_victims) > self.n_victims:
-            raise InputValidationError(f"{len(self.probe_victims)} probed victims but only {self.n_victims} victim "
-                                       "classes")
+        self.probe_victim_classes = [int(c) for c in self.probe_victim_classes] or \
+            list(range(len(self.probe_victims)))
+        if self.probe_victims and (len(self.probe_victim_classes) != len(self.probe_victims)
+                                   or max(self.probe_victim_classes) >= self.n_victims):
+            raise InputValidationError(f"probed victims {self.probe_victims} must each map to one of the "
+                                       f"{self.n_victims} victim classes")
 
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -296,8 +301,13 @@ class MTAA(nn.Module):
         return out
 
     def _probe_kappa_at_victim(self, victim_logits: torch.Tensor, kappa: torch.Tensor) -> torch.Tensor:
-        """sum_v p(v) kappa_v / 100 over the probed victims (the first V victim classes)  # (B, 1)"""
-        p = victim_logits.detach()[:, :kappa.shape[1]].softmax(dim=1)
+        """sum_v p(class of v) kappa_v / (probed victims of that class) / 100  # (B, 1)
+
+        The probe's kappa read at the predicted victim architecture, averaged over its probed models.
+        """
+        classes = torch.tensor(self.config.probe_victim_classes, device=victim_logits.device)
+        counts = torch.bincount(classes, minlength=victim_logits.shape[1]).clamp_min(1)
+        p = victim_logits.detach().softmax(dim=1)[:, classes] / counts[classes]  # (B, V_probe)
         return ((p * kappa).sum(dim=1, keepdim=True) / 100).clamp(-10, 10)
 
     def losses(self, out: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],

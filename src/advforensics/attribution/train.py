@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from advforensics.attribution.baselines import SingleLabelConfig, SingleLabelNet, joint_vocabulary, \
     single_task_config
-from advforensics.attribution.corpus import Corpus, split_by_clean_image
+from advforensics.attribution.corpus import Corpus, attribution_splits, victim_architectures
 from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
+from advforensics.attribution.openset import OpenSetRule, fit_open_set
 from advforensics.attribution.victims import probe_settings
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.utils import (atomic_write_bytes, check_images, check_labels, resolve_device, seed_everything,
@@ -60,6 +61,8 @@ class TrainConfig:
         predicted attack's.
     balance: draw each epoch's examples with replacement, weighted 1 / (size of their attack x victim
         class), so that a small class (the clean false-alarm class) is seen as often as the others.
+    calibration_fraction: share of the training clean images held out to calibrate the open-set rule
+        (temperatures, "unknown attack" threshold; openset.py) at `target_false_abstention`. 0: none.
     """
 
     model: str = "mtaa"
@@ -79,6 +82,8 @@ class TrainConfig:
     pe_weight: float = 1.0
     backbone_epochs: int = 3
     test_fraction: float = 0.2
+    calibration_fraction: float = 0.1
+    target_false_abstention: float = 0.03
     seed: int = 0
     shuffle_labels: bool = False
     balance: bool = False
@@ -175,7 +180,8 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     if not corpus.manifest.get("complete"):
         raise InputValidationError("cannot train on an incomplete corpus")
     generator = seed_everything(config.seed)
-    train_mask, _ = split_by_clean_image(corpus.columns["clean_index"], config.test_fraction, config.seed)
+    train_mask, calibration_mask, _ = attribution_splits(corpus.columns["clean_index"], config.test_fraction,
+                                                         config.calibration_fraction, config.seed)
     rows = np.flatnonzero(train_mask)
     if len(rows) == 0:
         raise InputValidationError("the corpus has no training examples")
@@ -198,6 +204,8 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             if probe_victims is None:
                 raise InputValidationError("a probe needs the corpus's victim models (probe_victims)")
             probe = probe_settings(corpus.manifest, *probe_victims)
+            arch = victim_architectures(corpus.manifest)
+            probe["probe_victim_classes"] = [corpus.victim_names.index(arch[v]) for v in probe["probe_victims"]]
         base = MTAAConfig(n_attacks=n_attacks, n_victims=n_victims, in_channels=c, image_size=h, width=config.width,
                           blocks=config.blocks, task_specific=config.task_specific, use_pe=config.use_pe,
                           pe_width=config.pe_width, pe_channels=config.pe_channels, weighting=config.weighting,
@@ -277,19 +285,37 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             break
     bar.close()
     model.eval()
+    open_set = _fit_open_set(model, corpus, np.flatnonzero(calibration_mask), config) \
+        if calibration_mask.any() and config.model != "single-label" else None
     kind = config.model
     card = {"format": CARD_FORMAT, "kind": kind, "config": model.config.to_dict(),
             "attack_names": corpus.attack_names, "victim_names": corpus.victim_names,
             "image_shape": list(corpus.image_shape), "corpus_id": corpus.corpus_id,
             "subset": corpus.manifest.get("subset"), "train_device": str(device),
             "hyper_units": {a.name: a.unit for a in corpus.grid.attacks},
-            "split": {"by": "clean_index", "test_fraction": config.test_fraction, "seed": config.seed},
+            "split": {"by": "clean_index", "test_fraction": config.test_fraction,
+                      "calibration_fraction": config.calibration_fraction, "seed": config.seed},
+            "open_set": None if open_set is None else open_set.to_dict(),
+            "n_calibration": int(calibration_mask.sum()),
             "train": _config_dict(config), "n_train": int(len(rows)), "steps": step,
             "pe_backbone_train_accuracy": backbone_acc, "pe_backbone_data": backbone_source, "history": history,
             "n_params": int(sum(p.numel() for p in model.parameters())),
             "probe_weights_sha256": None if probe_victims is None or not config.probe else
             {name: probe_victims[1][name].get("weights_sha256") for name in model.config.probe_victims}}
     return TrainResult(model=model, card=card, history=history)
+
+
+def _fit_open_set(model: Attributor, corpus: Corpus, rows: np.ndarray, config: TrainConfig) -> OpenSetRule | None:
+    """Temperatures and the abstention threshold on the calibration rows (openset.py)."""
+    from advforensics.attribution.evaluate import model_logits
+
+    out = model_logits(model, corpus.float_images(rows))
+    if "attack_logits" not in out:
+        return None
+    victim = out.get("victim_logits")
+    return fit_open_set(out["attack_logits"], corpus.attack_targets()[rows],
+                        victim, corpus.victim_targets()[rows] if victim is not None else None,
+                        config.target_false_abstention)
 
 
 def _side_inputs(model: MTAA, x: torch.Tensor, device: torch.device, chunk: int = 1024) -> dict[str, torch.Tensor]:
@@ -317,10 +343,24 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
     return payload
 
 
+def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order (the card carries it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
 def save_attributor(model: Attributor, card: dict[str, Any], path: str | Path) -> Path:
-    """Write weights as safetensors (card in metadata) and the card as JSON beside it; returns the card path."""
+    """Write weights as safetensors (card, with the weights' sha256, in metadata) and the card as JSON
+    beside it; returns the card path."""
     target = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    card = {**card, "weights_sha256": tensors_sha256(tensors)}
     atomic_write_bytes(target, st_save(tensors, metadata={"card": json.dumps(card, default=str)}))
     card_path = target.with_suffix(".json")
     write_json(card_path, card)
@@ -342,6 +382,9 @@ def load_attributor(path: str | Path) -> tuple[Attributor, dict[str, Any]]:
         raise CheckpointError(f"{target} is not a valid attributor safetensors file: {error}") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise CheckpointError(f"{target} carries no advforensics attributor card")
+    if card.get("weights_sha256") != tensors_sha256(tensors):
+        raise CheckpointError(f"{target}: the weights do not match the sha256 its card records (modified, corrupt, "
+                              "or written by an older advforensics)")
     model = build_model(str(card["kind"]), card["config"])
     try:
         model.load_state_dict(tensors, strict=True)
@@ -352,4 +395,4 @@ def load_attributor(path: str | Path) -> tuple[Attributor, dict[str, Any]]:
 
 
 __all__ = ["TrainConfig", "TrainResult", "train_attributor", "load_backbone_data", "save_attributor", "load_attributor", "build_model",
-           "corpus_targets", "MODEL_KINDS"]
+           "corpus_targets", "tensors_sha256", "MODEL_KINDS"]

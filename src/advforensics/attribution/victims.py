@@ -15,7 +15,8 @@ def load_victims(spec: str | Path) -> tuple[dict[str, nn.Module], dict[str, dict
     """Victim models from a directory of zoo weights or a comma-separated list of weights files.
 
     Returns (models by name, info by name: file, weights_sha256, architecture); the name is the
-    architecture's, or the file's stem when two files hold the same architecture.
+    architecture's, or the file's stem for every file whose architecture another file shares (two
+    seeds of one architecture; the corpus's victim label is the architecture either way).
     """
     from advforensics.models import load_model
 
@@ -28,13 +29,12 @@ def load_victims(spec: str | Path) -> tuple[dict[str, nn.Module], dict[str, dict
         files = [Path(p.strip()) for p in str(spec).split(",") if p.strip()]
         if not files:
             raise InputValidationError("no victim weights given")
+    loaded = [(file, *load_model(file)) for file in files]
+    archs = [str(card["architecture"]["name"]) for _, _, card in loaded]
     victims: dict[str, nn.Module] = {}
     info: dict[str, dict[str, Any]] = {}
-    for file in files:
-        model, card = load_model(file)
-        name = str(card["architecture"]["name"])
-        if name in victims:
-            name = file.with_suffix("").name
+    for (file, model, card), arch in zip(loaded, archs):
+        name = arch if archs.count(arch) == 1 else file.with_suffix("").name  # seeds of one architecture
         if name in victims:
             raise InputValidationError(f"two victims named {name!r}")
         victims[name], info[name] = model, {"file": str(file), "weights_sha256": card.get("weights_sha256"),

@@ -51,13 +51,17 @@ def _load_grid(grid: str, include_clean: bool):
               help="Directory holding the data set files.")
 @click.option("--split", default="test", show_default=True, help="Data split whose images are attacked.")
 @click.option("--limit", type=int, default=None, help="Attack only the first N images.")
+@click.option("--start", type=int, default=0, show_default=True,
+              help="Skip the split's first START images (held-out sets on images a corpus never saw).")
 @click.option("--victims", required=True, help="Directory of zoo weights (*.safetensors + cards) or a comma list.")
 @click.option("--grid", default="default", show_default=True,
-              help="default (paper Table 1), small, or a grid JSON file.")
+              help="default (paper Table 1), small, field (each family's variants, issue 11), heldout (other "
+                   "implementations and schedules), or a grid JSON file.")
 @click.option("--clean-class/--no-clean-class", default=False, show_default=True,
               help="Add clean images as a false-alarm class.")
-@click.option("--cw-kappa-scale", default="auto", show_default=True,
-              help="C&W kappa_scale: 'auto' (per victim, from its reachable margins) or a number.")
+@click.option("--cw-kappa-scale", default=None,
+              help="C&W kappa_scale: 'auto' (per victim, from its reachable margins) or a number. Default: auto "
+                   "for the paper's grids (default, small), 1 (kappa in logits) for the others.")
 @click.option("--cw-headroom", type=float, default=1.5, show_default=True,
               help="auto kappa_scale maps headroom x the largest kappa to the victim's 10th-percentile "
                    "reachable margin, so the largest kappa stays reachable by a short C&W schedule.")
@@ -72,8 +76,8 @@ def _load_grid(grid: str, include_clean: bool):
 @seed_option
 @json_option
 @handle_errors
-def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | None, victims: str, grid: str,
-               clean_class: bool, cw_kappa_scale: str, cw_headroom: float, float_evidence: bool, shard_images: int,
+def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | None, start: int, victims: str,
+               grid: str, clean_class: bool, cw_kappa_scale: str | None, cw_headroom: float, float_evidence: bool, shard_images: int,
                batch_size: int, threads: int, out: Path, resume: bool, progress: bool, device: str, seed: int,
                json_path: Path | None) -> None:
     """Attack a data set with every grid cell on every victim and store the successful examples.
@@ -84,6 +88,7 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
           --grid small --out runs/corpus --json runs/corpus.json
       advforensics attribution corpus ... --out runs/corpus --resume   # after an interruption
     """
+    import numpy as np
     import torch
 
     from advforensics.attribution.corpus import CorpusConfig, generate_corpus
@@ -95,7 +100,15 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
     torch.set_num_threads(max(1, threads))
     target = resolve_device(device)
     grid_spec = _load_grid(grid, clean_class)
-    dataset = load_dataset(data_name, split=split, data_dir=data_dir, limit=limit)
+    if cw_kappa_scale is None:
+        cw_kappa_scale = "auto" if grid in ("default", "small") else "1"
+    if start < 0:
+        raise InputValidationError(f"--start must be >= 0, got {start}")
+    dataset = load_dataset(data_name, split=split, data_dir=data_dir, limit=None if limit is None else start + limit)
+    indices = np.arange(start, len(dataset.images), dtype=np.int64)
+    if len(indices) == 0:
+        raise InputValidationError(f"--start {start} leaves no images of the {split} split")
+    images, labels = dataset.images[start:], dataset.labels[start:]
     victim_models, victim_info = load_victims(victims)
     for model in victim_models.values():
         model.to(target)
@@ -112,7 +125,7 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 
             if cw_headroom < 1:
                 raise InputValidationError(f"--cw-headroom must be >= 1, got {cw_headroom}")
-            x, y = dataset.images[:32].to(target), dataset.labels[:32].to(target)
+            x, y = images[:32].to(target), labels[:32].to(target)
             for name, model in victim_models.items():
                 with torch.no_grad():
                     ok = model(x).argmax(1) == y
@@ -125,25 +138,27 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
                 scale = float(cw_kappa_scale)
             except ValueError:
                 raise InputValidationError(f"--cw-kappa-scale must be 'auto' or a number, got {cw_kappa_scale!r}")
-            victim_params = {name: {"cw-l2": {"kappa_scale": scale}} for name in victim_models}
+            if scale != 1.0:
+                victim_params = {name: {"cw-l2": {"kappa_scale": scale}} for name in victim_models}
     info = getattr(dataset, "info", None)
-    data_info = {"name": data_name, "split": split, "limit": limit,
+    data_info = {"name": data_name, "split": split, "limit": limit, "start": start,
                  **({k: v for k, v in vars(info).items() if isinstance(v, (str, int, float))} if info else {})}
     config = CorpusConfig(shard_images=shard_images, batch_size=batch_size, quantize=not float_evidence, seed=seed,
                           victim_params=victim_params)
     start = time.perf_counter()
-    report = generate_corpus(dataset.images, dataset.labels, victim_models, grid_spec, out, config=config,
+    report = generate_corpus(images, labels, victim_models, grid_spec, out, config=config, indices=indices,
                              data_info=data_info, victim_info=victim_info, resume=resume, progress=progress,
                              device=target)
     seconds = time.perf_counter() - start
     click.echo(f"corpus {out}: {report.n_examples} examples in {report.units_total} units "
                f"({len(report.units_generated)} generated, {len(report.units_reused)} reused) in {seconds:.1f}s")
     for cell in report.cells:
-        click.echo(f"  {cell['victim']:<14}{cell['attack']:<10}{cell['hyper']:>7g}  success "
-                   f"{100 * cell['success_rate']:6.2f}% ({cell['succeeded']}/{cell['attempted']})")
+        click.echo(f"  {cell['victim']:<14}{cell['variant']:<28}{cell['hyper']:>7g}  success "
+                   f"{100 * cell['success_rate']:6.2f}% ({cell['succeeded']}/{cell['attempted']}), stored "
+                   f"{cell['stored']}")
     for t in report.throughput:
         if t["images_per_s"]:
-            click.echo(f"  throughput {t['victim']:<14}{t['attack']:<10}{t['images_per_s']:10.1f} attacked images/s")
+            click.echo(f"  throughput {t['victim']:<14}{t['attack']:<28}{t['images_per_s']:10.1f} attacked images/s")
     if report.empty_cells:
         click.echo(f"skipped {len(report.empty_cells)} empty grid cells (no successful example)", err=True)
     payload = report.to_dict()
@@ -173,6 +188,13 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @click.option("--shuffle-labels", is_flag=True, help="Control: permute training labels (expect chance).")
 @click.option("--balance", is_flag=True, help="Sample attack x victim classes equally (small clean class).")
 @click.option("--max-steps", type=int, default=None, help="Stop after this many optimiser steps.")
+@click.option("--test-fraction", type=float, default=0.2, show_default=True,
+              help="Share of the clean images (with all their examples) held out for testing.")
+@click.option("--calibration-fraction", type=float, default=0.1, show_default=True,
+              help="Share of the remaining clean images held out to calibrate probabilities and the 'unknown "
+                   "attack' threshold (0: no open-set rule).")
+@click.option("--false-abstention", "target_false_abstention", type=float, default=0.03, show_default=True,
+              help="Share of known attacks the calibrated threshold may call 'unknown attack'.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--backbone-data", default=None,
               help="Pretrain MTAA's PE backbone on this data set's training split (default: the corpus's clean "
@@ -196,7 +218,8 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @handle_errors
 def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mode: str, epochs: int,
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
-              no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, threads: int,
+              no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, test_fraction: float,
+              calibration_fraction: float, target_false_abstention: float, threads: int,
               backbone_data: str | None, data_dir: Path | None, backbone_epochs: int, histogram: bool,
               probe_victims: str | None, attacks: str | None, only_victims: str | None, progress: bool, device: str,
               seed: int, hyper_per_attack: bool, json_path: Path | None) -> None:
@@ -229,7 +252,8 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
                          task_specific=not no_task_specific, use_pe=not no_pe, seed=seed,
                          shuffle_labels=shuffle_labels, balance=balance, max_steps=max_steps,
                          backbone_epochs=backbone_epochs, histogram=histogram, probe=probe_victims is not None,
-                         hyper_per_attack=hyper_per_attack)
+                         hyper_per_attack=hyper_per_attack, test_fraction=test_fraction,
+                         calibration_fraction=calibration_fraction, target_false_abstention=target_false_abstention)
     pretrain = None if backbone_data is None else load_backbone_data(backbone_data, data_dir)
     probe = None if probe_victims is None else load_victims(probe_victims)
     start = time.perf_counter()
@@ -252,19 +276,31 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--single-task", "single_task", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Single-task models (attack, victim, hyper) for Delta_MTL; repeat the option.")
+@click.option("--heldout", "heldout", multiple=True, type=click.Path(file_okay=False, path_type=Path),
+              help="A corpus made by code, victims or images the training corpus did not use (e.g. --grid "
+                   "heldout, retrained victims, --start past the training images); every row is evaluated. "
+                   "Repeat the option.")
+@click.option("--reencode", "reencodings", multiple=True,
+              help="Also evaluate the test split re-encoded: png, jpeg:Q, resize:S, noise:SD. Repeat the option.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @device_option
 @seed_option
 @json_option
 @handle_errors
 def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, single_task: tuple[Path, ...],
-                 threads: int, device: str, seed: int, json_path: Path | None) -> None:
+                 heldout: tuple[Path, ...], reencodings: tuple[str, ...], threads: int, device: str, seed: int,
+                 json_path: Path | None) -> None:
     """Accuracy, RMSE (overall, per attack), params, FLOPs, confusion plots; Delta_MTL with --single-task.
+
+    With an open-set attributor (trained with a calibration split), also the field report (field.md):
+    open-set answers on the split, on its re-encodings and on every --heldout corpus, with intervals.
 
     \b
     Example:
       advforensics attribution evaluate --corpus runs/corpus --model runs/mtaa.safetensors --out runs/report \\
           --single-task runs/st-a.safetensors --single-task runs/st-v.safetensors --single-task runs/st-h.safetensors
+      advforensics attribution evaluate --corpus runs/field --model runs/mtaa.safetensors --out runs/report \\
+          --heldout runs/heldout --reencode jpeg:90
     """
     import torch
 
@@ -289,12 +325,32 @@ def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, sing
                 if metric in task_metrics and len(c["config"]["tasks"]) == 1:
                     single[metric] = task_metrics
         metrics["delta_mtl"] = delta_mtl(metrics, single)
+    from advforensics.evidence.transforms import check_reencoding
+
+    for spec in reencodings:
+        check_reencoding(spec)
+    heldout_corpora = [(path, load_corpus(path)) for path in heldout]  # all verified before any work
     write_report(metrics, out)
+    if card.get("open_set") is not None:
+        from advforensics.attribution.field import field_report, write_field_report
+
+        field = field_report(model, card, corpus, split=split, reencodings=reencodings,
+                             heldout=[(path.name, c) for path, c in heldout_corpora])
+        write_field_report(field, out, f"Attribution in the field ({card['kind']}, {model_path.name})")
+        metrics["field"] = field
+        for name, m in field.items():
+            click.echo(f"  {name}: attack {_share(m['attack_accuracy'])}, victim {_share(m['victim_accuracy'])}, "
+                       f"unknown family -> unknown {_share(m['unknown_called_unknown'])}, clean -> not adversarial "
+                       f"{_share(m['clean_called_not_adversarial'])}")
     click.echo(f"{card['kind']} on {split} (n={metrics['n']}): attack {100 * metrics.get('attack_accuracy', 0):.2f}% "
                f"victim {100 * metrics.get('victim_accuracy', 0):.2f}% RMSE {metrics.get('rmse') or float('nan'):.3f}"
                + (f" Delta_MTL {metrics['delta_mtl']:+.2f}%" if "delta_mtl" in metrics else "")
                + f"; report in {out}")
     emit_json(json_path, metrics)
+
+
+def _share(rate: dict | None) -> str:
+    return "-" if rate is None else f"{100 * rate['rate']:.2f}% of {rate['n']}"
 
 
 def _comma_list(text: str | None) -> list[str] | None:
@@ -307,12 +363,15 @@ def _comma_list(text: str | None) -> list[str] | None:
 @click.option("--as-json", "as_json", is_flag=True, help="Print the predictions as JSON.")
 @click.option("--float-evidence", is_flag=True,
               help="Keep float inputs as they are (default: round to the 8-bit grid, as the corpus stores evidence).")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Ground truth (CSV or Parquet: attack, victim, optional strength and row); prints the metrics.")
 @seed_option
 @json_option
 @handle_errors
-def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: bool, seed: int,
-                json_path: Path | None) -> None:
-    """Attribute adversarial images: attack, victim and hyperparameter with probabilities.
+def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: bool, labels_path: Path | None,
+                seed: int, json_path: Path | None) -> None:
+    """Attribute images: attack family (or "not adversarial" / "unknown attack"), victim architecture and
+    strength, with calibrated probabilities and each image's row in SOURCE.
 
     SOURCE is a PNG/JPEG/BMP file, a folder of them, an .npy, or an .npz (from `attacks run` or
     elsewhere: x_adv, adv, images, ... ; uint8, uint16 or float in [0, 1]; NCHW, NHWC or (N, H, W);
@@ -324,7 +383,8 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
     """
     import torch
 
-    from advforensics.attribution.evaluate import predict_records
+    from advforensics.attribution.evaluate import check_input
+    from advforensics.attribution.field import Truth, attribute, field_metrics, summary_row
     from advforensics.attribution.train import load_attributor
     from advforensics.evidence import load_evidence
 
@@ -333,20 +393,27 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
     if evidence.dropped:  # never silently: the row numbers in the names show which are left
         click.echo(evidence.summary(), err=True)
     x, names = evidence.x, evidence.names
+    check_input(card, x)
+    truth = None if labels_path is None else Truth.from_table(labels_path, evidence.rows)
     if not float_evidence:  # an 8-bit image is what evidence normally is, and what the corpus holds
         x = torch.round(x * 255.0) / 255.0
-    records = predict_records(model, card, x)
-    for name, rec in zip(names, records):
-        rec["source"] = name
+    answers = attribute(model, card, x)
+    records = answers.records(names, evidence.rows)
     if as_json:
         click.echo(json.dumps(records, indent=2))
     else:
         for rec in records:
-            hyper = rec.get("hyperparameter")
-            click.echo(f"{rec['source']}: attack {rec.get('attack')} ({rec.get('attack_probability', 0):.3f}), "
-                       f"victim {rec.get('victim')} ({rec.get('victim_probability', 0):.3f}), "
-                       f"hyperparameter {'-' if hyper is None else f'{hyper:.1f}'} {rec.get('hyperparameter_unit', '')}")
-    emit_json(json_path, {"model": str(model_path), "predictions": records})
+            strength = rec["strength"]
+            victim = "" if rec["victim"] is None else f", victim {rec['victim']} ({rec['victim_probability']:.3f})"
+            click.echo(f"[{rec['row']}] {rec['source']}: attack {rec['attack']} ({rec['attack_probability']:.3f})"
+                       f"{victim}" + ("" if strength is None else f", strength {rec['strength_unit']} {strength:.1f}"))
+    payload: dict = {"model": str(model_path), "predictions": records}
+    if truth is not None:
+        metrics = field_metrics(answers, truth, group_by=())
+        payload["metrics"] = metrics
+        for key, value in summary_row(str(labels_path.name), metrics).items():
+            click.echo(f"{key}: {value}")
+    emit_json(json_path, payload)
 
 
 COMMANDS = [attribution]

@@ -73,3 +73,8 @@ def reencode(x: torch.Tensor, spec: str, seed: int = 0) -> torch.Tensor:
     except ValueError:
         pass
     raise InputValidationError(f"unknown re-encoding {spec!r}; use one of {', '.join(REENCODINGS)}")
+
+
+def check_reencoding(spec: str) -> None:
+    """Raise InputValidationError unless `spec` names a transform (tried on one blank image)."""
+    reencode(torch.zeros(1, 1, 8, 8), spec)
