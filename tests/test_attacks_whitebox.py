@@ -221,3 +221,15 @@ def test_cw_against_art_carlini_l2(tiny_classifier: nn.Module, batch: tuple[torc
     both = ours.success & art_success
     assert both.any()
     assert ours.l2[both].median() <= art_l2[both].median() * 1.05
+
+
+@pytest.mark.parametrize("nb_grads", [10, 3])
+def test_deepfool_matches_art(nb_grads: int, tiny_classifier: nn.Module,
+                              batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """The batched torch DeepFool takes ART's steps (same candidates, overshoot, clipping)."""
+    x, y = batch
+    ours = create_attack("deepfool", overshoot=0.02, max_iter=50, nb_grads=nb_grads)(tiny_classifier, x, y)
+    art = art_evasion.DeepFool(art_classifier(tiny_classifier), epsilon=0.02, max_iter=50, nb_grads=nb_grads,
+                               batch_size=64, verbose=False).generate(x=x.numpy())
+    assert np.abs(ours.x_adv.numpy() - art).max() <= 1e-4
+    assert ours.success.float().mean() >= 0.9

@@ -26,7 +26,8 @@ VARIANTS = {"attacks": [
      "variant": "f20-s4"},
     {"name": "cw-l2", "values": [0.5, 1.0], "params": {"search_steps": 1, "c0": 10.0, "steps": 30, "lr": 0.1},
      "variant": "c10-s30"},
-    {"name": "deepfool", "values": [0], "params": {"max_iter": 20}, "variant": "os", "implementation": "art"}],
+    {"name": "deepfool", "values": [0], "params": {"max_iter": 20}, "variant": "art", "implementation": "art"},
+    {"name": "deepfool", "values": [0], "params": {"max_iter": 20, "nb_grads": 3}, "variant": "g3"}],
     "include_clean": True, "values_per_image": 1, "variants_per_image": 1, "benign": ["noise:4"]}
 #: What the field study holds out: another implementation (ART's FGSM) and a family never trained (Square).
 HELDOUT = {"attacks": [
@@ -85,9 +86,9 @@ def test_field_grids_round_trip_and_refuse_bad_specs():
     assert "square-linf" in held.attack_names and "square-linf" not in train.attack_names
     assert train.attack_names == ["fgsm", "pgd-linf", "cw-l2", "deepfool", "clean"]
     with pytest.raises(InputValidationError, match="ART only"):
-        AttackSpec("deepfool", (0.0,))
+        AttackSpec("square-linf", (8.0,))
     with pytest.raises(InputValidationError, match="no strength"):
-        AttackSpec("deepfool", (1.0,), implementation="art")
+        AttackSpec("deepfool", (1.0,))
     with pytest.raises(InputValidationError, match="include_clean"):
         GridSpec(attacks=(AttackSpec("fgsm", (8.0,)),), benign=("noise:4",))
     with pytest.raises(InputValidationError, match="re-encoding"):
@@ -113,7 +114,7 @@ def test_variant_corpus_rows_labels_and_params(corpus_dir):
         params = json.loads(c["params"][row])
         assert params["variant"] == c["variant"][row] and params["implementation"] == c["implementation"][row]
         assert params["value"] == pytest.approx(float(c["hyper"][row]))
-    assert set(c["implementation"][c["attack"] == "deepfool"]) == {"art"}
+    assert set(c["implementation"][c["attack"] == "deepfool"]) == {"art", "advforensics"}
     assert (c["hyper"][c["attack"] == "deepfool"] == 0).all()
     # every stored row fools its victim and holds its stated strength
     assert c["success"][adversarial].all() and c["reached"].all()

@@ -1,4 +1,4 @@
-"""Attack registry: white-box (FGSM, PGD, C&W) and hard-label query attacks behind one contract."""
+"""Attack registry: white-box (FGSM, PGD, C&W, DeepFool) and hard-label query attacks behind one contract."""
 
 from advforensics.attacks.base import (
     ATTACKS,
@@ -11,6 +11,6 @@ from advforensics.attacks.base import (
 )
 
 # Importing the modules registers their attacks.
-from advforensics.attacks import fgsm, pgd, cw, hard_label, signopt, qeba, surfree  # noqa: E402,F401
+from advforensics.attacks import fgsm, pgd, cw, deepfool, hard_label, signopt, qeba, surfree  # noqa: E402,F401
 
 __all__ = ["ATTACKS", "Attack", "AttackResult", "Norm", "ThreatModel", "create_attack", "list_attacks"]

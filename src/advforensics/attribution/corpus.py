@@ -142,6 +142,8 @@ def run_grid_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torc
             p.pop("alpha_ratio", None)
             result = create_attack("pgd-linf", eps=eps, alpha=alpha, seed=seed, **p)(model, x, y)
             out.append(CellResult(value, result.x_adv))
+        elif spec.name == "deepfool":
+            out.append(CellResult(value, create_attack("deepfool", **params)(model, x, y).x_adv))
         elif spec.name == "cw-l2":
             result = create_attack("cw-l2", kappa=float(value), **params)(model, x, y)
             reached = result.extras.get("reached")
@@ -689,7 +691,7 @@ class Corpus:
         sub_grid = GridSpec(attacks=tuple(a for a in grid.attacks if a.name in attacks),
                             include_clean=grid.include_clean, values_per_image=grid.values_per_image,
                             benign=grid.benign)
-        selection = {"parent": self.corpus_id, "attacks": [a.name for a in sub_grid.attacks],
+        selection = {"parent": self.corpus_id, "attacks": [a for a in sub_grid.attack_names if a != CLEAN],
                      "victims": [v for v in self.manifest["victims"] if v in victims]}
         manifest = {**self.manifest, "grid": sub_grid.to_dict(), "victims": selection["victims"],
                     "subset": selection,

@@ -41,7 +41,7 @@ def check_input(card: dict[str, Any], x: torch.Tensor) -> None:
 
 @torch.no_grad()
 def model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """attack_logits (B, A), victim_logits (B, V), hyper (B,) where the model has those heads.
+    """attack_logits (B, A), victim_logits (B, V), hyper (B,), attack_features (B, F) where the model has them.
 
     Runs on the model's device, a batch at a time; the outputs come back as CPU arrays.
     """
@@ -50,7 +50,7 @@ def model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> di
     parts: dict[str, list[np.ndarray]] = {}
     for chunk in x.split(batch_size):
         out = model(chunk.to(device))
-        for key in ("attack_logits", "victim_logits", "hyper"):
+        for key in ("attack_logits", "victim_logits", "hyper", "attack_features"):
             if key in out:
                 parts.setdefault(key, []).append(out[key].float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in parts.items()}
@@ -62,7 +62,8 @@ def predict_outputs(model: nn.Module, card: dict[str, Any], x: torch.Tensor, bat
     check_input(card, x)
     out = model_logits(model, x, batch_size)
     probs = {"attack_logits": "attack_probs", "victim_logits": "victim_probs"}
-    return {probs.get(k, k): (torch.from_numpy(v).softmax(1).numpy() if k in probs else v) for k, v in out.items()}
+    return {probs.get(k, k): (torch.from_numpy(v).softmax(1).numpy() if k in probs else v) for k, v in out.items()
+            if k != "attack_features"}
 
 
 def predict_records(model: nn.Module, card: dict[str, Any], x: torch.Tensor) -> list[dict[str, Any]]:

@@ -67,16 +67,18 @@ def open_set_rule(card: dict[str, Any]) -> OpenSetRule:
     return OpenSetRule.from_dict(payload)
 
 
-def attribute(model: nn.Module, card: dict[str, Any], x: torch.Tensor) -> Attribution:
-    """Answers for images `x` (B, C, H, W) in [0, 1]."""
+def attribute(model: nn.Module, card: dict[str, Any], x: torch.Tensor, score: str | None = None) -> Attribution:
+    """Answers for images `x` (B, C, H, W) in [0, 1]; `score` overrides the card's abstention score."""
     from advforensics.attribution.evaluate import model_logits
 
     out = model_logits(model, x)
     if "attack_logits" not in out:
         raise InputValidationError("open-set answers need an attributor with an attack head")
     rule = open_set_rule(card)
+    if score is not None:
+        rule = rule.with_score(score)
     attack_names, victim_names = list(card["attack_names"]), list(card["victim_names"])
-    answers = rule.answers(out["attack_logits"], attack_names)
+    answers = rule.answers(out["attack_logits"], attack_names, out.get("attack_features"))
     attack_probs = rule.attack_probs(out["attack_logits"])
     n = len(answers)
     if "victim_logits" in out:
@@ -282,7 +284,8 @@ def group_rows(m: dict[str, Any], group: str) -> list[dict[str, Any]]:
 
 
 def field_report(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, split: str = "test",
-                 reencodings: tuple[str, ...] = (), heldout: list[tuple[str, Corpus]] = ()) -> dict[str, dict[str, Any]]:
+                 reencodings: tuple[str, ...] = (), heldout: list[tuple[str, Corpus]] = (),
+                 score: str | None = None) -> dict[str, dict[str, Any]]:
     """field_metrics on the card's split of its corpus, on that split re-encoded, and on held-out corpora.
 
     The split is reproduced from the card on the full corpus: an attributor trained on a subset
@@ -301,14 +304,14 @@ def field_report(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, spli
     rows = np.flatnonzero(masks[2] if split == "test" else masks[0])
     x = corpus.float_images(rows)
     truth = Truth.from_corpus(corpus, rows)
-    results = {f"{split} split": field_metrics(attribute(model, card, x), truth)}
+    results = {f"{split} split": field_metrics(attribute(model, card, x, score), truth)}
     for spec in reencodings:
-        results[f"{split} split, {spec}"] = field_metrics(attribute(model, card, reencode(x, spec)), truth)
+        results[f"{split} split, {spec}"] = field_metrics(attribute(model, card, reencode(x, spec), score), truth)
     for name, other in heldout:
         if list(other.image_shape) != list(card["image_shape"]):
             raise InputValidationError(f"held-out corpus {name} has images {other.image_shape}, the attributor "
                                        f"expects {card['image_shape']}")
-        results[name] = field_metrics(attribute(model, card, other.float_images()), Truth.from_corpus(other))
+        results[name] = field_metrics(attribute(model, card, other.float_images(), score), Truth.from_corpus(other))
     return results
 
 

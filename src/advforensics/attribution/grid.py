@@ -27,7 +27,7 @@ CLEAN = "clean"
 KNOWN_ATTACKS = {"fgsm": "eps255", "pgd-linf": "eps255", "cw-l2": "kappa", "deepfool": "none",
                  "square-linf": "eps255"}
 #: Families only ART implements here.
-ART_ONLY = ("deepfool", "square-linf")
+ART_ONLY = ("square-linf",)
 #: Who implements a variant: the project's attacks, or the Adversarial Robustness Toolbox.
 IMPLEMENTATIONS = ("advforensics", "art")
 
@@ -219,11 +219,11 @@ HELDOUT_BENIGN = ("noise:2", "noise:12", "jpeg:60", "jpeg:95", "resize:0.75")
 
 
 def field_grid(include_clean: bool = True) -> GridSpec:
-    """Each family over the variables an attacker changes, from the project's code and ART (DeepFool).
+    """Each family over the variables an attacker changes, from the project's code.
 
     PGD: step as a fraction of eps or fixed in /255, 5-20 steps, with and without random start.
     C&W: binary search over c, or one fixed c; 30-60 Adam steps; learning rates 0.03-0.1.
-    DeepFool (ART): overshoot 0.02 and 0.1, 10 or 3 candidate classes.
+    DeepFool: overshoot 0.02 and 0.1, 10 or 3 candidate classes.
     """
     eps, kappa = FIELD_EPS, FIELD_KAPPA
     pgd = (("r0.25-s10-rs", {"alpha_ratio": 0.25, "steps": 10, "random_start": True}),
@@ -234,13 +234,12 @@ def field_grid(include_clean: bool = True) -> GridSpec:
     cw = (("bs2-s40-lr0.1", {"search_steps": 2, "steps": 40, "lr": 0.1}),
           ("c3-s60-lr0.03", {"search_steps": 1, "c0": 3.0, "steps": 60, "lr": 0.03}),
           ("c10-s30-lr0.05", {"search_steps": 1, "c0": 10.0, "steps": 30, "lr": 0.05}))
-    deepfool = (("os0.02", {"epsilon": 0.02, "max_iter": 50, "nb_grads": 10}),
-                ("os0.1-g3", {"epsilon": 0.1, "max_iter": 50, "nb_grads": 3}))
+    deepfool = (("os0.02", {"overshoot": 0.02, "max_iter": 50, "nb_grads": 10}),
+                ("os0.1-g3", {"overshoot": 0.1, "max_iter": 50, "nb_grads": 3}))
     return GridSpec(attacks=(AttackSpec("fgsm", eps),
                              *(AttackSpec("pgd-linf", eps, p, variant=v) for v, p in pgd),
                              *(AttackSpec("cw-l2", kappa, p, variant=v) for v, p in cw),
-                             *(AttackSpec("deepfool", (0.0,), p, variant=v, implementation="art")
-                               for v, p in deepfool)),
+                             *(AttackSpec("deepfool", (0.0,), p, variant=v) for v, p in deepfool)),
                     include_clean=include_clean, values_per_image=1, variants_per_image=1,
                     benign=FIELD_BENIGN if include_clean else ())
 

@@ -284,6 +284,7 @@ class MTAA(nn.Module):
             attack_feat = None if attack_feat is None else torch.cat([attack_feat, *extra], dim=1)
             victim_feat = None if victim_feat is None else torch.cat([victim_feat, *extra], dim=1)
         if self.attack_head is not None:
+            out["attack_features"] = attack_feat  # (B, F): what the open-set rule measures distances in
             out["attack_logits"] = self.attack_head(attack_feat)  # (B, n_attacks)
         if self.victim_head is not None:
             out["victim_logits"] = self.victim_head(victim_feat)  # (B, n_victims)

@@ -8,14 +8,22 @@ investigator needs two more answers (issue 11):
 - "unknown attack": an abstention, when the attack head's top probability falls below a threshold.
 
 Both heads' probabilities are temperature-scaled (Guo et al. 2017) on a calibration split: clean
-images held out from training, never seen by the gradient steps. The threshold is the quantile of the
-calibration rows' top probability that gives the target false-abstention rate on known attacks, so
-the rate is a measured promise, not a guess; the evaluation reports it again on the test split.
+images held out from training, never seen by the gradient steps. Two abstention scores are fitted:
+
+- "msp": the attack head's top (calibrated) probability;
+- "distance": the Mahalanobis distance of the attack branch's features to the nearest known class
+  (class means and a Ledoit-Wolf shared covariance from training rows; Lee et al. 2018), which can
+  see an example that lies far from every family even where the head is confident.
+
+Each threshold is the calibration quantile that gives the target false-abstention rate on known
+classes, so the rate is a measured promise, not a guess; the evaluation reports it again on the test
+split. `score` names the one `answers` uses.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -38,12 +46,18 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
 
 
+SCORES = ("msp", "distance")
+
+
 @dataclass(frozen=True)
 class OpenSetRule:
-    """Temperatures of both heads and the abstention threshold on the attack head's top probability.
+    """Temperatures of both heads and the abstention thresholds.
 
-    target_false_abstention: the share of known-attack calibration rows allowed to read "unknown".
-    calibration_false_abstention: what the threshold gives on those rows (<= target up to ties).
+    threshold: abstain when the attack head's top probability is below it ("msp").
+    distance_threshold: abstain when the features' distance to the nearest class mean exceeds it.
+    class_means (A, F) and precision (F, F): the distance's Gaussian model; empty without features.
+    target_false_abstention: the share of known calibration rows allowed to read "unknown".
+    calibration_false_abstention: what the chosen score's threshold gives on those rows.
     """
 
     attack_temperature: float
@@ -52,16 +66,49 @@ class OpenSetRule:
     target_false_abstention: float
     calibration_false_abstention: float
     n_calibration: int
+    score: str = "msp"
+    distance_threshold: float = float("inf")
+    class_means: tuple[tuple[float, ...], ...] = ()
+    precision: tuple[tuple[float, ...], ...] = ()
 
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise InputValidationError(f"open-set score must be one of {SCORES}, got {self.score!r}")
+        if self.score == "distance" and not self.class_means:
+            raise InputValidationError("the distance score needs class means (an attributor with features)")
+
+    def to_dict(self) -> dict[str, Any]:
+        payload = asdict(self)
+        payload["class_means"] = [list(m) for m in self.class_means]
+        payload["precision"] = [list(r) for r in self.precision]
+        return payload
 
     @classmethod
-    def from_dict(cls, payload: dict[str, float]) -> OpenSetRule:
+    def from_dict(cls, payload: dict[str, Any]) -> OpenSetRule:
         try:
-            return cls(**{k: payload[k] for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
-        except (KeyError, TypeError) as error:
+            fields = {k: payload[k] for k in cls.__dataclass_fields__ if k in payload}
+            fields["class_means"] = tuple(tuple(float(v) for v in m) for m in fields.get("class_means", ()))
+            fields["precision"] = tuple(tuple(float(v) for v in r) for r in fields.get("precision", ()))
+            return cls(**fields)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError) as error:
             raise InputValidationError(f"invalid open-set rule in the attributor card: {error}") from None
+
+    def with_score(self, score: str) -> OpenSetRule:
+        return replace(self, score=score)
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        """(B,) Mahalanobis distance of each row's features to the nearest class mean."""
+        means, precision = np.asarray(self.class_means), np.asarray(self.precision)
+        diff = features[:, None, :] - means[None, :, :]  # (B, A, F)
+        return np.sqrt(np.einsum("baf,fg,bag->ba", diff, precision, diff).min(axis=1))
+
+    def abstains(self, attack_logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """(B,) bool: the rule answers "unknown attack"."""
+        if self.score == "distance":
+            if features is None:
+                raise InputValidationError("the distance score needs the attack branch's features")
+            return self.distances(features) > self.distance_threshold
+        return self.attack_probs(attack_logits).max(1) < self.threshold
 
     def attack_probs(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits / self.attack_temperature, axis=1)
@@ -69,22 +116,38 @@ class OpenSetRule:
     def victim_probs(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits / self.victim_temperature, axis=1)
 
-    def answers(self, attack_logits: np.ndarray, attack_names: list[str], clean: str = "clean") -> list[str]:
+    def answers(self, attack_logits: np.ndarray, attack_names: list[str], features: np.ndarray | None = None,
+                clean: str = "clean") -> list[str]:
         """One answer per row: a family, NOT_ADVERSARIAL, or UNKNOWN."""
-        probs = self.attack_probs(attack_logits)
-        top = probs.argmax(1)
-        out = []
-        for p, t in zip(probs.max(1), top):
-            if p < self.threshold:
-                out.append(UNKNOWN)
-            else:
-                out.append(NOT_ADVERSARIAL if attack_names[t] == clean else attack_names[t])
-        return out
+        top = attack_logits.argmax(1)
+        abstain = self.abstains(attack_logits, features)
+        return [UNKNOWN if a else (NOT_ADVERSARIAL if attack_names[t] == clean else attack_names[t])
+                for a, t in zip(abstain, top)]
+
+
+def fit_distance(features: np.ndarray, targets: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class means (A, F), shared precision (F, F)) of features, Ledoit-Wolf shrunk; absent classes far away."""
+    from sklearn.covariance import LedoitWolf
+
+    dim = features.shape[1]
+    means = np.full((n_classes, dim), 1e6)
+    for k in range(n_classes):
+        if (targets == k).any():
+            means[k] = features[targets == k].mean(0)
+    centred = features - means[targets]
+    return means, LedoitWolf().fit(centred).precision_
 
 
 def fit_open_set(attack_logits: np.ndarray, attack_targets: np.ndarray, victim_logits: np.ndarray | None,
-                 victim_targets: np.ndarray | None, target_false_abstention: float = 0.03) -> OpenSetRule:
-    """Fit both temperatures and the threshold on calibration rows (all of them known classes)."""
+                 victim_targets: np.ndarray | None, target_false_abstention: float = 0.03, *,
+                 features: np.ndarray | None = None, train_features: np.ndarray | None = None,
+                 train_targets: np.ndarray | None = None, score: str = "msp") -> OpenSetRule:
+    """Fit both temperatures and the thresholds on calibration rows (all of them known classes).
+
+    features: the calibration rows' attack-branch features; train_features/train_targets: training
+    rows' features for the distance model (means, covariance), so the threshold is set on rows the
+    model did not fit.
+    """
     if not 0.0 <= target_false_abstention < 1.0:
         raise InputValidationError(f"target false-abstention must be in [0, 1), got {target_false_abstention}")
     t_attack = fit_temperature(attack_logits, attack_targets)
@@ -93,10 +156,21 @@ def fit_open_set(attack_logits: np.ndarray, attack_targets: np.ndarray, victim_l
     # the largest threshold that abstains on at most the target share of calibration rows
     threshold = float(np.quantile(top, target_false_abstention, method="lower")) if target_false_abstention > 0 \
         else 0.0
-    measured = float((top < threshold).mean())
-    return OpenSetRule(attack_temperature=t_attack, victim_temperature=t_victim, threshold=threshold,
+    rule = OpenSetRule(attack_temperature=t_attack, victim_temperature=t_victim, threshold=threshold,
                        target_false_abstention=float(target_false_abstention),
-                       calibration_false_abstention=measured, n_calibration=int(len(top)))
+                       calibration_false_abstention=float((top < threshold).mean()), n_calibration=int(len(top)))
+    if features is not None and train_features is not None and train_targets is not None:
+        means, precision = fit_distance(train_features, train_targets, attack_logits.shape[1])
+        rule = replace(rule, class_means=tuple(map(tuple, means.tolist())),
+                       precision=tuple(map(tuple, precision.tolist())))
+        d = rule.distances(features)
+        cut = float(np.quantile(d, 1 - target_false_abstention, method="higher")) if target_false_abstention > 0 \
+            else float("inf")
+        rule = replace(rule, distance_threshold=cut)
+    if score == "distance":
+        rule = replace(rule, score="distance")
+    rule = replace(rule, calibration_false_abstention=float(rule.abstains(attack_logits, features).mean()))
+    return rule
 
 
-__all__ = ["OpenSetRule", "fit_open_set", "fit_temperature", "NOT_ADVERSARIAL", "UNKNOWN"]
+__all__ = ["OpenSetRule", "fit_open_set", "fit_temperature", "fit_distance", "NOT_ADVERSARIAL", "UNKNOWN", "SCORES"]

@@ -63,6 +63,8 @@ class TrainConfig:
         class), so that a small class (the clean false-alarm class) is seen as often as the others.
     calibration_fraction: share of the training clean images held out to calibrate the open-set rule
         (temperatures, "unknown attack" threshold; openset.py) at `target_false_abstention`. 0: none.
+    open_set_score: which abstention score the card's rule answers with ("msp" or "distance"); both
+        thresholds are fitted either way.
     """
 
     model: str = "mtaa"
@@ -84,6 +86,7 @@ class TrainConfig:
     test_fraction: float = 0.2
     calibration_fraction: float = 0.1
     target_false_abstention: float = 0.03
+    open_set_score: str = "msp"
     seed: int = 0
     shuffle_labels: bool = False
     balance: bool = False
@@ -285,7 +288,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             break
     bar.close()
     model.eval()
-    open_set = _fit_open_set(model, corpus, np.flatnonzero(calibration_mask), config) \
+    open_set = _fit_open_set(model, corpus, np.flatnonzero(calibration_mask), rows, config) \
         if calibration_mask.any() and config.model != "single-label" else None
     kind = config.model
     card = {"format": CARD_FORMAT, "kind": kind, "config": model.config.to_dict(),
@@ -305,7 +308,8 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     return TrainResult(model=model, card=card, history=history)
 
 
-def _fit_open_set(model: Attributor, corpus: Corpus, rows: np.ndarray, config: TrainConfig) -> OpenSetRule | None:
+def _fit_open_set(model: Attributor, corpus: Corpus, rows: np.ndarray, train_rows: np.ndarray, config: TrainConfig
+                  ) -> OpenSetRule | None:
     """Temperatures and the abstention threshold on the calibration rows (openset.py)."""
     from advforensics.attribution.evaluate import model_logits
 
@@ -313,9 +317,13 @@ def _fit_open_set(model: Attributor, corpus: Corpus, rows: np.ndarray, config: T
     if "attack_logits" not in out:
         return None
     victim = out.get("victim_logits")
+    train_rows = np.random.default_rng(config.seed).permutation(train_rows)[:8000]  # enough for the covariance
+    train_features = model_logits(model, corpus.float_images(train_rows)).get("attack_features")
     return fit_open_set(out["attack_logits"], corpus.attack_targets()[rows],
                         victim, corpus.victim_targets()[rows] if victim is not None else None,
-                        config.target_false_abstention)
+                        config.target_false_abstention, features=out.get("attack_features"),
+                        train_features=train_features, train_targets=corpus.attack_targets()[train_rows],
+                        score=config.open_set_score)
 
 
 def _side_inputs(model: MTAA, x: torch.Tensor, device: torch.device, chunk: int = 1024) -> dict[str, torch.Tensor]:

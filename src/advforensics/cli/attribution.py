@@ -195,6 +195,9 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
                    "attack' threshold (0: no open-set rule).")
 @click.option("--false-abstention", "target_false_abstention", type=float, default=0.03, show_default=True,
               help="Share of known attacks the calibrated threshold may call 'unknown attack'.")
+@click.option("--open-set-score", type=click.Choice(["msp", "distance"]), default="msp", show_default=True,
+              help="What the 'unknown attack' rule measures: the top calibrated probability, or the features' "
+                   "distance to the nearest known class (both thresholds are fitted and stored).")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--backbone-data", default=None,
               help="Pretrain MTAA's PE backbone on this data set's training split (default: the corpus's clean "
@@ -219,7 +222,7 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mode: str, epochs: int,
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
               no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, test_fraction: float,
-              calibration_fraction: float, target_false_abstention: float, threads: int,
+              calibration_fraction: float, target_false_abstention: float, open_set_score: str, threads: int,
               backbone_data: str | None, data_dir: Path | None, backbone_epochs: int, histogram: bool,
               probe_victims: str | None, attacks: str | None, only_victims: str | None, progress: bool, device: str,
               seed: int, hyper_per_attack: bool, json_path: Path | None) -> None:
@@ -253,7 +256,8 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
                          shuffle_labels=shuffle_labels, balance=balance, max_steps=max_steps,
                          backbone_epochs=backbone_epochs, histogram=histogram, probe=probe_victims is not None,
                          hyper_per_attack=hyper_per_attack, test_fraction=test_fraction,
-                         calibration_fraction=calibration_fraction, target_false_abstention=target_false_abstention)
+                         calibration_fraction=calibration_fraction, target_false_abstention=target_false_abstention,
+                         open_set_score=open_set_score)
     pretrain = None if backbone_data is None else load_backbone_data(backbone_data, data_dir)
     probe = None if probe_victims is None else load_victims(probe_victims)
     start = time.perf_counter()

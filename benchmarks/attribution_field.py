@@ -1,0 +1,147 @@
+"""Attribution in the field (issue 11): train on a field corpus, measure on evidence it never saw.
+
+Stages (each skips what exists under --out):
+    python benchmarks/attribution_field.py train --corpus runs/attr-field/field --out runs/attr-field/study \
+        --probe-victims runs/attr-field/v01 --models fx,plain,lofo-deepfool,lofo-cw
+    python benchmarks/attribution_field.py evaluate --corpus runs/attr-field/field --out runs/attr-field/study \
+        --heldout runs/attr-field/field-s2 --heldout runs/attr-field/heldout --reencode png --reencode jpeg:90
+    python benchmarks/attribution_field.py table --out runs/attr-field/study
+
+Models (all with the open-set rule calibrated on 10% of the training clean images; `evaluate` reports
+each twice, abstaining on the top probability (<name>) and on the feature distance (<name>+distance)):
+    fx              MTAA without PE, pixel histogram + victim probe + per-attack strength (session 4's best)
+    plain           MTAA without PE and without side features (nothing ties it to the corpus's victims' weights)
+    hist            MTAA without PE, pixel histogram only
+    lofo-<family>   fx trained without that family (leave-one-family-out): its test rows must read "unknown"
+    lofo-<family>-plain   the same without side features
+    st-attack, st-victim, st-hyper   single-task models with fx's features (Delta_MTL)
+A "@s<seed>" suffix trains the same model with another seed (e.g. fx@s1).
+
+The corpus, its held-out sets and the victims come from runs/attr-field/corpora.sh (docs/attribution.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from advforensics.attribution.corpus import load_corpus
+from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor
+from advforensics.attribution.field import field_report, summary_row, write_field_report
+from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
+from advforensics.attribution.victims import load_victims
+from advforensics.reporting import markdown_table
+from advforensics.utils import write_json
+
+FX = {"use_pe": False, "histogram": True, "probe": True, "hyper_per_attack": True}
+BASE = {"fx": FX, "plain": {"use_pe": False, "hyper_per_attack": True},
+        "hist": {"use_pe": False, "histogram": True, "hyper_per_attack": True},
+        "st-attack": {**FX, "model": "single-task", "task": "attack"},
+        "st-victim": {**FX, "model": "single-task", "task": "victim"},
+        "st-hyper": {**FX, "model": "single-task", "task": "hyper"}}
+
+
+def model_spec(name: str) -> tuple[dict, str | None, int]:
+    """(TrainConfig fields, family left out or None, seed) of a model name."""
+    base, _, seed = name.partition("@s")
+    left_out = None
+    if base.startswith("lofo-"):
+        rest = base[len("lofo-"):]
+        plain = rest.endswith("-plain")
+        left_out = rest[:-len("-plain")] if plain else rest
+        fields = BASE["plain" if plain else "fx"]
+    else:
+        fields = BASE[base]
+    return dict(fields), left_out, int(seed or 0)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    corpus = load_corpus(args.corpus)
+    probe = load_victims(args.probe_victims) if args.probe_victims else None
+    models = Path(args.out) / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    for name in args.models.split(","):
+        path = models / f"{name}.safetensors"
+        if path.exists():
+            print(f"{name}: exists", flush=True)
+            continue
+        fields, left_out, seed = model_spec(name)
+        data = corpus if left_out is None else corpus.subset([a for a in corpus.attack_names
+                                                              if a not in (left_out, "clean")])
+        config = TrainConfig(epochs=args.epochs, width=args.width, seed=seed, test_fraction=args.test_fraction,
+                             calibration_fraction=args.calibration_fraction, **fields)
+        t0 = time.perf_counter()
+        result = train_attributor(data, config, progress=False, probe_victims=probe if config.probe else None)
+        result.card["train_seconds"] = time.perf_counter() - t0
+        save_attributor(result.model, result.card, path)
+        print(f"{name}: trained on {result.card['n_train']} rows in {result.card['train_seconds']:.0f}s", flush=True)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    corpus = load_corpus(args.corpus)
+    heldout = [(Path(h).name, load_corpus(h)) for h in args.heldout]
+    root = Path(args.out)
+    for path in sorted((root / "models").glob("*.safetensors")):
+        model, card = load_attributor(path)
+        for score in ("msp", "distance"):  # both abstention scores of the same model
+            name = path.stem if score == "msp" else f"{path.stem}+distance"
+            target = root / "reports" / name
+            if (target / "field.json").exists() or (score == "distance" and not card["open_set"]["class_means"]):
+                continue
+            t0 = time.perf_counter()
+            results = field_report(model, card, corpus, reencodings=tuple(args.reencode), heldout=heldout,
+                                   score=score)
+            write_field_report(results, target, f"Attribution in the field: {name}")
+            if score == "msp":
+                write_json(target / "metrics.json", evaluate_attributor(model, card, corpus))
+            print(f"{name}: evaluated in {time.perf_counter() - t0:.0f}s", flush=True)
+
+
+def cmd_table(args: argparse.Namespace) -> None:
+    root = Path(args.out)
+    rows = []
+    for report in sorted((root / "reports").glob("*/field.json")):
+        for evidence, m in json.loads(report.read_text()).items():
+            rows.append({"model": report.parent.name, **summary_row(evidence, m)})
+    print(markdown_table(rows))
+    metrics = {p.parent.name: json.loads(p.read_text()) for p in (root / "reports").glob("*/metrics.json")}
+    single = {task: metrics[f"st-{name}"] for task, name in (("attack_accuracy", "attack"),
+                                                             ("victim_accuracy", "victim"), ("rmse", "hyper"))
+              if f"st-{name}" in metrics}
+    if len(single) == 3 and "fx" in metrics:
+        print(f"\nDelta_MTL (fx against st-attack/st-victim/st-hyper, in-corpus test split): "
+              f"{delta_mtl(metrics['fx'], single):+.2f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="stage", required=True)
+    p = sub.add_parser("train")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--models", default="fx,plain,lofo-deepfool,lofo-cw-l2")
+    p.add_argument("--probe-victims", default=None)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--width", type=int, default=8)
+    p.add_argument("--test-fraction", type=float, default=0.5)
+    p.add_argument("--calibration-fraction", type=float, default=0.1)
+    p.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("evaluate")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--heldout", action="append", default=[])
+    p.add_argument("--reencode", action="append", default=[])
+    p.add_argument("--threads", type=int, default=1)
+    p = sub.add_parser("table")
+    p.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(max(1, getattr(args, "threads", 1)))
+    {"train": cmd_train, "evaluate": cmd_evaluate, "table": cmd_table}[args.stage](args)
+
+
+if __name__ == "__main__":
+    main()
