@@ -12,6 +12,7 @@ each twice, abstaining on the top probability (<name>) and on the feature distan
     fx              MTAA without PE, pixel histogram + victim probe + per-attack strength (session 4's best)
     plain           MTAA without PE and without side features (nothing ties it to the corpus's victims' weights)
     hist            MTAA without PE, pixel histogram only
+    fx-aug          fx trained with a share of each batch re-encoded (JPEG 75/90, resized 0.75 and back)
     lofo-<family>   fx trained without that family (leave-one-family-out): its test rows must read "unknown"
     lofo-<family>-plain   the same without side features
     st-attack, st-victim, st-hyper   single-task models with fx's features (Delta_MTL)
@@ -40,6 +41,7 @@ from advforensics.utils import write_json
 FX = {"use_pe": False, "histogram": True, "probe": True, "hyper_per_attack": True}
 BASE = {"fx": FX, "plain": {"use_pe": False, "hyper_per_attack": True},
         "hist": {"use_pe": False, "histogram": True, "hyper_per_attack": True},
+        "fx-aug": {**FX, "augment": ("jpeg:75", "jpeg:90", "resize:0.75")},
         "st-attack": {**FX, "model": "single-task", "task": "attack"},
         "st-victim": {**FX, "model": "single-task", "task": "victim"},
         "st-hyper": {**FX, "model": "single-task", "task": "hyper"}}

@@ -64,7 +64,6 @@ class DeepFool(Attack):
         overshoot, max_iter, nb_grads = (float(self._params["overshoot"]), int(self._params["max_iter"]),
                                          int(self._params["nb_grads"]))
         batch = len(x)
-        rows = torch.arange(batch, device=x.device)
         with torch.no_grad():
             logits0 = model(x)
         n_classes = logits0.shape[1]
@@ -78,21 +77,24 @@ class DeepFool(Attack):
         rounds = torch.zeros(batch, dtype=torch.int64)
         shape = (-1,) + (1,) * (x.dim() - 1)
         for _ in range(max_iter):
-            if not active.any():
+            idx = active.nonzero().squeeze(1)  # only examples still on their label move (and cost gradients)
+            if len(idx) == 0:
                 break
-            grad_diff = grads - grads[rows, position].unsqueeze(1)  # (B, L, C, H, W)
-            f_diff = logits[:, classes] - logits[rows, label].unsqueeze(1)  # (B, L)
+            sub = torch.arange(len(idx), device=x.device)
+            grad_diff = grads - grads[sub, position[idx]].unsqueeze(1)  # (b, L, C, H, W)
+            f_diff = logits[:, classes] - logits[sub, label[idx]].unsqueeze(1)  # (b, L)
             norm = grad_diff.flatten(2).norm(dim=2) + TOL
             value = f_diff.abs() / norm
-            value[rows, position] = float("inf")
-            nearest = value.argmin(dim=1)  # (B,)
-            w = grad_diff[rows, nearest]  # (B, C, H, W)
-            r = (f_diff[rows, nearest].abs() / (w.flatten(1).norm(dim=1) ** 2 + TOL)).view(shape) * w
-            stepped = (current + r).clamp(0.0, 1.0)  # clip range (0, 1): ART's scale factor is 1
-            current = torch.where(active.view(shape), stepped, current)
-            rounds += active.cpu().long()
-            logits, grads = _class_gradients(model, current, classes)
-            active = logits.argmax(1) == label
+            value[sub, position[idx]] = float("inf")
+            nearest = value.argmin(dim=1)  # (b,)
+            w = grad_diff[sub, nearest]  # (b, C, H, W)
+            r = (f_diff[sub, nearest].abs() / (w.flatten(1).norm(dim=1) ** 2 + TOL)).view(shape) * w
+            current[idx] = (current[idx] + r).clamp(0.0, 1.0)  # clip range (0, 1): ART's scale factor is 1
+            rounds[idx.cpu()] += 1
+            logits, grads = _class_gradients(model, current[idx], classes)
+            still = logits.argmax(1) == label[idx]
+            active[idx[~still]] = False
+            logits, grads = logits[still], grads[still]
         x_adv = (x + (1 + overshoot) * (current - x)).clamp(0.0, 1.0)
         return x_adv.detach(), rounds + 1, {}
 

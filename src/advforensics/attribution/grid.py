@@ -247,7 +247,7 @@ def field_grid(include_clean: bool = True) -> GridSpec:
 def heldout_grid(include_clean: bool = True) -> GridSpec:
     """Implementations and schedules `field_grid` never uses, at values between its values.
 
-    ART's FGSM, PGD (random init, step 0.2 eps, 20 iterations) and C&W-L2 (5 x 20 steps, lr 0.01);
+    ART's FGSM, PGD (random init, step 0.2 eps, 20 iterations) and C&W-L2 (3 x 15 steps, lr 0.05, c from 1);
     the project's PGD at torchattacks' default schedule (2/255 x 10, random start) and at step eps/10 x 40
     with random start; the project's C&W at one fixed c = 1, 80 steps, lr 0.02; Square (ART, 200 queries), a family
     no field corpus holds; benign changes the corpus never shows.
@@ -259,8 +259,8 @@ def heldout_grid(include_clean: bool = True) -> GridSpec:
                    variant="art-r0.2-s20-rs", implementation="art"),
         AttackSpec("pgd-linf", eps, {"alpha255": 2.0, "steps": 10, "random_start": True}, variant="f2-s10-rs"),
         AttackSpec("pgd-linf", eps, {"alpha_ratio": 0.1, "steps": 40, "random_start": True}, variant="r0.1-s40-rs"),
-        AttackSpec("cw-l2", kappa, {"learning_rate": 0.01, "binary_search_steps": 5, "max_iter": 20,
-                                    "initial_const": 0.1}, variant="art-bs5-s20-lr0.01", implementation="art"),
+        AttackSpec("cw-l2", kappa, {"learning_rate": 0.05, "binary_search_steps": 3, "max_iter": 15,
+                                    "initial_const": 1.0}, variant="art-bs3-s15-lr0.05", implementation="art"),
         AttackSpec("cw-l2", kappa, {"search_steps": 1, "c0": 1.0, "steps": 80, "lr": 0.02}, variant="c1-s80-lr0.02"),
         AttackSpec("square-linf", (48.0, 80.0), {"max_iter": 200}, variant="art-q200", implementation="art")),
         include_clean=include_clean, values_per_image=1, variants_per_image=1,

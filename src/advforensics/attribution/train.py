@@ -32,6 +32,7 @@ from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
 from advforensics.attribution.openset import OpenSetRule, fit_open_set
 from advforensics.attribution.victims import probe_settings
 from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.evidence.transforms import reencode
 from advforensics.utils import (atomic_write_bytes, check_images, check_labels, resolve_device, seed_everything,
                                 write_json)
 
@@ -65,6 +66,8 @@ class TrainConfig:
         (temperatures, "unknown attack" threshold; openset.py) at `target_false_abstention`. 0: none.
     open_set_score: which abstention score the card's rule answers with ("msp" or "distance"); both
         thresholds are fitted either way.
+    augment: re-encodings (`evidence.reencode` specs, e.g. "jpeg:75") of which each batch sees
+        `augment_share` of its rows instead of the stored evidence, labels unchanged.
     """
 
     model: str = "mtaa"
@@ -87,6 +90,8 @@ class TrainConfig:
     calibration_fraction: float = 0.1
     target_false_abstention: float = 0.03
     open_set_score: str = "msp"
+    augment: tuple[str, ...] = ()
+    augment_share: float = 0.3
     seed: int = 0
     shuffle_labels: bool = False
     balance: bool = False
@@ -107,6 +112,14 @@ class TrainConfig:
             raise InputValidationError("lr must be > 0 and weight_decay >= 0")
         self.blocks = tuple(int(b) for b in self.blocks)  # type: ignore[assignment]
         self.pe_channels = tuple(int(c) for c in self.pe_channels)  # type: ignore[assignment]
+        self.augment = tuple(self.augment)
+        if self.augment:
+            from advforensics.evidence.transforms import check_reencoding
+
+            for spec in self.augment:
+                check_reencoding(spec)
+        if not 0.0 <= self.augment_share <= 1.0:
+            raise InputValidationError(f"augment_share must be in [0, 1], got {self.augment_share}")
         if self.model == "single-label" and (self.histogram or self.probe):
             raise InputValidationError("side features (histogram, probe) are for mtaa and single-task models")
 
@@ -240,6 +253,10 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     else:
         clean_train, backbone_source = None, None
     side_train = _side_inputs(model, x_train, device) if isinstance(model, MTAA) else {}
+    # re-encoded copies of every training row (evidence arrives as PNG, JPEG, resized): each batch
+    # swaps a share of its rows for one of them, label unchanged
+    copies = [reencode(x_train, spec, seed=config.seed) for spec in config.augment]
+    side_copies = [_side_inputs(model, c, device) if isinstance(model, MTAA) else {} for c in copies]
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("weighting.")]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("weighting.")]
     optimiser = torch.optim.Adam([{"params": decay, "weight_decay": config.weight_decay},
@@ -262,10 +279,20 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         for batch in order.split(config.batch_size):
             if step >= total_steps:
                 break
-            xb = x_train[batch].to(device)
+            xb = x_train[batch]
+            side_b = {k: v[batch] for k, v in side_train.items()}
+            if copies:
+                swap = torch.rand(len(batch), generator=generator) < config.augment_share
+                which = torch.randint(len(copies), (len(batch),), generator=generator)
+                for j, copy in enumerate(copies):
+                    m = swap & (which == j)
+                    xb = torch.where(m.view(-1, 1, 1, 1), copy[batch], xb)
+                    side_b = {k: torch.where(m.view(-1, *([1] * (v.dim() - 1))), side_copies[j][k][batch], v)
+                              for k, v in side_b.items()}
+            xb = xb.to(device)
             tb = {k: v[batch].to(device) for k, v in targets.items()}
             fm_delta = model.feature_delta(xb, clean_train[batch].to(device)) if clean_train is not None else None
-            out = model(xb, {k: v[batch].to(device) for k, v in side_train.items()}) if side_train else model(xb)
+            out = model(xb, {k: v.to(device) for k, v in side_b.items()}) if side_train else model(xb)
             losses = model.losses(out, tb, fm_delta)
             loss = model.total_loss(losses, config.pe_weight)
             optimiser.zero_grad()

@@ -195,6 +195,9 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
                    "attack' threshold (0: no open-set rule).")
 @click.option("--false-abstention", "target_false_abstention", type=float, default=0.03, show_default=True,
               help="Share of known attacks the calibrated threshold may call 'unknown attack'.")
+@click.option("--augment", "augment", multiple=True,
+              help="Train also on re-encoded evidence (jpeg:Q, resize:S, noise:SD, png): a share of each batch "
+                   "is swapped for it, labels unchanged. Repeat the option.")
 @click.option("--open-set-score", type=click.Choice(["msp", "distance"]), default="msp", show_default=True,
               help="What the 'unknown attack' rule measures: the top calibrated probability, or the features' "
                    "distance to the nearest known class (both thresholds are fitted and stored).")
@@ -222,7 +225,8 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mode: str, epochs: int,
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
               no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, test_fraction: float,
-              calibration_fraction: float, target_false_abstention: float, open_set_score: str, threads: int,
+              calibration_fraction: float, target_false_abstention: float, augment: tuple[str, ...],
+              open_set_score: str, threads: int,
               backbone_data: str | None, data_dir: Path | None, backbone_epochs: int, histogram: bool,
               probe_victims: str | None, attacks: str | None, only_victims: str | None, progress: bool, device: str,
               seed: int, hyper_per_attack: bool, json_path: Path | None) -> None:
@@ -257,7 +261,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
                          backbone_epochs=backbone_epochs, histogram=histogram, probe=probe_victims is not None,
                          hyper_per_attack=hyper_per_attack, test_fraction=test_fraction,
                          calibration_fraction=calibration_fraction, target_false_abstention=target_false_abstention,
-                         open_set_score=open_set_score)
+                         open_set_score=open_set_score, augment=augment)
     pretrain = None if backbone_data is None else load_backbone_data(backbone_data, data_dir)
     probe = None if probe_victims is None else load_victims(probe_victims)
     start = time.perf_counter()
