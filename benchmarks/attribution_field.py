@@ -13,6 +13,9 @@ each twice, abstaining on the top probability (<name>) and on the feature distan
     plain           MTAA without PE and without side features (nothing ties it to the corpus's victims' weights)
     hist            MTAA without PE, pixel histogram only
     fx-aug          fx trained with a share of each batch re-encoded (JPEG 75/90, resized 0.75 and back)
+    fx-sib          fx whose probe, in training, shows each row's own victim through a sibling of the same
+                    architecture (the investigator does not hold the victim's weights)
+    fx-sib-aug      both
     lofo-<family>   fx trained without that family (leave-one-family-out): its test rows must read "unknown"
     lofo-<family>-plain   the same without side features
     st-attack, st-victim, st-hyper   single-task models with fx's features (Delta_MTL)
@@ -42,6 +45,8 @@ FX = {"use_pe": False, "histogram": True, "probe": True, "hyper_per_attack": Tru
 BASE = {"fx": FX, "plain": {"use_pe": False, "hyper_per_attack": True},
         "hist": {"use_pe": False, "histogram": True, "hyper_per_attack": True},
         "fx-aug": {**FX, "augment": ("jpeg:75", "jpeg:90", "resize:0.75")},
+        "fx-sib": {**FX, "probe_siblings": True},
+        "fx-sib-aug": {**FX, "probe_siblings": True, "augment": ("jpeg:75", "jpeg:90", "resize:0.75")},
         "st-attack": {**FX, "model": "single-task", "task": "attack"},
         "st-victim": {**FX, "model": "single-task", "task": "victim"},
         "st-hyper": {**FX, "model": "single-task", "task": "hyper"}}

@@ -257,3 +257,20 @@ def test_train_calibrate_evaluate_heldout_and_predict_with_labels(zoo, corpus_di
     (tmp_path / "empty").mkdir()
     r = _run(["attribution", "predict", "--model", str(model), str(tmp_path / "empty")])
     assert r.exit_code == 2
+
+
+def test_probe_siblings_hide_each_rows_own_victim():
+    """In training a row's own victim slot shows its same-architecture sibling; other slots stay."""
+    from advforensics.attribution.mtaa import MTAAConfig
+    from advforensics.attribution.train import _hide_own_victim
+
+    arch = {"name": "lenet", "num_classes": 10, "in_channels": 1, "image_size": 8}
+    config = MTAAConfig(n_attacks=2, n_victims=3, image_size=8, probe_victims=["a0", "a1", "b0"],
+                        probe_architectures=[arch] * 3, probe_kappa_scales=[1.0] * 3, probe_victim_classes=[0, 0, 1])
+    raw = torch.arange(3 * 12, dtype=torch.float32).view(3, 12)  # 3 rows x 3 slots x 4 features
+    kappa = torch.tensor([[1.0, 2.0, 3.0]] * 3)
+    side = {"raw": raw.clone(), "probe_kappa": kappa.clone()}
+    _hide_own_victim(side, config, np.array(["a0", "a1", "b0"], dtype=object))
+    assert torch.equal(side["raw"][0, 0:4], raw[0, 4:8]) and torch.equal(side["raw"][0, 4:], raw[0, 4:])
+    assert torch.equal(side["raw"][1, 4:8], raw[1, 0:4]) and side["probe_kappa"][1, 1] == 1.0
+    assert torch.equal(side["raw"][2], raw[2])  # b0 has no sibling: unchanged

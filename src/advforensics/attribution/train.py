@@ -30,6 +30,7 @@ from advforensics.attribution.baselines import SingleLabelConfig, SingleLabelNet
 from advforensics.attribution.corpus import Corpus, attribution_splits, victim_architectures
 from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
 from advforensics.attribution.openset import OpenSetRule, fit_open_set
+from advforensics.attribution.side import HISTOGRAM_BINS, PROBE_FEATURES
 from advforensics.attribution.victims import probe_settings
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.evidence.transforms import reencode
@@ -68,6 +69,9 @@ class TrainConfig:
         thresholds are fitted either way.
     augment: re-encodings (`evidence.reencode` specs, e.g. "jpeg:75") of which each batch sees
         `augment_share` of its rows instead of the stored evidence, labels unchanged.
+    probe_siblings: in training, a row's own victim's probe slot shows another probed model of the same
+        architecture instead (`_hide_own_victim`): the evidence an investigator meets comes from
+        victims whose weights they do not hold.
     """
 
     model: str = "mtaa"
@@ -92,6 +96,7 @@ class TrainConfig:
     open_set_score: str = "msp"
     augment: tuple[str, ...] = ()
     augment_share: float = 0.3
+    probe_siblings: bool = False
     seed: int = 0
     shuffle_labels: bool = False
     balance: bool = False
@@ -257,6 +262,10 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     # swaps a share of its rows for one of them, label unchanged
     copies = [reencode(x_train, spec, seed=config.seed) for spec in config.augment]
     side_copies = [_side_inputs(model, c, device) if isinstance(model, MTAA) else {} for c in copies]
+    if config.probe_siblings and isinstance(model, MTAA) and model.probe is not None:
+        victims = corpus.columns["victim"][rows]
+        for side in (side_train, *side_copies):
+            _hide_own_victim(side, model.config, victims)
     decay = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("weighting.")]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("weighting.")]
     optimiser = torch.optim.Adam([{"params": decay, "weight_decay": config.weight_decay},
@@ -351,6 +360,24 @@ def _fit_open_set(model: Attributor, corpus: Corpus, rows: np.ndarray, train_row
                         config.target_false_abstention, features=out.get("attack_features"),
                         train_features=train_features, train_targets=corpus.attack_targets()[train_rows],
                         score=config.open_set_score)
+
+
+def _hide_own_victim(side: dict[str, torch.Tensor], config: MTAAConfig, victims: np.ndarray) -> None:
+    """In place: each row's probe slot of its own victim shows a sibling's answers instead (another
+    probed model of the same architecture), so the heads learn what a victim's architecture looks
+    like to other models of it, which is what an investigator without the victim's weights sees."""
+    offset = HISTOGRAM_BINS if config.histogram else 0
+    names, classes = config.probe_victims, config.probe_victim_classes
+    for i, name in enumerate(names):
+        siblings = [j for j, c in enumerate(classes) if c == classes[i] and j != i]
+        own = torch.from_numpy(victims == name)
+        if not siblings or not own.any():
+            continue
+        j = siblings[0]
+        raw = side["raw"]
+        raw[own, offset + PROBE_FEATURES * i:offset + PROBE_FEATURES * (i + 1)] = \
+            raw[own, offset + PROBE_FEATURES * j:offset + PROBE_FEATURES * (j + 1)]
+        side["probe_kappa"][own, i] = side["probe_kappa"][own, j]
 
 
 def _side_inputs(model: MTAA, x: torch.Tensor, device: torch.device, chunk: int = 1024) -> dict[str, torch.Tensor]:
