@@ -35,7 +35,7 @@ import torch
 
 from advforensics.attribution.corpus import load_corpus
 from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor
-from advforensics.attribution.field import field_report, summary_row, write_field_report
+from advforensics.attribution.field import field_reports, summary_row, write_field_report
 from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
 from advforensics.attribution.victims import load_victims
 from advforensics.reporting import markdown_table
@@ -93,19 +93,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     heldout = [(Path(h).name, load_corpus(h)) for h in args.heldout]
     root = Path(args.out)
     for path in sorted((root / "models").glob("*.safetensors")):
+        target = root / "reports" / path.stem
+        if (target / "field.json").exists():
+            continue
         model, card = load_attributor(path)
-        for score in ("msp", "distance"):  # both abstention scores of the same model
-            name = path.stem if score == "msp" else f"{path.stem}+distance"
-            target = root / "reports" / name
-            if (target / "field.json").exists() or (score == "distance" and not card["open_set"]["class_means"]):
-                continue
-            t0 = time.perf_counter()
-            results = field_report(model, card, corpus, reencodings=tuple(args.reencode), heldout=heldout,
-                                   score=score)
-            write_field_report(results, target, f"Attribution in the field: {name}")
-            if score == "msp":
-                write_json(target / "metrics.json", evaluate_attributor(model, card, corpus))
-            print(f"{name}: evaluated in {time.perf_counter() - t0:.0f}s", flush=True)
+        t0 = time.perf_counter()
+        if card.get("open_set") is None:  # a single-task victim or strength model: no attack head to abstain with
+            write_json(target / "metrics.json", evaluate_attributor(model, card, corpus))
+            (target / "field.json").write_text("{}")
+            continue
+        scores = ("msp", "distance")  # both abstention scores of the same model, from one forward pass
+        results = field_reports(model, card, corpus, reencodings=tuple(args.reencode), heldout=heldout,
+                                scores=scores)
+        for score in scores:
+            write_field_report(results[score], root / "reports" / (path.stem + ("" if score == "msp" else "+distance")),
+                               f"Attribution in the field: {path.stem}, abstaining on {score}")
+        write_json(target / "metrics.json", evaluate_attributor(model, card, corpus))
+        print(f"{path.stem}: evaluated in {time.perf_counter() - t0:.0f}s", flush=True)
 
 
 def cmd_table(args: argparse.Namespace) -> None:

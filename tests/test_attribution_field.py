@@ -192,10 +192,11 @@ def test_train_calibrate_evaluate_heldout_and_predict_with_labels(zoo, corpus_di
     model = tmp_path / "m.safetensors"
     r = _run(["attribution", "train", "--corpus", str(corpus_dir), "--out", str(model), "--epochs", "2", "--width",
               "4", "--no-pe", "--histogram", "--hyper-per-attack", "--test-fraction", "0.4",
-              "--calibration-fraction", "0.25", "--augment", "jpeg:75", "--no-progress"])
+              "--calibration-fraction", "0.25", "--augment", "jpeg:75", "--probe-victims", str(zoo / "zoo"),
+              "--probe-siblings", "--no-progress"])
     assert r.exit_code == 0, r.output
     card = json.loads(model.with_suffix(".json").read_text())
-    assert card["train"]["augment"] == ["jpeg:75"]
+    assert card["train"]["augment"] == ["jpeg:75"] and card["train"]["probe_siblings"]
     r = _run(["attribution", "train", "--corpus", str(corpus_dir), "--out", str(tmp_path / "x.safetensors"),
               "--augment", "gif", "--no-progress"])
     assert r.exit_code == 2 and "re-encoding" in r.output and not (tmp_path / "x.safetensors").exists()

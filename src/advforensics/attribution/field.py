@@ -71,7 +71,11 @@ def attribute(model: nn.Module, card: dict[str, Any], x: torch.Tensor, score: st
     """Answers for images `x` (B, C, H, W) in [0, 1]; `score` overrides the card's abstention score."""
     from advforensics.attribution.evaluate import model_logits
 
-    out = model_logits(model, x)
+    return answer(model_logits(model, x), card, score)
+
+
+def answer(out: dict[str, np.ndarray], card: dict[str, Any], score: str | None = None) -> Attribution:
+    """Answers from an attributor's outputs (`evaluate.model_logits`), by the card's open-set rule."""
     if "attack_logits" not in out:
         raise InputValidationError("open-set answers need an attributor with an attack head")
     rule = open_set_rule(card)
@@ -88,11 +92,11 @@ def attribute(model: nn.Module, card: dict[str, Any], x: torch.Tensor, score: st
     else:
         victim, victim_p = ["-"] * n, np.full(n, np.nan)
     units = card.get("hyper_units", {})
-    hyper = out["hyper"].astype(np.float64) if "hyper" in out else np.full(n, np.nan)
+    hyper = out["hyper"].astype(np.float64).copy() if "hyper" in out else np.full(n, np.nan)
     unit = []
-    for i, answer in enumerate(answers):
-        u = units.get(answer, KNOWN_ATTACKS.get(answer, "none"))
-        if answer in (NOT_ADVERSARIAL, UNKNOWN) or u == "none":
+    for i, a in enumerate(answers):
+        u = units.get(a, KNOWN_ATTACKS.get(a, "none"))
+        if a in (NOT_ADVERSARIAL, UNKNOWN) or u == "none":
             hyper[i] = np.nan
             u = "none"
         unit.append(UNIT_NAMES.get(u, u))
@@ -283,36 +287,50 @@ def group_rows(m: dict[str, Any], group: str) -> list[dict[str, Any]]:
             for value, g in m.get("groups", {}).get(group, {}).items()]
 
 
-def field_report(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, split: str = "test",
-                 reencodings: tuple[str, ...] = (), heldout: list[tuple[str, Corpus]] = (),
-                 score: str | None = None) -> dict[str, dict[str, Any]]:
-    """field_metrics on the card's split of its corpus, on that split re-encoded, and on held-out corpora.
+def field_reports(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, split: str = "test",
+                  reencodings: tuple[str, ...] = (), heldout: list[tuple[str, Corpus]] = (),
+                  scores: tuple[str | None, ...] = (None,)) -> dict[str | None, dict[str, dict[str, Any]]]:
+    """field_metrics on the card's split of its corpus, on that split re-encoded, and on held-out
+    corpora, for each abstention score (None: the card's); the model runs once per evidence set.
 
     The split is reproduced from the card on the full corpus: an attributor trained on a subset
     (leave-one-family-out) meets the left-out family's test rows, whose right answer is "unknown".
     """
     from advforensics.attribution.corpus import attribution_splits
+    from advforensics.attribution.evaluate import model_logits
     from advforensics.evidence.transforms import reencode
 
     parent = card.get("subset", {}) or {}
     if card.get("corpus_id") not in (corpus.corpus_id, None) and parent.get("parent") != corpus.corpus_id:
         raise InputValidationError("the attributor was not trained on this corpus; pass its held-out sets "
                                    "with --heldout instead")
+    for name, other in heldout:
+        if list(other.image_shape) != list(card["image_shape"]):
+            raise InputValidationError(f"held-out corpus {name} has images {other.image_shape}, the attributor "
+                                       f"expects {card['image_shape']}")
     s = card["split"]
     masks = attribution_splits(corpus.columns["clean_index"], s["test_fraction"], s.get("calibration_fraction", 0.0),
                                s["seed"])
     rows = np.flatnonzero(masks[2] if split == "test" else masks[0])
     x = corpus.float_images(rows)
     truth = Truth.from_corpus(corpus, rows)
-    results = {f"{split} split": field_metrics(attribute(model, card, x, score), truth)}
-    for spec in reencodings:
-        results[f"{split} split, {spec}"] = field_metrics(attribute(model, card, reencode(x, spec), score), truth)
-    for name, other in heldout:
-        if list(other.image_shape) != list(card["image_shape"]):
-            raise InputValidationError(f"held-out corpus {name} has images {other.image_shape}, the attributor "
-                                       f"expects {card['image_shape']}")
-        results[name] = field_metrics(attribute(model, card, other.float_images(), score), Truth.from_corpus(other))
+    sets = [(f"{split} split", lambda: x, truth)]
+    sets += [(f"{split} split, {spec}", lambda spec=spec: reencode(x, spec), truth) for spec in reencodings]
+    sets += [(name, other.float_images, Truth.from_corpus(other)) for name, other in heldout]
+    results: dict[str | None, dict[str, dict[str, Any]]] = {score: {} for score in scores}
+    for name, images, rows_truth in sets:
+        out = model_logits(model, images())
+        for score in scores:
+            results[score][name] = field_metrics(answer(out, card, score), rows_truth)
     return results
+
+
+def field_report(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, split: str = "test",
+                 reencodings: tuple[str, ...] = (), heldout: list[tuple[str, Corpus]] = (),
+                 score: str | None = None) -> dict[str, dict[str, Any]]:
+    """`field_reports` for one abstention score."""
+    return field_reports(model, card, corpus, split=split, reencodings=reencodings, heldout=heldout,
+                         scores=(score,))[score]
 
 
 def write_field_report(results: dict[str, dict[str, Any]], out_dir: str | Path, title: str) -> list[Path]:
@@ -334,5 +352,5 @@ def write_field_report(results: dict[str, dict[str, Any]], out_dir: str | Path, 
     return files
 
 
-__all__ = ["Attribution", "Truth", "attribute", "field_metrics", "field_report", "open_set_rule", "summary_row", "group_rows",
+__all__ = ["Attribution", "Truth", "answer", "attribute", "field_metrics", "field_report", "field_reports", "open_set_rule", "summary_row", "group_rows",
            "write_field_report"]

@@ -212,6 +212,9 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @click.option("--probe-victims", "probe_victims", default=None,
               help="Side feature (not in the paper): query these victims (the corpus's, same weights; a directory "
                    "or comma list) and feed their margins to the heads. The model file then carries them.")
+@click.option("--probe-siblings", is_flag=True,
+              help="With --probe-victims: in training, show each example's own victim through another probed model "
+                   "of its architecture, as evidence from victims whose weights the investigator lacks looks.")
 @click.option("--hyper-per-attack", is_flag=True,
               help="One regressor output per attack, read at the predicted attack (not in the paper).")
 @click.option("--attacks", default=None, help="Train on these attacks only (comma list; scalability tables).")
@@ -229,7 +232,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
               open_set_score: str, threads: int,
               backbone_data: str | None, data_dir: Path | None, backbone_epochs: int, histogram: bool,
               probe_victims: str | None, attacks: str | None, only_victims: str | None, progress: bool, device: str,
-              seed: int, hyper_per_attack: bool, json_path: Path | None) -> None:
+              seed: int, hyper_per_attack: bool, probe_siblings: bool, json_path: Path | None) -> None:
     """Train an attributor on a corpus's training split (split by clean image) and save it.
 
     \b
@@ -261,7 +264,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
                          backbone_epochs=backbone_epochs, histogram=histogram, probe=probe_victims is not None,
                          hyper_per_attack=hyper_per_attack, test_fraction=test_fraction,
                          calibration_fraction=calibration_fraction, target_false_abstention=target_false_abstention,
-                         open_set_score=open_set_score, augment=augment)
+                         open_set_score=open_set_score, augment=augment, probe_siblings=probe_siblings)
     pretrain = None if backbone_data is None else load_backbone_data(backbone_data, data_dir)
     probe = None if probe_victims is None else load_victims(probe_victims)
     start = time.perf_counter()
