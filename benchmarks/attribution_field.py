@@ -6,6 +6,7 @@ Stages (each skips what exists under --out):
     python benchmarks/attribution_field.py evaluate --corpus runs/attr-field/field --out runs/attr-field/study \
         --heldout runs/attr-field/field-s2 --heldout runs/attr-field/heldout --reencode png --reencode jpeg:90
     python benchmarks/attribution_field.py table --out runs/attr-field/study
+    python benchmarks/attribution_field.py delta-mtl --corpus runs/attr-field/field --out runs/attr-field/study
 
 Models (all with the open-set rule calibrated on 10% of the training clean images; `evaluate` reports
 each twice, abstaining on the top probability (<name>) and on the feature distance (<name>+distance)):
@@ -128,6 +129,57 @@ def cmd_table(args: argparse.Namespace) -> None:
               f"{delta_mtl(metrics['fx'], single):+.2f}%")
 
 
+def cmd_delta_mtl(args: argparse.Namespace) -> None:
+    """Delta_MTL of fx against st-attack / st-victim / st-hyper on the in-corpus test split, with a 95%
+    bootstrap interval over clean images (all rows of a resampled clean image enter together)."""
+    import numpy as np
+
+    from advforensics.attribution.corpus import attribution_splits
+    from advforensics.attribution.evaluate import predict_outputs
+
+    corpus = load_corpus(args.corpus)
+    models = Path(args.out) / "models"
+    out = {}
+    for name in ("fx", "st-attack", "st-victim", "st-hyper"):
+        model, card = load_attributor(models / f"{name}.safetensors")
+        s = card["split"]
+        test = attribution_splits(corpus.columns["clean_index"], s["test_fraction"], s["calibration_fraction"],
+                                  s["seed"])[2]
+        rows = np.flatnonzero(test)
+        out[name] = predict_outputs(model, card, corpus.float_images(rows))
+    attack, victim, hyper = corpus.attack_targets()[rows], corpus.victim_targets()[rows], corpus.hyper_targets()[rows]
+    adversarial = corpus.columns["attack"][rows] != "clean"
+    strength = adversarial & (corpus.columns["attack"][rows] != "deepfool")
+    images = corpus.columns["clean_index"][rows]
+    unique = np.unique(images)
+    groups = {i: np.flatnonzero(images == i) for i in unique}
+
+    def metrics(name: str, take: np.ndarray) -> dict[str, float]:
+        o, m = out[name], {}
+        if "attack_probs" in o:
+            m["attack_accuracy"] = float((o["attack_probs"][take].argmax(1) == attack[take]).mean())
+        if "victim_probs" in o:
+            m["victim_accuracy"] = float((o["victim_probs"][take].argmax(1) == victim[take]).mean())
+        if "hyper" in o:
+            t = take[strength[take]]
+            m["rmse"] = float(np.sqrt(np.mean((o["hyper"][t] - hyper[t]) ** 2)))
+        return m
+
+    def delta(take: np.ndarray) -> float:
+        single = {"attack_accuracy": metrics("st-attack", take), "victim_accuracy": metrics("st-victim", take),
+                  "rmse": metrics("st-hyper", take)}
+        return delta_mtl(metrics("fx", take), single)
+
+    point = delta(np.arange(len(rows)))
+    rng = np.random.default_rng(0)
+    boots = [delta(np.concatenate([groups[i] for i in rng.choice(unique, len(unique))])) for _ in range(args.resamples)]
+    low, high = np.quantile(boots, [0.025, 0.975])
+    print(f"Delta_MTL (fx vs st-attack/st-victim/st-hyper, test split, {len(unique)} clean images, {len(rows)} rows): "
+          f"{point:+.2f}% [{low:+.2f}, {high:+.2f}] (95% bootstrap over clean images, {args.resamples} resamples)")
+    for name in out:
+        print(f"  {name}: {metrics(name, np.arange(len(rows)))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="stage", required=True)
@@ -149,9 +201,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("table")
     p.add_argument("--out", required=True)
+    p = sub.add_parser("delta-mtl")
+    p.add_argument("--corpus", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--resamples", type=int, default=500)
     args = parser.parse_args()
     torch.set_num_threads(max(1, getattr(args, "threads", 1)))
-    {"train": cmd_train, "evaluate": cmd_evaluate, "table": cmd_table}[args.stage](args)
+    {"train": cmd_train, "evaluate": cmd_evaluate, "table": cmd_table, "delta-mtl": cmd_delta_mtl}[args.stage](args)
 
 
 if __name__ == "__main__":
