@@ -9,7 +9,9 @@ import torch
 from advforensics.attribution.baselines import ablation_config, single_task_config
 from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus
 from advforensics.attribution.evaluate import (clean_class_rates, delta_mtl, evaluate_attributor, false_alarm_table,
-                                              predict_records, write_report)
+                                              write_report)
+from advforensics.attribution.field import attribute
+from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN
 from advforensics.attribution.grid import AttackSpec, GridSpec
 from advforensics.attribution.mtaa import MTAA, MTAAConfig, UncertaintyWeighting
 from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
@@ -75,9 +77,8 @@ def test_variants_build():
     x = torch.rand(2, 1, 8, 8)
     for task in ("attack", "victim", "hyper"):
         out = MTAA(single_task_config(base, task))(x)
-        assert set(k for k in out if not k.startswith("hyper_")) == {{"attack": "attack_logits",
-                                                                     "victim": "victim_logits",
-                                                                     "hyper": "hyper"}[task]}
+        outputs = {"attack": {"attack_logits", "attack_features"}, "victim": {"victim_logits"}, "hyper": {"hyper"}}
+        assert set(k for k in out if not k.startswith("hyper_")) == outputs[task]
     for name in ("plain-sum", "uncertainty", "uncertainty+tsl", "full"):
         assert MTAA(ablation_config(base, name))(x)["attack_logits"].shape == (2, 3)
     with pytest.raises(InputValidationError):
@@ -103,12 +104,13 @@ def test_save_load_evaluate_and_predict(tiny_corpus, tmp_path):
     assert metrics["flops_per_image"] > 0 and metrics["n_params"] == card["n_params"]
     files = write_report(metrics, tmp_path / "report")
     assert all(f.exists() for f in files) and any(f.suffix == ".png" for f in files)
-    records = predict_records(model, card, x)
-    assert records[0]["attack"] in card["attack_names"] and 0 < records[0]["attack_probability"] <= 1
+    records = attribute(model, card, x).records()
+    assert records[0]["attack"] in [*card["attack_names"], NOT_ADVERSARIAL, UNKNOWN]
+    assert 0 < records[0]["attack_probability"] <= 1 and records[3]["row"] == 3
     with pytest.raises(InputValidationError, match="size"):
-        predict_records(model, card, torch.rand(2, 1, 28, 28))
+        attribute(model, card, torch.rand(2, 1, 28, 28))
     with pytest.raises(InputValidationError, match="channels"):
-        predict_records(model, card, torch.rand(2, 3, 8, 8))
+        attribute(model, card, torch.rand(2, 3, 8, 8))
     other = dict(card, corpus_id="0" * 64)
     with pytest.raises(CheckpointError, match="corpus"):
         evaluate_attributor(model, other, tiny_corpus)

@@ -1,18 +1,21 @@
 """Passive attribution (MTAA, Guo et al. arXiv 2302.14059): attack corpus, multi-task attributor, baselines.
 
 Import the submodules for the full API:
-    grid      GridSpec / AttackSpec, default_grid() (paper Table 1), small_grid()
+    grid      GridSpec / AttackSpec, default_grid() (paper Table 1), small_grid(), field_grid(), heldout_grid()
     corpus    generate_corpus, load_corpus, split_by_clean_image, CorpusConfig
     mtaa      MTAA, MTAAConfig, UncertaintyWeighting, PerturbationExtractor
     baselines SingleLabelNet, single_task_config, ablation_config
     side      pixel_histogram, VictimProbe (side features, ours: not in the paper)
     victims   load_victims, probe_settings
     train     TrainConfig, train_attributor, save_attributor, load_attributor
-    evaluate  evaluate_attributor, predict_records, delta_mtl, write_report
+    openset   OpenSetRule, fit_open_set ("not adversarial", "unknown attack", calibrated probabilities)
+    field     attribute (answers for images), Truth, field_metrics, field_report (metrics with intervals)
+    evaluate  evaluate_attributor, delta_mtl, write_report (the paper's tables)
 """
 
 from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus, split_by_clean_image
-from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, predict_records, write_report
+from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, write_report
+from advforensics.attribution.field import Attribution, Truth, attribute, field_metrics, field_report
 from advforensics.attribution.grid import AttackSpec, GridSpec, default_grid, small_grid
 from advforensics.attribution.mtaa import MTAA, MTAAConfig
 from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
@@ -20,4 +23,5 @@ from advforensics.attribution.victims import load_victims
 
 __all__ = ["AttackSpec", "GridSpec", "default_grid", "small_grid", "CorpusConfig", "generate_corpus", "load_corpus",
            "split_by_clean_image", "MTAA", "MTAAConfig", "TrainConfig", "train_attributor", "save_attributor",
-           "load_attributor", "evaluate_attributor", "predict_records", "delta_mtl", "write_report", "load_victims"]
+           "load_attributor", "evaluate_attributor", "delta_mtl", "write_report", "load_victims", "Attribution",
+           "Truth", "attribute", "field_metrics", "field_report"]

@@ -66,30 +66,6 @@ def predict_outputs(model: nn.Module, card: dict[str, Any], x: torch.Tensor, bat
             if k != "attack_features"}
 
 
-def predict_records(model: nn.Module, card: dict[str, Any], x: torch.Tensor) -> list[dict[str, Any]]:
-    """One dict per image: attack, victim and hyperparameter with their probabilities."""
-    out = predict_outputs(model, card, x)
-    records = []
-    for i in range(x.shape[0]):
-        rec: dict[str, Any] = {}
-        if "attack_probs" in out:
-            p = out["attack_probs"][i]
-            rec["attack"] = card["attack_names"][int(p.argmax())]
-            rec["attack_probability"] = float(p.max())
-            rec["attack_probabilities"] = {n: float(v) for n, v in zip(card["attack_names"], p)}
-        if "victim_probs" in out:
-            p = out["victim_probs"][i]
-            rec["victim"] = card["victim_names"][int(p.argmax())]
-            rec["victim_probability"] = float(p.max())
-            rec["victim_probabilities"] = {n: float(v) for n, v in zip(card["victim_names"], p)}
-        if "hyper" in out:
-            unit = card.get("hyper_units", {}).get(rec.get("attack", ""), "eps255 or kappa")
-            rec["hyperparameter"] = None if rec.get("attack") == CLEAN else float(out["hyper"][i])
-            rec["hyperparameter_unit"] = unit
-        records.append(rec)
-    return records
-
-
 def count_flops(model: nn.Module, card: dict[str, Any]) -> int:
     """Forward FLOPs for one image, counted by torch.utils.flop_counter.FlopCounterMode."""
     c, h, w = card["image_shape"]
@@ -273,5 +249,5 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return files
 
 
-__all__ = ["evaluate_attributor", "model_logits", "predict_outputs", "predict_records", "count_flops", "delta_mtl", "write_report",
+__all__ = ["evaluate_attributor", "model_logits", "predict_outputs", "count_flops", "delta_mtl", "write_report",
            "results_table", "false_alarm_table", "clean_class_rates", "check_input", "MTL_METRICS"]

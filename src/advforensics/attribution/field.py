@@ -68,9 +68,11 @@ def open_set_rule(card: dict[str, Any]) -> OpenSetRule:
 
 
 def attribute(model: nn.Module, card: dict[str, Any], x: torch.Tensor, score: str | None = None) -> Attribution:
-    """Answers for images `x` (B, C, H, W) in [0, 1]; `score` overrides the card's abstention score."""
-    from advforensics.attribution.evaluate import model_logits
+    """Answers for images `x` (B, C, H, W) in [0, 1] of the card's channels and size; `score` overrides
+    the card's abstention score."""
+    from advforensics.attribution.evaluate import check_input, model_logits
 
+    check_input(card, x)
     return answer(model_logits(model, x), card, score)
 
 
