@@ -275,3 +275,22 @@ def test_probe_siblings_hide_each_rows_own_victim():
     assert torch.equal(side["raw"][0, 0:4], raw[0, 4:8]) and torch.equal(side["raw"][0, 4:], raw[0, 4:])
     assert torch.equal(side["raw"][1, 4:8], raw[1, 0:4]) and side["probe_kappa"][1, 1] == 1.0
     assert torch.equal(side["raw"][2], raw[2])  # b0 has no sibling: unchanged
+
+
+def test_distance_score_abstains_far_from_every_class_at_its_promised_rate():
+    rng = np.random.default_rng(1)
+    centres = np.array([[0.0] * 8, [6.0] * 8])
+    targets = rng.integers(0, 2, 8000)
+    features = centres[targets] + rng.normal(0, 1, (8000, 8))
+    logits = np.stack([-np.linalg.norm(features - c, axis=1) for c in centres], axis=1)
+    rule = fit_open_set(logits[4000:6000], targets[4000:6000], None, None, 0.05, features=features[4000:6000],
+                        train_features=features[:4000], train_targets=targets[:4000], score="distance")
+    assert rule.score == "distance" and rule.calibration_false_abstention <= 0.055
+    fresh = rule.abstains(logits[6000:], features[6000:])
+    assert 0.035 <= fresh.mean() <= 0.065
+    far = np.full((10, 8), 30.0)  # confident for class 1 by the logits, far from both classes
+    far_logits = np.stack([-np.linalg.norm(far - c, axis=1) for c in centres], axis=1)
+    assert rule.abstains(far_logits, far).all()
+    assert not rule.with_score("msp").abstains(far_logits * 10, far).any()  # the head alone is sure
+    restored = type(rule).from_dict(json.loads(json.dumps(rule.to_dict())))
+    assert np.array_equal(restored.abstains(logits[6000:], features[6000:]), fresh)
