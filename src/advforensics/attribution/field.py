@@ -133,9 +133,11 @@ class Truth:
         victim_arch = np.array([arch.get(v, v) if v != CLEAN else CLEAN for v in c["victim"][rows]], dtype=object)
         hyper = c["hyper"][rows].astype(np.float64)
         hyper[np.array([KNOWN_ATTACKS.get(a, "none") == "none" for a in c["attack"][rows]], dtype=bool)] = np.nan
+        cell = np.array([f"{a} x {v} x {h:g}" if a != CLEAN else CLEAN
+                         for a, v, h in zip(c["attack"][rows], victim_arch, c["hyper"][rows])], dtype=object)
         return cls(attack=c["attack"][rows].astype(object), victim=victim_arch, hyper=hyper,
                    groups={"variant": c["variant"][rows], "implementation": c["implementation"][rows],
-                           "victim model": c["victim"][rows], "strength": c["hyper"][rows]})
+                           "victim model": c["victim"][rows], "cell": cell})
 
     @classmethod
     def from_table(cls, path: str | Path, rows: list[int]) -> Truth:
@@ -204,9 +206,10 @@ def _rmse(pred: np.ndarray, true: np.ndarray, seed: int = 0, resamples: int = 50
             "high": float(np.quantile(boots, 0.975)), "n": int(len(sq))}
 
 
-def field_metrics(att: Attribution, truth: Truth, group_by: tuple[str, ...] = ("variant", "victim model")
+def field_metrics(att: Attribution, truth: Truth, group_by: tuple[str, ...] = ("variant", "victim model", "cell")
                   ) -> dict[str, Any]:
-    """Open-set attack answers, victim architecture, strength, overall and per group.
+    """Open-set attack answers, victim architecture, strength, overall and per group (a "cell" is
+    attack family x victim architecture x strength).
 
     known: rows of a family the attributor knows; unknown families: rows of families it was not
     trained on (the right answer is "unknown attack"); clean: clean and benign rows (the right answer is
