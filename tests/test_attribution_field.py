@@ -254,6 +254,21 @@ def test_train_calibrate_evaluate_heldout_and_predict_with_labels(zoo, corpus_di
         load_attributor(forged)
     r = _run(["attribution", "predict", "--model", str(forged), str(tmp_path / "ev.npz")])
     assert r.exit_code != 0 and "do not match" in r.output
+    # palette, 1-bit and 16-bit PNGs of a grey digit read as the grey image they show
+    from PIL import Image
+
+    digit = corpus.images[rows[0], 0]  # (8, 8) uint8
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    Image.fromarray(digit).convert("P").save(folder / "a_palette.png")
+    Image.fromarray(((digit > 127) * 255).astype(np.uint8)).convert("1").save(folder / "b_onebit.png")
+    Image.fromarray(digit.astype(np.uint16) * 257).save(folder / "c_sixteen.png")
+    r = _run(["attribution", "predict", "--model", str(model), str(folder), "--as-json"])
+    assert r.exit_code == 0, r.output
+    assert [p["row"] for p in json.loads(r.output)] == [0, 1, 2]
+    Image.fromarray(np.stack([digit, 255 - digit, digit], axis=2)).save(folder / "d_colour.png")
+    r = _run(["attribution", "predict", "--model", str(model), str(folder)])
+    assert r.exit_code == 2 and "colour" in r.output
     # an empty evidence folder is an error
     (tmp_path / "empty").mkdir()
     r = _run(["attribution", "predict", "--model", str(model), str(tmp_path / "empty")])

@@ -399,8 +399,9 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
     from advforensics.attribution.train import load_attributor
     from advforensics.evidence import load_evidence
 
-    evidence = load_evidence(source)  # first: a bad evidence file fails before the model loads
     model, card = load_attributor(model_path)
+    c, h, w = (int(v) for v in card["image_shape"])
+    evidence = load_evidence(source, channels=c, size=(h, w))  # grey stored as RGB or a palette reads as grey
     if evidence.dropped:  # never silently: the row numbers in the names show which are left
         click.echo(evidence.summary(), err=True)
     x, names = evidence.x, evidence.names
