@@ -103,11 +103,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             write_json(target / "metrics.json", evaluate_attributor(model, card, corpus))
             (target / "field.json").write_text("{}")
             continue
-        scores = ("msp", "distance")  # both abstention scores of the same model, from one forward pass
+        # every abstention score the card holds, from one forward pass (older cards lack "either")
+        scores = ("msp", "distance") + (("either",) if "either_thresholds" in card["open_set"] else ())
         results = field_reports(model, card, corpus, reencodings=tuple(args.reencode), heldout=heldout,
                                 scores=scores)
         for score in scores:
-            write_field_report(results[score], root / "reports" / (path.stem + ("" if score == "msp" else "+distance")),
+            write_field_report(results[score], root / "reports" / (path.stem + ("" if score == "msp" else f"+{score}")),
                                f"Attribution in the field: {path.stem}, abstaining on {score}")
         write_json(target / "metrics.json", evaluate_attributor(model, card, corpus))
         print(f"{path.stem}: evaluated in {time.perf_counter() - t0:.0f}s", flush=True)

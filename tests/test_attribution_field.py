@@ -309,3 +309,6 @@ def test_distance_score_abstains_far_from_every_class_at_its_promised_rate():
     assert not rule.with_score("msp").abstains(far_logits * 10, far).any()  # the head alone is sure
     restored = type(rule).from_dict(json.loads(json.dumps(rule.to_dict())))
     assert np.array_equal(restored.abstains(logits[6000:], features[6000:]), fresh)
+    either = rule.with_score("either")  # the union, each score at half the rate
+    union = either.abstains(logits[6000:], features[6000:])
+    assert 0.015 <= union.mean() <= 0.065 and either.abstains(far_logits, far).all()  # within the target

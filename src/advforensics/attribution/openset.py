@@ -13,7 +13,8 @@ images held out from training, never seen by the gradient steps. Two abstention 
 - "msp": the attack head's top (calibrated) probability;
 - "distance": the Mahalanobis distance of the attack branch's features to the nearest known class
   (class means and a Ledoit-Wolf shared covariance from training rows; Lee et al. 2018), which can
-  see an example that lies far from every family even where the head is confident.
+  see an example that lies far from every family even where the head is confident;
+- "either": abstain when either says so, each at half the target rate (the union stays within it).
 
 Each threshold is the calibration quantile that gives the target false-abstention rate on known
 classes, so the rate is a measured promise, not a guess; the evaluation reports it again on the test
@@ -46,7 +47,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
 
 
-SCORES = ("msp", "distance")
+SCORES = ("msp", "distance", "either")
 
 
 @dataclass(frozen=True)
@@ -68,14 +69,15 @@ class OpenSetRule:
     n_calibration: int
     score: str = "msp"
     distance_threshold: float = float("inf")
+    either_thresholds: tuple[float, float] = (0.0, float("inf"))  # (msp, distance), each at half the target
     class_means: tuple[tuple[float, ...], ...] = ()
     precision: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.score not in SCORES:
             raise InputValidationError(f"open-set score must be one of {SCORES}, got {self.score!r}")
-        if self.score == "distance" and not self.class_means:
-            raise InputValidationError("the distance score needs class means (an attributor with features)")
+        if self.score in ("distance", "either") and not self.class_means:
+            raise InputValidationError(f"the {self.score} score needs class means (an attributor with features)")
 
     def to_dict(self) -> dict[str, Any]:
         payload = asdict(self)
@@ -89,6 +91,8 @@ class OpenSetRule:
             fields = {k: payload[k] for k in cls.__dataclass_fields__ if k in payload}
             fields["class_means"] = tuple(tuple(float(v) for v in m) for m in fields.get("class_means", ()))
             fields["precision"] = tuple(tuple(float(v) for v in r) for r in fields.get("precision", ()))
+            if "either_thresholds" in fields:
+                fields["either_thresholds"] = tuple(float(v) for v in fields["either_thresholds"])
             return cls(**fields)  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError) as error:
             raise InputValidationError(f"invalid open-set rule in the attributor card: {error}") from None
@@ -104,11 +108,14 @@ class OpenSetRule:
 
     def abstains(self, attack_logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """(B,) bool: the rule answers "unknown attack"."""
+        if self.score == "msp":
+            return self.attack_probs(attack_logits).max(1) < self.threshold
+        if features is None:
+            raise InputValidationError(f"the {self.score} score needs the attack branch's features")
         if self.score == "distance":
-            if features is None:
-                raise InputValidationError("the distance score needs the attack branch's features")
             return self.distances(features) > self.distance_threshold
-        return self.attack_probs(attack_logits).max(1) < self.threshold
+        low_p, far = self.either_thresholds
+        return (self.attack_probs(attack_logits).max(1) < low_p) | (self.distances(features) > far)
 
     def attack_probs(self, logits: np.ndarray) -> np.ndarray:
         return softmax(logits / self.attack_temperature, axis=1)
@@ -138,6 +145,16 @@ def fit_distance(features: np.ndarray, targets: np.ndarray, n_classes: int) -> t
     return means, LedoitWolf().fit(centred).precision_
 
 
+def _lower(scores: np.ndarray, rate: float) -> float:
+    """The largest threshold t with (scores < t) on at most `rate` of the rows."""
+    return float(np.quantile(scores, rate, method="lower")) if rate > 0 else 0.0
+
+
+def _upper(scores: np.ndarray, rate: float) -> float:
+    """The smallest threshold t with (scores > t) on at most `rate` of the rows."""
+    return float(np.quantile(scores, 1 - rate, method="higher")) if rate > 0 else float("inf")
+
+
 def fit_open_set(attack_logits: np.ndarray, attack_targets: np.ndarray, victim_logits: np.ndarray | None,
                  victim_targets: np.ndarray | None, target_false_abstention: float = 0.03, *,
                  features: np.ndarray | None = None, train_features: np.ndarray | None = None,
@@ -153,22 +170,20 @@ def fit_open_set(attack_logits: np.ndarray, attack_targets: np.ndarray, victim_l
     t_attack = fit_temperature(attack_logits, attack_targets)
     t_victim = fit_temperature(victim_logits, victim_targets) if victim_logits is not None else 1.0
     top = softmax(attack_logits / t_attack, axis=1).max(1)
-    # the largest threshold that abstains on at most the target share of calibration rows
-    threshold = float(np.quantile(top, target_false_abstention, method="lower")) if target_false_abstention > 0 \
-        else 0.0
-    rule = OpenSetRule(attack_temperature=t_attack, victim_temperature=t_victim, threshold=threshold,
+    rule = OpenSetRule(attack_temperature=t_attack, victim_temperature=t_victim,
+                       threshold=_lower(top, target_false_abstention),
                        target_false_abstention=float(target_false_abstention),
-                       calibration_false_abstention=float((top < threshold).mean()), n_calibration=int(len(top)))
+                       calibration_false_abstention=0.0, n_calibration=int(len(top)))  # measured below
     if features is not None and train_features is not None and train_targets is not None:
         means, precision = fit_distance(train_features, train_targets, attack_logits.shape[1])
         rule = replace(rule, class_means=tuple(map(tuple, means.tolist())),
                        precision=tuple(map(tuple, precision.tolist())))
         d = rule.distances(features)
-        cut = float(np.quantile(d, 1 - target_false_abstention, method="higher")) if target_false_abstention > 0 \
-            else float("inf")
-        rule = replace(rule, distance_threshold=cut)
-    if score == "distance":
-        rule = replace(rule, score="distance")
+        rule = replace(rule, distance_threshold=_upper(d, target_false_abstention),
+                       either_thresholds=(_lower(top, target_false_abstention / 2),
+                                          _upper(d, target_false_abstention / 2)))
+    if score != "msp":
+        rule = replace(rule, score=score)
     rule = replace(rule, calibration_false_abstention=float(rule.abstains(attack_logits, features).mean()))
     return rule
 

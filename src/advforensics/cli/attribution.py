@@ -198,9 +198,10 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @click.option("--augment", "augment", multiple=True,
               help="Train also on re-encoded evidence (jpeg:Q, resize:S, noise:SD, png): a share of each batch "
                    "is swapped for it, labels unchanged. Repeat the option.")
-@click.option("--open-set-score", type=click.Choice(["msp", "distance"]), default="msp", show_default=True,
-              help="What the 'unknown attack' rule measures: the top calibrated probability, or the features' "
-                   "distance to the nearest known class (both thresholds are fitted and stored).")
+@click.option("--open-set-score", type=click.Choice(["msp", "distance", "either"]), default="msp", show_default=True,
+              help="What the 'unknown attack' rule measures: the top calibrated probability, the features' "
+                   "distance to the nearest known class, or either of them at half the rate each (all thresholds "
+                   "are fitted and stored).")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--backbone-data", default=None,
               help="Pretrain MTAA's PE backbone on this data set's training split (default: the corpus's clean "
