@@ -78,7 +78,7 @@ def test_corpus_train_evaluate_predict_round_trip(workdir):
     assert preds[0]["victim"] == "lenet" and preds[0]["row"] == 0  # the architecture, and the row it answers
     np.savez(root / "big.npz", images=np.zeros((2, 1, 28, 28), np.uint8))
     r = _run(["attribution", "predict", "--model", str(model), str(root / "big.npz")])
-    assert r.exit_code == 2 and "size" in r.output
+    assert r.exit_code == 2 and "the model takes (1, 8, 8)" in r.output
     # an image file
     from PIL import Image
 

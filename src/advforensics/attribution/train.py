@@ -429,6 +429,22 @@ def save_attributor(model: Attributor, card: dict[str, Any], path: str | Path) -
     return card_path
 
 
+def peek_card(path: str | Path) -> dict[str, Any] | None:
+    """The card in an attributor file's safetensors header, unverified and without loading the weights
+    (None when the file is missing or not one); `load_attributor` verifies everything."""
+    target = Path(path)
+    try:
+        with target.open("rb") as handle:
+            header_len = int.from_bytes(handle.read(8), "little")
+            if not 0 < header_len < 100_000_000:
+                return None
+            header = json.loads(handle.read(header_len))
+        card = json.loads(header.get("__metadata__", {}).get("card", "null"))
+    except (OSError, ValueError, AttributeError):
+        return None
+    return card if isinstance(card, dict) and card.get("format") == CARD_FORMAT else None
+
+
 def load_attributor(path: str | Path) -> tuple[Attributor, dict[str, Any]]:
     """Load weights and card written by `save_attributor`; mismatches raise CheckpointError."""
     target = Path(path)
@@ -457,4 +473,4 @@ def load_attributor(path: str | Path) -> tuple[Attributor, dict[str, Any]]:
 
 
 __all__ = ["TrainConfig", "TrainResult", "train_attributor", "load_backbone_data", "save_attributor", "load_attributor", "build_model",
-           "corpus_targets", "tensors_sha256", "MODEL_KINDS"]
+           "corpus_targets", "tensors_sha256", "peek_card", "MODEL_KINDS"]

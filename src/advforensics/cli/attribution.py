@@ -397,12 +397,15 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
 
     from advforensics.attribution.evaluate import check_input
     from advforensics.attribution.field import Truth, attribute, field_metrics, summary_row
-    from advforensics.attribution.train import load_attributor
+    from advforensics.attribution.train import load_attributor, peek_card
     from advforensics.evidence import load_evidence
 
+    # the evidence first, read at the attributor's channels and size where its card says them (a grey
+    # palette PNG reads as grey): a bad evidence file fails before the model loads
+    peeked = peek_card(model_path)
+    shape = [int(v) for v in peeked["image_shape"]] if peeked else None
+    evidence = load_evidence(source, channels=shape[0], size=(shape[1], shape[2])) if shape else load_evidence(source)
     model, card = load_attributor(model_path)
-    c, h, w = (int(v) for v in card["image_shape"])
-    evidence = load_evidence(source, channels=c, size=(h, w))  # grey stored as RGB or a palette reads as grey
     if evidence.dropped:  # never silently: the row numbers in the names show which are left
         click.echo(evidence.summary(), err=True)
     x, names = evidence.x, evidence.names
