@@ -17,6 +17,7 @@ each twice, abstaining on the top probability (<name>) and on the feature distan
     fx-sib          fx whose probe, in training, shows each row's own victim through a sibling of the same
                     architecture (the investigator does not hold the victim's weights)
     fx-sib-aug      both
+    fx-sib-aug-c99  fx-sib-aug whose rule answers "not adversarial" at 99% clean recall on calibration
     lofo-<family>   fx trained without that family (leave-one-family-out): its test rows must read "unknown"
     lofo-<family>-plain   the same without side features
     st-attack, st-victim, st-hyper   single-task models with fx's features (Delta_MTL)
@@ -48,6 +49,8 @@ BASE = {"fx": FX, "plain": {"use_pe": False, "hyper_per_attack": True},
         "fx-aug": {**FX, "augment": ("jpeg:75", "jpeg:90", "resize:0.75")},
         "fx-sib": {**FX, "probe_siblings": True},
         "fx-sib-aug": {**FX, "probe_siblings": True, "augment": ("jpeg:75", "jpeg:90", "resize:0.75")},
+        "fx-sib-aug-c99": {**FX, "probe_siblings": True, "augment": ("jpeg:75", "jpeg:90", "resize:0.75"),
+                           "target_clean_recall": 0.99},
         "st-attack": {**FX, "model": "single-task", "task": "attack"},
         "st-victim": {**FX, "model": "single-task", "task": "victim"},
         "st-hyper": {**FX, "model": "single-task", "task": "hyper"}}

@@ -312,3 +312,22 @@ def test_distance_score_abstains_far_from_every_class_at_its_promised_rate():
     either = rule.with_score("either")  # the union, each score at half the rate
     union = either.abstains(logits[6000:], features[6000:])
     assert 0.015 <= union.mean() <= 0.065 and either.abstains(far_logits, far).all()  # within the target
+
+
+def test_clean_recall_sets_the_not_adversarial_operating_point():
+    rng = np.random.default_rng(2)
+    n = 4000
+    targets = rng.integers(0, 3, n)  # class 2 is clean
+    logits = rng.normal(0, 1, (n, 3))
+    logits[np.arange(n), targets] += 2.0
+    names = ["fgsm", "cw-l2", "clean"]
+    plain = fit_open_set(logits[:2000], targets[:2000], None, None, 0.0)
+    rule = fit_open_set(logits[:2000], targets[:2000], None, None, 0.0, clean_class=2, target_clean_recall=0.99)
+    assert rule.clean_threshold is not None and rule.target_clean_recall == 0.99
+    fresh = np.array(rule.answers(logits[2000:], names))
+    clean = targets[2000:] == 2
+    assert (fresh[clean] == NOT_ADVERSARIAL).mean() >= 0.97  # the stated recall holds on unseen rows
+    before = np.array(plain.answers(logits[2000:], names))
+    assert (fresh[clean] == NOT_ADVERSARIAL).mean() > (before[clean] == NOT_ADVERSARIAL).mean()
+    assert set(fresh[fresh != NOT_ADVERSARIAL]) <= {"fgsm", "cw-l2"}  # the rest name a family, never "clean"
+    assert json.loads(json.dumps(rule.to_dict()))["clean_threshold"] == rule.clean_threshold

@@ -70,6 +70,8 @@ class OpenSetRule:
     score: str = "msp"
     distance_threshold: float = float("inf")
     either_thresholds: tuple[float, float] = (0.0, float("inf"))  # (msp, distance), each at half the target
+    clean_threshold: float | None = None  # "not adversarial" when p(clean) reaches it (a stated clean recall)
+    target_clean_recall: float | None = None
     class_means: tuple[tuple[float, ...], ...] = ()
     precision: tuple[tuple[float, ...], ...] = ()
 
@@ -91,6 +93,8 @@ class OpenSetRule:
             fields = {k: payload[k] for k in cls.__dataclass_fields__ if k in payload}
             fields["class_means"] = tuple(tuple(float(v) for v in m) for m in fields.get("class_means", ()))
             fields["precision"] = tuple(tuple(float(v) for v in r) for r in fields.get("precision", ()))
+            if fields.get("clean_threshold") is not None:
+                fields["clean_threshold"] = float(fields["clean_threshold"])
             if "either_thresholds" in fields:
                 fields["either_thresholds"] = tuple(float(v) for v in fields["either_thresholds"])
             return cls(**fields)  # type: ignore[arg-type]
@@ -125,9 +129,21 @@ class OpenSetRule:
 
     def answers(self, attack_logits: np.ndarray, attack_names: list[str], features: np.ndarray | None = None,
                 clean: str = "clean") -> list[str]:
-        """One answer per row: a family, NOT_ADVERSARIAL, or UNKNOWN."""
+        """One answer per row: a family, NOT_ADVERSARIAL, or UNKNOWN.
+
+        With a `clean_threshold`, a row whose calibrated clean probability reaches it is "not
+        adversarial" whatever else the head says (the operating point for a stated clean recall);
+        the other rows abstain or name their most probable family.
+        """
+        probs = self.attack_probs(attack_logits)
         top = attack_logits.argmax(1)
         abstain = self.abstains(attack_logits, features)
+        if self.clean_threshold is not None and clean in attack_names:
+            k = attack_names.index(clean)
+            benign = probs[:, k] >= self.clean_threshold
+            families = np.where(np.arange(len(attack_names)) == k, -np.inf, attack_logits).argmax(1)
+            return [NOT_ADVERSARIAL if b else (UNKNOWN if a else attack_names[f])
+                    for b, a, f in zip(benign, abstain, families)]
         return [UNKNOWN if a else (NOT_ADVERSARIAL if attack_names[t] == clean else attack_names[t])
                 for a, t in zip(abstain, top)]
 
@@ -158,12 +174,14 @@ def _upper(scores: np.ndarray, rate: float) -> float:
 def fit_open_set(attack_logits: np.ndarray, attack_targets: np.ndarray, victim_logits: np.ndarray | None,
                  victim_targets: np.ndarray | None, target_false_abstention: float = 0.03, *,
                  features: np.ndarray | None = None, train_features: np.ndarray | None = None,
-                 train_targets: np.ndarray | None = None, score: str = "msp") -> OpenSetRule:
+                 train_targets: np.ndarray | None = None, score: str = "msp",
+                 clean_class: int | None = None, target_clean_recall: float | None = None) -> OpenSetRule:
     """Fit both temperatures and the thresholds on calibration rows (all of them known classes).
 
     features: the calibration rows' attack-branch features; train_features/train_targets: training
     rows' features for the distance model (means, covariance), so the threshold is set on rows the
-    model did not fit.
+    model did not fit. clean_class, target_clean_recall: the clean class's index, and the share of
+    calibration clean rows that must read "not adversarial" (sets `clean_threshold`; None: argmax).
     """
     if not 0.0 <= target_false_abstention < 1.0:
         raise InputValidationError(f"target false-abstention must be in [0, 1), got {target_false_abstention}")
@@ -184,6 +202,13 @@ def fit_open_set(attack_logits: np.ndarray, attack_targets: np.ndarray, victim_l
                                           _upper(d, target_false_abstention / 2)))
     if score != "msp":
         rule = replace(rule, score=score)
+    if target_clean_recall is not None and clean_class is not None:
+        if not 0.0 < target_clean_recall < 1.0:
+            raise InputValidationError(f"target clean recall must be in (0, 1), got {target_clean_recall}")
+        p_clean = softmax(attack_logits / t_attack, axis=1)[attack_targets == clean_class, clean_class]
+        if len(p_clean):
+            rule = replace(rule, clean_threshold=_lower(p_clean, 1 - target_clean_recall),
+                           target_clean_recall=float(target_clean_recall))
     rule = replace(rule, calibration_false_abstention=float(rule.abstains(attack_logits, features).mean()))
     return rule
 

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from advforensics.attribution.baselines import SingleLabelConfig, SingleLabelNet, joint_vocabulary, \
     single_task_config
 from advforensics.attribution.corpus import Corpus, attribution_splits, victim_architectures
+from advforensics.attribution.grid import CLEAN
 from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
 from advforensics.attribution.openset import OpenSetRule, fit_open_set
 from advforensics.attribution.side import HISTOGRAM_BINS, PROBE_FEATURES
@@ -65,8 +66,10 @@ class TrainConfig:
         class), so that a small class (the clean false-alarm class) is seen as often as the others.
     calibration_fraction: share of the training clean images held out to calibrate the open-set rule
         (temperatures, "unknown attack" threshold; openset.py) at `target_false_abstention`. 0: none.
-    open_set_score: which abstention score the card's rule answers with ("msp" or "distance"); both
-        thresholds are fitted either way.
+    open_set_score: which abstention score the card's rule answers with ("msp", "distance", "either");
+        every threshold is fitted either way.
+    target_clean_recall: the share of calibration clean (and benign) rows that must read "not
+        adversarial": the rule then answers so whenever p(clean) reaches the fitted threshold.
     augment: re-encodings (`evidence.reencode` specs, e.g. "jpeg:75") of which each batch sees
         `augment_share` of its rows instead of the stored evidence, labels unchanged.
     probe_siblings: in training, a row's own victim's probe slot shows another probed model of the same
@@ -94,6 +97,7 @@ class TrainConfig:
     calibration_fraction: float = 0.1
     target_false_abstention: float = 0.03
     open_set_score: str = "msp"
+    target_clean_recall: float | None = None
     augment: tuple[str, ...] = ()
     augment_share: float = 0.3
     probe_siblings: bool = False
@@ -359,7 +363,8 @@ def _fit_open_set(model: Attributor, corpus: Corpus, rows: np.ndarray, train_row
                         victim, corpus.victim_targets()[rows] if victim is not None else None,
                         config.target_false_abstention, features=out.get("attack_features"),
                         train_features=train_features, train_targets=corpus.attack_targets()[train_rows],
-                        score=config.open_set_score)
+                        score=config.open_set_score, target_clean_recall=config.target_clean_recall,
+                        clean_class=corpus.attack_names.index(CLEAN) if CLEAN in corpus.attack_names else None)
 
 
 def _hide_own_victim(side: dict[str, torch.Tensor], config: MTAAConfig, victims: np.ndarray) -> None:

@@ -202,6 +202,9 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
               help="What the 'unknown attack' rule measures: the top calibrated probability, the features' "
                    "distance to the nearest known class, or either of them at half the rate each (all thresholds "
                    "are fitted and stored).")
+@click.option("--clean-recall", "target_clean_recall", type=float, default=None,
+              help="Answer 'not adversarial' whenever p(clean) reaches the threshold that gives this share of "
+                   "the calibration clean images (e.g. 0.99); default: when clean is the most probable class.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
 @click.option("--backbone-data", default=None,
               help="Pretrain MTAA's PE backbone on this data set's training split (default: the corpus's clean "
@@ -230,7 +233,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
               no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, test_fraction: float,
               calibration_fraction: float, target_false_abstention: float, augment: tuple[str, ...],
-              open_set_score: str, threads: int,
+              open_set_score: str, target_clean_recall: float | None, threads: int,
               backbone_data: str | None, data_dir: Path | None, backbone_epochs: int, histogram: bool,
               probe_victims: str | None, attacks: str | None, only_victims: str | None, progress: bool, device: str,
               seed: int, hyper_per_attack: bool, probe_siblings: bool, json_path: Path | None) -> None:
@@ -265,7 +268,8 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
                          backbone_epochs=backbone_epochs, histogram=histogram, probe=probe_victims is not None,
                          hyper_per_attack=hyper_per_attack, test_fraction=test_fraction,
                          calibration_fraction=calibration_fraction, target_false_abstention=target_false_abstention,
-                         open_set_score=open_set_score, augment=augment, probe_siblings=probe_siblings)
+                         open_set_score=open_set_score, augment=augment, probe_siblings=probe_siblings,
+                         target_clean_recall=target_clean_recall)
     pretrain = None if backbone_data is None else load_backbone_data(backbone_data, data_dir)
     probe = None if probe_victims is None else load_victims(probe_victims)
     start = time.perf_counter()
