@@ -331,3 +331,28 @@ def test_clean_recall_sets_the_not_adversarial_operating_point():
     assert (fresh[clean] == NOT_ADVERSARIAL).mean() > (before[clean] == NOT_ADVERSARIAL).mean()
     assert set(fresh[fresh != NOT_ADVERSARIAL]) <= {"fgsm", "cw-l2"}  # the rest name a family, never "clean"
     assert json.loads(json.dumps(rule.to_dict()))["clean_threshold"] == rule.clean_threshold
+
+
+def test_art_runner_makes_each_family_at_its_stated_strength(tiny_classifier, digits_data):
+    """ART's FGSM/PGD stay inside their eps ball, its C&W holds its kappa where it succeeds."""
+    from advforensics.attacks.cw import logit_margin
+    from advforensics.attribution.art_runner import run_art_values
+
+    images, labels = digits_data
+    x, y = images[:24], labels[:24]
+    for family, params in (("fgsm", {}), ("pgd-linf", {"eps_step_ratio": 0.25, "max_iter": 5, "num_random_init": 1})):
+        outs = run_art_values(family, (20.0, 60.0), params, tiny_classifier, x, y, seed=0)
+        for eps, out in zip((20.0, 60.0), outs):
+            assert out.shape == x.shape and (out - x).abs().max() <= eps / 255 + 1e-6
+        assert (tiny_classifier(outs[1]).argmax(1) != y).float().mean() > (tiny_classifier(outs[0]).argmax(1) != y
+                                                                            ).float().mean() - 1e-9
+    (cw,) = run_art_values("cw-l2", (2.0,), {"max_iter": 20, "binary_search_steps": 2, "learning_rate": 0.05,
+                                              "initial_const": 1.0}, tiny_classifier, x, y, seed=0)
+    margin = logit_margin(tiny_classifier(cw), y)
+    fooled = tiny_classifier(cw).argmax(1) != y
+    assert fooled.any() and (margin[fooled] >= 2.0 - 1e-3).float().mean() >= 0.9
+    again = run_art_values("pgd-linf", (60.0,), {"eps_step_ratio": 0.25, "max_iter": 5, "num_random_init": 1},
+                           tiny_classifier, x, y, seed=0)[0]
+    assert torch.equal(again, run_art_values("pgd-linf", (60.0,), {"eps_step_ratio": 0.25, "max_iter": 5,
+                                                                   "num_random_init": 1},
+                                             tiny_classifier, x, y, seed=0)[0])  # seeded random starts
