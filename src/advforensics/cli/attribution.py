@@ -396,6 +396,8 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
     \b
     Example:
       advforensics attribution predict --model runs/mtaa.safetensors evidence.npz --json preds.json
+      advforensics attribution predict --model runs/mtaa.safetensors evidence.npz --labels truth.csv
+      (truth.csv: row,attack,victim,strength  e.g.  0,pgd-linf,resnet18,32 ; "not adversarial" for clean)
     """
     import torch
 
