@@ -100,8 +100,7 @@ class CellResult:
     """One hyperparameter value of one attack on one victim over a batch of clean images."""
 
     hyper: float
-    x_adv: torch.Tensor  # (B, C, H, W) in [0, 1]
-    reached: torch.Tensor | None = None  # (B,) bool, C&W only
+    x_adv: torch.Tensor  # (B, C, H, W) in [0, 1]; the corpus measures success and kappa on it itself
 
 
 #: Signature of an attack runner: (spec, model, x, y, seed, extra params) -> one CellResult per value.
@@ -132,7 +131,7 @@ def run_grid_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torc
         return [CellResult(v, r.x_adv) for v, r in zip(spec.values, results)]
     if spec.name == "cw-l2" and ("warm_search_steps" in params or "warm_steps" in params):
         results = cw_kappa_sweep(model, x, y, [float(v) for v in spec.values], **params)
-        return [CellResult(v, r.x_adv, r.extras["reached"].bool()) for v, r in zip(spec.values, results)]
+        return [CellResult(v, r.x_adv) for v, r in zip(spec.values, results)]
     out = []
     for value in spec.values:
         if spec.name == "pgd-linf":
@@ -145,9 +144,7 @@ def run_grid_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torc
         elif spec.name == "deepfool":
             out.append(CellResult(value, create_attack("deepfool", **params)(model, x, y).x_adv))
         elif spec.name == "cw-l2":
-            result = create_attack("cw-l2", kappa=float(value), **params)(model, x, y)
-            reached = result.extras.get("reached")
-            out.append(CellResult(value, result.x_adv, None if reached is None else reached.bool()))
+            out.append(CellResult(value, create_attack("cw-l2", kappa=float(value), **params)(model, x, y).x_adv))
         else:  # pragma: no cover - AttackSpec validates names
             raise InputValidationError(f"no runner for attack {spec.name!r} in {spec.implementation}")
     return out

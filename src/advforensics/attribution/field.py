@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from advforensics.attribution.corpus import Corpus, victim_architectures
+from advforensics.attribution.corpus import Corpus
 from advforensics.attribution.grid import CLEAN, KNOWN_ATTACKS
 from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN, OpenSetRule
 from advforensics.errors import DataFileError, InputValidationError
@@ -129,8 +129,7 @@ class Truth:
     def from_corpus(cls, corpus: Corpus, rows: np.ndarray | None = None) -> Truth:
         rows = np.arange(len(corpus)) if rows is None else rows
         c = corpus.columns
-        arch = victim_architectures(corpus.manifest)
-        victim_arch = np.array([arch.get(v, v) if v != CLEAN else CLEAN for v in c["victim"][rows]], dtype=object)
+        victim_arch = c["victim_arch"][rows].astype(object)
         hyper = c["hyper"][rows].astype(np.float64)
         hyper[np.array([KNOWN_ATTACKS.get(a, "none") == "none" for a in c["attack"][rows]], dtype=bool)] = np.nan
         cell = np.array([f"{a} x {v} x {h:g}" if a != CLEAN else CLEAN
