@@ -328,7 +328,12 @@ def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, sing
     torch.set_num_threads(max(1, threads))
     torch.manual_seed(seed)
     target = resolve_device(device)
+    from advforensics.evidence.transforms import check_reencoding
+
+    for spec in reencodings:
+        check_reencoding(spec)
     corpus = load_corpus(corpus_dir)
+    heldout_corpora = [(path, load_corpus(path)) for path in heldout]  # all verified before any work
     model, card = load_attributor(model_path)
     metrics = evaluate_attributor(model.to(target), card, corpus, split=split)
     if single_task:
@@ -341,11 +346,6 @@ def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, sing
                 if metric in task_metrics and len(c["config"]["tasks"]) == 1:
                     single[metric] = task_metrics
         metrics["delta_mtl"] = delta_mtl(metrics, single)
-    from advforensics.evidence.transforms import check_reencoding
-
-    for spec in reencodings:
-        check_reencoding(spec)
-    heldout_corpora = [(path, load_corpus(path)) for path in heldout]  # all verified before any work
     write_report(metrics, out)
     if card.get("open_set") is not None:
         from advforensics.attribution.field import field_report, write_field_report
