@@ -437,15 +437,12 @@ def save_attributor(model: Attributor, card: dict[str, Any], path: str | Path) -
 def peek_card(path: str | Path) -> dict[str, Any] | None:
     """The card in an attributor file's safetensors header, unverified and without loading the weights
     (None when the file is missing or not one); `load_attributor` verifies everything."""
-    target = Path(path)
+    from safetensors import safe_open
+
     try:
-        with target.open("rb") as handle:
-            header_len = int.from_bytes(handle.read(8), "little")
-            if not 0 < header_len < 100_000_000:
-                return None
-            header = json.loads(handle.read(header_len))
-        card = json.loads(header.get("__metadata__", {}).get("card", "null"))
-    except (OSError, ValueError, AttributeError):
+        with safe_open(str(path), "pt") as handle:  # the header only
+            card = json.loads((handle.metadata() or {}).get("card", "null"))
+    except (OSError, SafetensorError, ValueError):
         return None
     return card if isinstance(card, dict) and card.get("format") == CARD_FORMAT else None
 

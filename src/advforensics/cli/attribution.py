@@ -401,7 +401,6 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
     """
     import torch
 
-    from advforensics.attribution.evaluate import check_input
     from advforensics.attribution.field import Truth, attribute, field_metrics, summary_row
     from advforensics.attribution.train import load_attributor, peek_card
     from advforensics.evidence import load_evidence
@@ -415,7 +414,6 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
     if evidence.dropped:  # never silently: the row numbers in the names show which are left
         click.echo(evidence.summary(), err=True)
     x, names = evidence.x, evidence.names
-    check_input(card, x)
     truth = None if labels_path is None else Truth.from_table(labels_path, evidence.rows)
     if not float_evidence:  # an 8-bit image is what evidence normally is, and what the corpus holds
         x = torch.round(x * 255.0) / 255.0
