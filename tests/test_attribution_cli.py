@@ -105,10 +105,11 @@ def test_corpus_train_evaluate_predict_round_trip(workdir):
 
 
 def test_cli_errors(workdir, tmp_path):
-    r = _run(["attribution", "corpus", "--data", "digits", "--victims", str(tmp_path), "--out", str(tmp_path / "c"),
+    (tmp_path / "empty").mkdir()
+    r = _run(["attribution", "corpus", "--data", "digits", "--victims", str(tmp_path / "empty"), "--out", str(tmp_path / "c"),
               "--grid", "nonsense"])
     assert r.exit_code == 2 and "grid" in r.output
-    r = _run(["attribution", "evaluate", "--corpus", str(tmp_path), "--model", str(tmp_path / "m.safetensors"),
+    r = _run(["attribution", "evaluate", "--corpus", str(tmp_path / "empty"), "--model", str(tmp_path / "m.safetensors"),
               "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "manifest" in r.output
     if not torch.cuda.is_available():

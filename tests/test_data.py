@@ -324,7 +324,7 @@ def test_imagefolder_unknown_split_and_empty_root(tmp_path: Path) -> None:
 def test_imagefolder_corrupt_image_names_the_file(tmp_path: Path) -> None:
     _write_folder(tmp_path / "pets")
     (tmp_path / "pets" / "train" / "cat" / "01.png").write_bytes(b"not a png at all")
-    with pytest.raises(DataFileError, match="01.png: cannot decode"):
+    with pytest.raises(DataFileError, match="cannot read image .*01.png"):
         load_dataset("imagefolder", "train", data_dir=tmp_path / "pets")
 
 

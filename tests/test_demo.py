@@ -47,5 +47,5 @@ def test_full_demo_runs_both_halves(tmp_path: Path) -> None:
 def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
     (tmp_path / "precious.txt").write_text("keep me")
     result = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "not made by the demo" in result.output
+    assert result.exit_code == 2 and "advforensics did not write it" in result.output
     assert (tmp_path / "precious.txt").read_text() == "keep me"

@@ -8,6 +8,8 @@ attack, so each attack file holds only its algorithm (torchattacks/ART habit).
 from __future__ import annotations
 
 import enum
+import inspect
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -130,8 +132,17 @@ ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
 def create_attack(name: str, **params: Any) -> Attack:
-    """Build a registered attack by name; unknown names and bad parameters fail clearly."""
-    return ATTACKS.get(name)(**params)
+    """Build a registered attack by name; unknown names, unknown keys and NaN values fail clearly."""
+    cls = ATTACKS.get(name)
+    signature = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+    unknown = sorted(set(params) - set(signature))
+    if unknown:
+        raise InputValidationError(f"{name} has no parameter {', '.join(map(repr, unknown))}; its parameters are "
+                                   f"{', '.join(signature)}")
+    for key, value in params.items():  # inf is a value only where it is the default (an unbounded budget)
+        if isinstance(value, float) and not math.isfinite(value) and value != signature[key]:
+            raise InputValidationError(f"{name}: {key} must be a finite number, got {value}")
+    return cls(**params)
 
 
 def list_attacks() -> list[str]:

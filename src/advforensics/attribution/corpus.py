@@ -5,12 +5,14 @@ A corpus directory holds
     shards/<unit>.npz     adversarial evidence of one work unit, uint8 (M, C, H, W) by default
     shards/<unit>.parquet one label row per evidence image (attack, victim, hyper, success, norms, ...)
     manifest.json         grid, victims, data, per-shard sha256 and counts, per-cell success statistics
+    .advforensics.lock    the writer's lock (one writer per corpus; harmless when left behind)
 
 A work unit is (victim, attack, chunk of clean images); every hyperparameter value of the attack is
 run on the chunk inside the unit (FGSM from one shared gradient). Units are written atomically and
 the manifest is rewritten last, so an interrupted run resumes without duplicates or losses: a unit
 is done iff the manifest lists it and its files still hash to the recorded sha256; anything else is
-regenerated from its own deterministic seed.
+regenerated from its own deterministic seed. A unit's files are exactly shards/<unit>.npz and .parquet:
+manifest paths that lead elsewhere are refused, never followed.
 
 Evidence is quantised to 8 bits by default: float evidence leaks the attack (FGSM stays on the 1/255
 grid, PGD and C&W do not) and FGSM's epsilon (the most frequent pixel change). Success is re-checked
@@ -20,12 +22,15 @@ recorded so that dropped cells are visible.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
 import logging
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +43,7 @@ from torch import nn
 from tqdm import tqdm
 
 from advforensics.attribution.grid import CLEAN, AttackSpec, GridSpec
+from advforensics.data.npz import load_arrays
 from advforensics.errors import DataFileError, InputValidationError, UnknownNameError
 from advforensics.utils import (atomic_write_bytes, check_images, check_labels, module_device, resolve_device,
                                 sha256_bytes, sha256_file, write_json)
@@ -48,6 +54,8 @@ FORMAT = "advforensics-attribution-corpus"
 VERSION = 2  # 2: variants, per-example params, victim architecture, unreached C&W examples dropped
 MANIFEST = "manifest.json"
 CLEAN_FILE = "clean.npz"
+SHARDS = "shards"
+LOCK_FILE = ".advforensics.lock"
 
 #: Parquet label columns and their NumPy dtypes.
 COLUMNS: dict[str, Any] = {
@@ -169,13 +177,10 @@ def _parquet_bytes(columns: dict[str, np.ndarray]) -> bytes:
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as error:
-        raise DataFileError(f"corrupt corpus file {path}: {error}") from None
-    except Exception as error:  # zipfile.BadZipFile and friends
-        raise DataFileError(f"corrupt corpus file {path}: {type(error).__name__}: {error}") from None
+    arrays = load_arrays(path)  # member sizes are capped before numpy inflates anything
+    if not isinstance(arrays, dict):
+        raise DataFileError(f"corrupt corpus file {path}: an .npy array, not an .npz archive")
+    return arrays
 
 
 def _load_parquet(path: Path) -> dict[str, np.ndarray]:
@@ -264,8 +269,8 @@ def _check_victim_names(victims: Mapping[str, nn.Module]) -> None:
     if not victims:
         raise InputValidationError("at least one victim model is needed")
     for name in victims:
-        if not name or "__" in name or "/" in name or name == CLEAN:
-            raise InputValidationError(f"invalid victim name {name!r} (no '__', '/', or 'clean')")
+        if not name or "__" in name or "/" in name or "\\" in name or ".." in name or name == CLEAN:
+            raise InputValidationError(f"invalid victim name {name!r} (no '__', '/', '\\', '..', or 'clean')")
 
 
 def victim_architectures(manifest: Mapping[str, Any]) -> dict[str, str]:
@@ -423,22 +428,65 @@ def _generate_unit(unit: tuple[str, str, str, int, int], grid: GridSpec, victims
     return stacked, columns, cell_stats, runs
 
 
+def _unit_names(unit_id: str) -> dict[str, str]:
+    """The manifest's file names of a unit's images and labels (relative to the corpus root)."""
+    return {"images": f"{SHARDS}/{unit_id}.npz", "labels": f"{SHARDS}/{unit_id}.parquet"}
+
+
 def _write_unit(root: Path, unit_id: str, images: np.ndarray, columns: dict[str, np.ndarray]) -> dict[str, Any]:
     img_bytes = _npz_bytes(images=images)
     lab_bytes = _parquet_bytes(columns)
-    img_name, lab_name = f"shards/{unit_id}.npz", f"shards/{unit_id}.parquet"
-    atomic_write_bytes(root / img_name, img_bytes)
-    atomic_write_bytes(root / lab_name, lab_bytes)
-    return {"images": img_name, "images_sha256": sha256_bytes(img_bytes), "labels": lab_name,
-            "labels_sha256": sha256_bytes(lab_bytes), "n_examples": int(len(images))}
+    names = _unit_names(unit_id)
+    atomic_write_bytes(root / names["images"], img_bytes)
+    atomic_write_bytes(root / names["labels"], lab_bytes)
+    return {**names, "images_sha256": sha256_bytes(img_bytes), "labels_sha256": sha256_bytes(lab_bytes),
+            "n_examples": int(len(images))}
 
 
-def _unit_intact(root: Path, entry: dict[str, Any]) -> bool:
-    for key in ("images", "labels"):
-        path = root / entry[key]
-        if not path.is_file() or sha256_file(path) != entry[f"{key}_sha256"]:
-            return False
-    return True
+def _inside(root: Path, path: Path) -> bool:
+    """Whether `path`, symlinks resolved, lies inside the corpus root."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _unit_files(root: Path, unit_id: str, entry: Mapping[str, Any]) -> dict[str, Path]:
+    """A unit's files, which must be exactly shards/<unit_id>.npz/.parquet inside the corpus.
+
+    The manifest is data: an edited one must not make the reader open files outside the corpus.
+    """
+    if not unit_id or any(bad in unit_id for bad in ("/", "\\", "..", "\0")):
+        raise DataFileError(f"corpus {root}: invalid unit id {unit_id!r} in the manifest")
+    files = {}
+    for key, name in _unit_names(unit_id).items():
+        if entry.get(key) != name:
+            raise DataFileError(f"corpus {root}, unit {unit_id}: the manifest names {entry.get(key)!r} for its "
+                                f"{key}, expected {name!r}")
+        if not _inside(root, root / name):
+            raise DataFileError(f"corpus {root}, unit {unit_id}: {name} leads outside the corpus (a symlink?)")
+        files[key] = root / name
+    return files
+
+
+def _read_unit(root: Path, unit_id: str, entry: Mapping[str, Any], shape: tuple[int, ...], verify: bool = True
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One unit's (images, label columns), checked against its manifest entry; anything amiss -> DataFileError."""
+    files = _unit_files(root, unit_id, entry)
+    for key, file in files.items():
+        if not file.is_file():
+            raise DataFileError(f"corpus shard {file} listed in the manifest is missing")
+        if verify and sha256_file(file) != entry.get(f"{key}_sha256"):
+            raise DataFileError(f"corpus shard {file} does not match the manifest's sha256 (modified or corrupt)")
+    shard = _load_npz(files["images"])
+    if "images" not in shard:
+        raise DataFileError(f"corpus shard {files['images']} has no 'images' array")
+    images = shard["images"]
+    if images.shape[1:] != shape:
+        raise DataFileError(f"corpus shard {files['images']} has images of shape {images.shape[1:]}, "
+                            f"manifest says {shape}")
+    cols = _load_parquet(files["labels"])
+    n = len(images)
+    if entry.get("n_examples") != n or any(len(v) != n for v in cols.values()):
+        raise DataFileError(f"corpus shard {unit_id}: image and label counts disagree with the manifest")
+    return images, cols
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -453,6 +501,8 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise DataFileError(f"{path} is not an advforensics attribution corpus manifest")
     if manifest.get("version") != VERSION:
         raise DataFileError(f"{path}: corpus format version {manifest.get('version')} (expected {VERSION})")
+    if not isinstance(manifest.get("units"), dict):
+        raise DataFileError(f"{path}: the manifest's units are not a mapping of unit id to entry")
     return manifest
 
 
@@ -500,6 +550,82 @@ def _aggregate_throughput(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     return sorted(totals.values(), key=lambda t: (t["victim"], t["attack"]))
 
 
+def _lock_holder(fd: int) -> str:
+    """The pid in a lock file held by another writer (it writes it just after taking the lock: wait a moment)."""
+    for _ in range(50):
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        if holder:
+            return holder
+        time.sleep(0.01)
+    return "unknown"
+
+
+@contextmanager
+def _writer_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the corpus folder: two writers would each generate every unit."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputValidationError(f"corpus {root} is being written by another process (pid {_lock_holder(fd)}); "
+                                       "wait for it to finish, then rerun with --resume") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays (harmless, and removing it would race a new writer)
+
+
+def _is_tmp(name: str) -> bool:
+    """A leftover of an interrupted atomic write (`atomic_write_bytes` names them .<target>.<random>.tmp)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _holds_no_units(root: Path) -> bool:
+    """Whether `root` holds nothing but what a writer makes before its first unit is recorded.
+
+    That is the lock, clean.npz, a manifest listing no unit, temp files, and shards/ files no manifest
+    lists; such a folder is what a failed first run leaves, and a fresh run may start over in it.
+    """
+    for path in root.iterdir():
+        if path.name == MANIFEST:
+            try:
+                if _read_manifest(root)["units"]:
+                    return False
+            except DataFileError:
+                return False
+        elif path.name == SHARDS and path.is_dir():
+            if not all(_is_tmp(f.name) or f.suffix in (".npz", ".parquet") for f in path.iterdir()):
+                return False
+        elif path.name not in (LOCK_FILE, CLEAN_FILE) and not _is_tmp(path.name):
+            return False
+    return True
+
+
+def _resume_manifest(root: Path, fresh: dict[str, Any], clean_bytes: bytes) -> tuple[dict[str, Any], list[str]]:
+    """The stored manifest, less the units whose files fail any check; (manifest, ids of the dropped units)."""
+    manifest = _read_manifest(root)
+    for key in ("grid", "victims", "image_shape", "config", "n_clean", "clean"):
+        if json.loads(json.dumps(manifest.get(key), default=str)) != json.loads(json.dumps(fresh[key], default=str)):
+            raise InputValidationError(
+                f"cannot resume {root}: its {key} differs from this run's (same grid, victims, data, config needed)")
+    shape = tuple(fresh["image_shape"])
+    regenerated = []
+    for unit_id, entry in list(manifest["units"].items()):
+        _unit_files(root, unit_id, entry)  # a path leading elsewhere is refused, not papered over
+        try:
+            _read_unit(root, unit_id, entry, shape)
+        except DataFileError as error:
+            log.warning("unit %s is missing or corrupt on disk (%s); regenerating it", unit_id, error)
+            del manifest["units"][unit_id]
+            regenerated.append(unit_id)
+    clean = root / CLEAN_FILE
+    if not (clean.is_file() and _inside(root, clean) and sha256_file(clean) == manifest["clean"]["sha256"]):
+        atomic_write_bytes(clean, clean_bytes)
+    return manifest, regenerated
+
+
 def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping[str, nn.Module], grid: GridSpec,
                     out_dir: str | Path, *, config: CorpusConfig | None = None,
                     indices: np.ndarray | None = None, data_info: dict[str, Any] | None = None,
@@ -510,7 +636,10 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
 
     indices: data-set index of each clean image (the train/test split key; default 0..N-1).
     resume: continue a corpus in `out_dir` made with the same grid, victims, data and config;
-        without it an existing corpus is an error (nothing is overwritten).
+        without it an existing corpus is an error (nothing is overwritten). Every reused unit is
+        verified (files, sha256, row counts); a failing one is regenerated. A folder that a failed
+        first run left without any unit needs no resume. One writer at a time: a second one, while
+        another holds `out_dir`'s lock, is refused at once.
     runner: replaces `run_grid_attack` (tests, other attack back ends).
     max_units: stop after generating this many units (a deliberate interruption, for tests).
     device: where the victims run the attacks ("auto", "cpu", "cuda"); the victims are moved there.
@@ -542,53 +671,44 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
              "dtype": "uint8" if config.quantize else "float32", "quantize_bits": 8 if config.quantize else None,
              "config": config_dict, "n_clean": n_clean,
              "clean": {"file": CLEAN_FILE, "sha256": sha256_bytes(clean_bytes)}, "units": {}, "complete": False}
-    regenerated: list[str] = []
-    if (root / MANIFEST).exists():
-        if not resume:
-            raise InputValidationError(f"{root} already holds a corpus; pass resume=True (--resume) to continue it")
-        manifest = _read_manifest(root)
-        for key in ("grid", "victims", "image_shape", "config", "n_clean", "clean"):
-            if json.loads(json.dumps(manifest.get(key), default=str)) != json.loads(json.dumps(fresh[key], default=str)):
-                raise InputValidationError(
-                    f"cannot resume {root}: its {key} differs from this run's (same grid, victims, data, config needed)")
-        for unit_id, entry in list(manifest["units"].items()):
-            if not _unit_intact(root, entry):
-                log.warning("unit %s is missing or corrupt on disk; regenerating it", unit_id)
-                del manifest["units"][unit_id]
-                regenerated.append(unit_id)
-        if not (root / CLEAN_FILE).is_file() or sha256_file(root / CLEAN_FILE) != manifest["clean"]["sha256"]:
+    if root.exists() and not root.is_dir():
+        raise InputValidationError(f"{root} is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    with _writer_lock(root):
+        if _holds_no_units(root):  # empty, or what a failed first run left: start afresh
+            manifest, regenerated = fresh, []
+            write_json(root / MANIFEST, manifest)  # first: a crash from here on leaves a recognisable corpus
             atomic_write_bytes(root / CLEAN_FILE, clean_bytes)
-    else:
-        if root.exists() and any(root.iterdir()) and not resume:
+        elif not (root / MANIFEST).exists():
             raise InputValidationError(f"{root} exists and is not empty; choose a new directory")
-        manifest = fresh
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(root / CLEAN_FILE, clean_bytes)
+        elif not resume:
+            raise InputValidationError(f"{root} already holds a corpus; pass resume=True (--resume) to continue it")
+        else:
+            manifest, regenerated = _resume_manifest(root, fresh, clean_bytes)
+        for model in victims.values():
+            model.to(device).eval()
+        plan = _plan_units(list(victims), grid, n_clean, config.shard_images)
+        arch = victim_architectures(manifest)
+        todo = [unit for unit in plan if unit[0] not in manifest["units"]]
+        reused = [unit[0] for unit in plan if unit[0] in manifest["units"]]
+        generated: list[str] = []
+        for unit in tqdm(todo, desc="corpus units", disable=not progress, unit="unit"):
+            if max_units is not None and len(generated) >= max_units:
+                break
+            t0 = time.perf_counter()
+            stacked, columns, cells, runs = _generate_unit(unit, grid, victims, arch, x_all, y_all, indices, config,
+                                                           runner)
+            seconds = time.perf_counter() - t0
+            entry = _write_unit(root, unit[0], stacked, columns)
+            entry.update({"cells": cells, "attack_runs": runs, "seconds": seconds})
+            manifest["units"][unit[0]] = entry
+            write_json(root / MANIFEST, manifest)  # last: the unit counts only once its files are in place
+            generated.append(unit[0])
+        manifest["complete"] = all(unit[0] in manifest["units"] for unit in plan)
+        manifest["cells"] = _aggregate_cells(manifest)
+        manifest["throughput"] = _aggregate_throughput(manifest)
+        manifest["corpus_id"] = _corpus_id(manifest) if manifest["complete"] else None
         write_json(root / MANIFEST, manifest)
-    for model in victims.values():
-        model.to(device).eval()
-    plan = _plan_units(list(victims), grid, n_clean, config.shard_images)
-    arch = victim_architectures(manifest)
-    todo = [unit for unit in plan if unit[0] not in manifest["units"]]
-    reused = [unit[0] for unit in plan if unit[0] in manifest["units"]]
-    generated: list[str] = []
-    for unit in tqdm(todo, desc="corpus units", disable=not progress, unit="unit"):
-        if max_units is not None and len(generated) >= max_units:
-            break
-        t0 = time.perf_counter()
-        stacked, columns, cells, runs = _generate_unit(unit, grid, victims, arch, x_all, y_all, indices, config,
-                                                       runner)
-        seconds = time.perf_counter() - t0
-        entry = _write_unit(root, unit[0], stacked, columns)
-        entry.update({"cells": cells, "attack_runs": runs, "seconds": seconds})
-        manifest["units"][unit[0]] = entry
-        write_json(root / MANIFEST, manifest)  # last: the unit counts only once its files are in place
-        generated.append(unit[0])
-    manifest["complete"] = all(unit[0] in manifest["units"] for unit in plan)
-    manifest["cells"] = _aggregate_cells(manifest)
-    manifest["throughput"] = _aggregate_throughput(manifest)
-    manifest["corpus_id"] = _corpus_id(manifest) if manifest["complete"] else None
-    write_json(root / MANIFEST, manifest)
     empty = [c for c in manifest["cells"] if c["succeeded"] == 0]
     for cell in empty:
         log.warning("empty grid cell (no successful example): victim %s, attack %s, hyper %g",
@@ -708,34 +828,21 @@ def load_corpus(path: str | Path, *, verify: bool = True, allow_incomplete: bool
     clean_path = root / CLEAN_FILE
     if not clean_path.is_file():
         raise DataFileError(f"corpus {root} lacks {CLEAN_FILE}")
+    if not _inside(root, clean_path):
+        raise DataFileError(f"corpus {root}: {CLEAN_FILE} leads outside the corpus (a symlink?)")
     if verify and sha256_file(clean_path) != manifest["clean"]["sha256"]:
         raise DataFileError(f"{clean_path} does not match the manifest's sha256 (modified or corrupt)")
     clean = _load_npz(clean_path)
+    shape = tuple(manifest["image_shape"])
     images: list[np.ndarray] = []
     parts: dict[str, list[np.ndarray]] = {name: [] for name in COLUMNS}
     for unit_id in sorted(manifest["units"]):
-        entry = manifest["units"][unit_id]
-        for key in ("images", "labels"):
-            file = root / entry[key]
-            if not file.is_file():
-                raise DataFileError(f"corpus shard {file} listed in the manifest is missing")
-            if verify and sha256_file(file) != entry[f"{key}_sha256"]:
-                raise DataFileError(f"corpus shard {file} does not match the manifest's sha256 (modified or corrupt)")
-        shard = _load_npz(root / entry["images"])
-        if "images" not in shard:
-            raise DataFileError(f"corpus shard {entry['images']} has no 'images' array")
-        cols = _load_parquet(root / entry["labels"])
-        n = len(shard["images"])
-        if n != int(entry["n_examples"]) or any(len(v) != n for v in cols.values()):
-            raise DataFileError(f"corpus shard {unit_id}: image and label counts disagree with the manifest")
-        images.append(shard["images"])
+        shard, cols = _read_unit(root, unit_id, manifest["units"][unit_id], shape, verify)
+        images.append(shard)
         for name, values in cols.items():
             parts[name].append(values)
-    shape = tuple(manifest["image_shape"])
     dtype = np.uint8 if manifest["dtype"] == "uint8" else np.float32
     stacked = np.concatenate(images) if images else np.zeros((0, *shape), dtype)
-    if stacked.shape[1:] != shape:
-        raise DataFileError(f"corpus images have shape {stacked.shape[1:]}, manifest says {shape}")
     columns = {name: (np.concatenate(p) if p else np.zeros(0, dtype=COLUMNS[name])) for name, p in parts.items()}
     if manifest.get("complete") and manifest.get("corpus_id") != _corpus_id(manifest):
         raise DataFileError(f"corpus {root}: manifest corpus_id does not match its contents")

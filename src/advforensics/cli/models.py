@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from advforensics import __version__
-from advforensics.cli.common import UserError, emit_json, handle_errors, json_option, seed_option
+from advforensics.cli.common import ForensicsGroup, OutputFile, UserError, emit_json, json_option, seed_option
 
 
-@click.group("models")
+@click.group("models", cls=ForensicsGroup)
 def models() -> None:
     """The classifier zoo: list, train, evaluate.
 
@@ -66,14 +66,13 @@ def list_cmd(as_json: bool) -> None:
               help="Random-shift augmentation: +-SHIFT px per training image [model default].")
 @click.option("--limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [torch default].")
-@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--out", required=True, type=OutputFile(),
               help="Output base path: writes OUT.safetensors and OUT.json (card).")
 @click.option("--resume", is_flag=True, help="Resume from OUT.train-state.* if present.")
 @click.option("--overwrite", is_flag=True, help="Replace a different model already at OUT.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @seed_option
 @json_option
-@handle_errors
 def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: int | None,
               batch_size: int | None, lr: float | None, width: float | None, shift: int | None,
               limit: int | None,
@@ -158,7 +157,6 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
 @click.option("--batch-size", type=int, default=512, show_default=True)
 @seed_option
 @json_option
-@handle_errors
 def eval_cmd(weights: Path, data_name: str, data_dir: Path | None, split: str, limit: int | None,
              batch_size: int, seed: int, json_path: Path | None) -> None:
     """Check a saved model's hash and architecture, then measure its accuracy on a data split.

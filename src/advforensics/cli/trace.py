@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from advforensics.cli.common import emit_json, handle_errors, json_option, seed_option
+from advforensics.cli.common import ForensicsGroup, OutputDir, OutputFile, emit_json, json_option, seed_option
 from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, SCORE_RULES, STAGES
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import torch
 
 
-@click.group("trace")
+@click.group("trace", cls=ForensicsGroup)
 def trace() -> None:
     """Proactive tracing (separate-and-trace, Fang et al. ICCV 2023).
 
@@ -47,15 +47,17 @@ def trace() -> None:
               help="Main formula rule (every formula rule is calibrated; the learned rule, when fitted, "
                    "is the record's default).")
 @click.option("--no-onnx", is_flag=True, help="Do not export per-copy ONNX files.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=OutputDir(),
               help="New directory for the seller record, C, T_0 and the copies.")
+@click.option("--signing-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Sign the new record with this private key (`trace keygen`); investigators verify it with "
+                   "`identify --seller-key KEY.pub`.")
 @seed_option
 @json_option
-@handle_errors
 def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: float, tracer_kind: str,
                  length_scale: float, gain: float, calibrate_data: str | None, data_dir: str | None,
-                 calibration_size: int, fit_size: int, rule: str, no_onnx: bool, out_dir: Path, seed: int,
-                 json_path: Path | None) -> None:
+                 calibration_size: int, fit_size: int, rule: str, no_onnx: bool, out_dir: Path,
+                 signing_key: Path | None, seed: int, json_path: Path | None) -> None:
     """Make m traceable copies of a classifier and write the seller record.
 
     With --calibrate-data the seller also simulates attackers on its own copies (minimal, overshooting
@@ -66,16 +68,19 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
     \b
     Example:
       advforensics trace separate --classifier runs/zoo/lenet --copies 5 --alpha 0.15 \\
-          --tracer random --calibrate-data mnist --data-dir ../shared/data --out runs/copies --seed 0
+          --tracer random --calibrate-data mnist --data-dir ../shared/data --out runs/copies --seed 0 \\
+          --signing-key keys/seller
     """
     from advforensics.models import load_model
     from advforensics.tracing.api import make_copies
+    from advforensics.tracing.signing import load_private_key, sign_record
     from advforensics.tracing.tracer import create_tracer, load_tracer
     from advforensics.utils import seed_everything
 
     seed_everything(seed)
     if (out_dir / "record.json").exists():
         raise InputValidationError(f"{out_dir} already holds a seller record; choose a new directory")
+    key = load_private_key(signing_key) if signing_key is not None else None  # a bad key fails before the work
     classifier, _ = load_model(classifier_path)
     classifier.eval()
     config = classifier.config
@@ -95,15 +100,18 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
     record = make_copies(classifier, out_dir, copies=num_copies, alpha=alpha, tau=tau, tracer=tracer,
                          calibration_images=calibration_images, fit_images=fit, rule=rule, export=not no_onnx,
                          seed=seed, info={"classifier": str(classifier_path)})
+    signer = sign_record(out_dir, key) if key is not None else None
     click.echo(f"wrote {len(record.copies)} copies ({record.tracer_kind} tracer, alpha {alpha}, tau {tau}) to {out_dir}")
     for entry in record.copies:
         click.echo(f"  copy {entry.index}: {entry.onnx_file or '(no onnx)'}  permutation {entry.permutation}")
     click.echo(f"default rule: {record.default_rule}"
                + (" (fitted on simulated attackers)" if record.learned else ""))
+    click.echo(f"signed by key {signer[:16]} (record.sig)" if signer else
+               "unsigned: pass --signing-key (or run `trace sign`) so that investigators can verify the record")
     emit_json(json_path, {"out": str(out_dir), "copies": [e.__dict__ for e in record.copies],
                           "base_hash": record.base_hash, "tracer_hash": record.tracer_hash,
                           "calibrated": record.calibration is not None, "rule": rule,
-                          "default_rule": record.default_rule})
+                          "default_rule": record.default_rule, "signing_key_sha256": signer})
 
 
 @trace.command("identify")
@@ -118,16 +126,22 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
                    f"formula rule, else {DEFAULT_RULE}).")
 @click.option("--threshold", type=float, default=0.99, show_default=True,
               help="learned rule: the probability at which a copy is accused.")
+@click.option("--seller-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The seller's public key (KEY.pub from `trace keygen`): the record's signature must verify, "
+                   "else nothing is traced. Without it an unsigned or unchecked record only warns.")
 @seed_option
 @json_option
-@handle_errors
-def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | None, threshold: float, seed: int,
-                 json_path: Path | None) -> None:
+def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | None, threshold: float,
+                 seller_key: Path | None, seed: int, json_path: Path | None) -> None:
     """Name the copy that adversarial examples were crafted on (per example and pooled), or none.
+
+    Every ONNX copy in the record directory is checked against the record's hash; with --seller-key
+    the record itself must carry the seller's signature (a forger can recompute plain hashes).
 
     \b
     Example:
-      advforensics trace identify --record runs/copies --examples advs.npz --json trace.json
+      advforensics trace identify --record runs/copies --examples advs.npz --seller-key keys/seller.pub \\
+          --json trace.json
     """
     import torch
 
@@ -135,16 +149,21 @@ def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | N
     from advforensics.tracing.api import identify
     from advforensics.tracing.identify import LearnedReport
     from advforensics.tracing.record import read_record
+    from advforensics.tracing.signing import verify_record
 
     if not 0.5 < threshold < 1.0:
         raise InputValidationError(f"--threshold must be in (0.5, 1), got {threshold}")
     torch.manual_seed(seed)
-    record = read_record(record_dir)
+    signer = verify_record(record_dir, seller_key) if seller_key is not None else None  # before anything else
+    record = read_record(record_dir, warn=False)  # for the input shape; identify() verifies again and warns
     c, h, w = record.input_shape
     evidence = load_evidence(examples_path, channels=c, size=(h, w))
+    if signer:
+        click.echo(f"record signature verified (seller key {signer[:16]})")
     click.echo(evidence.summary())
-    report = identify(record_dir, evidence, rule=rule, threshold=threshold)
+    report = identify(record_dir, evidence, rule=rule, threshold=threshold, public_key=seller_key)
     payload = report.to_dict()
+    payload["record_signature"] = {"verified": signer is not None, "public_key_sha256": signer}
     payload["evidence"] = {"source": evidence.source, "layout": evidence.layout, "dropped_rows": evidence.dropped}
     if isinstance(report, LearnedReport):
         _print_learned(payload, show)
@@ -203,6 +222,47 @@ def _ints(text: str) -> list[int]:
         raise InputValidationError(f"expected comma-separated integers, got {text!r}") from None
 
 
+@trace.command("keygen")
+@click.option("--out", "key_path", required=True, type=OutputFile(replaceable=False),
+              help="The private key file to write (mode 0600); the public key goes beside it as PATH.pub. "
+                   "Existing files are never replaced.")
+def keygen_cmd(key_path: Path) -> None:
+    """Make the seller's Ed25519 signing key pair: PATH (private: keep it secret) and PATH.pub (public:
+    give it to investigators, who pass it to `identify --seller-key`).
+
+    \b
+    Example:
+      advforensics trace keygen --out keys/seller      # writes keys/seller and keys/seller.pub
+      advforensics trace sign --record runs/copies --signing-key keys/seller
+    """
+    from advforensics.tracing.signing import generate_keypair
+
+    private, public, fingerprint = generate_keypair(key_path)
+    click.echo(f"wrote private key {private} (mode 0600; keep it secret) and public key {public}")
+    click.echo(f"key fingerprint {fingerprint}")
+
+
+@trace.command("sign")
+@click.option("--record", "record_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory written by `trace separate`.")
+@click.option("--signing-key", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The seller's private key (`trace keygen`).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing record.sig.")
+def sign_cmd(record_dir: Path, signing_key: Path, overwrite: bool) -> None:
+    """Sign an existing (e.g. older, unsigned) seller record: record.sig over record.json, written
+    only after every hash in the record checks out (C, the tracer, the ONNX copies present).
+
+    \b
+    Example:
+      advforensics trace sign --record runs/copies --signing-key keys/seller
+      advforensics trace identify --record runs/copies --examples advs.npz --seller-key keys/seller.pub
+    """
+    from advforensics.tracing.record import sign_existing_record
+
+    fingerprint = sign_existing_record(record_dir, signing_key, overwrite=overwrite)
+    click.echo(f"signed {record_dir / 'record.json'} with key {fingerprint[:16]} ({record_dir / 'record.sig'})")
+
+
 @trace.command("experiment")
 @click.option("--classifier", "classifier_path", required=True, type=click.Path(path_type=Path),
               help="Zoo checkpoint of C.")
@@ -234,11 +294,10 @@ def _ints(text: str) -> list[int]:
               help="Stages to run, comma-separated.")
 @click.option("--param", "raw_params", multiple=True, metavar="ATTACK.KEY=VALUE",
               help="Override an attack's budget, e.g. hopskipjump.max_iter=50 (repeatable).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", required=True, type=OutputDir(),
               help="Directory for results.json, tables.md, plots/ and the cached examples (resumable).")
 @seed_option
 @json_option
-@handle_errors
 def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, attacks: str, alphas: str,
                    clean_alphas: str, tau: float, num_copies: int, per_source: int, copy_counts: str,
                    scaling_attack: str, scaling_per_source: int, control_examples: int, calibration_images: int,
@@ -257,7 +316,6 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
 
     import torch
 
-    from advforensics.attacks import list_attacks
     from advforensics.cli.attacks import parse_param
     from advforensics.data import load_dataset
     from advforensics.models import load_model
@@ -268,9 +326,6 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     seed_everything(seed)
     attack_names = [a.strip() for a in attacks.split(",") if a.strip()]
-    for name in [*attack_names, scaling_attack]:
-        if name not in list_attacks():
-            raise InputValidationError(f"unknown attack {name!r}")
     overrides: dict[str, dict] = {}
     for text in raw_params:
         attack_name, _, rest = text.partition(".")
@@ -285,6 +340,7 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
                               fit_images=fit_images, main_rule=rule, tracer_file=None if tracer_file is None else str(tracer_file),
                               stages=[v.strip() for v in stages.split(",") if v.strip()],
                               attack_params=overrides, seed=seed)
+    config.check_attacks()  # before any model or data loads
     classifier, _ = load_model(classifier_path)
     test = load_dataset(data_name, "test", data_dir=data_dir)
     train = load_dataset(data_name, "train", data_dir=data_dir)

@@ -9,7 +9,6 @@ with a larger `limit` decodes only the missing tail.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import zipfile
@@ -18,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from advforensics.data.cache import npy_bytes
+from advforensics.data.images import decode_image as read_image
 from advforensics.data.spec import RawImages
 from advforensics.errors import DataFileError
 from advforensics.utils import atomic_write_bytes, sha256_bytes, sha256_file
@@ -125,19 +124,11 @@ def ordered_entries(source: FolderSource, split: str, classes: Sequence[str]) ->
 
 
 def decode_image(data: bytes, name: str) -> np.ndarray:
-    """Decode one image to uint8 (C, H, W); grayscale stays 1 channel, palette becomes RGB."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.mode == "1":
-                image = image.convert("L")
-            elif image.mode == "P":
-                image = image.convert("RGB")
-            elif image.mode not in ("L", "RGB"):
-                raise DataFileError(f"{name}: unsupported image mode {image.mode!r} (expected L or RGB)")
-            array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise DataFileError(f"{name}: cannot decode image: {error}") from None
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    """Decode one image to uint8 (C, H, W) (data/images.py reads the modes); 16-bit images are refused."""
+    array = read_image(data, name)
+    if array.dtype != np.uint8:
+        raise DataFileError(f"{name}: a 16-bit image; a data set folder holds 8-bit images")
+    return array
 
 
 def _decode_range(source: FolderSource, members: Sequence[str],

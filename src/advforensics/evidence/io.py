@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from advforensics.data.npz import load_arrays
 from advforensics.errors import DataFileError, InputValidationError
 from advforensics.utils import atomic_write_bytes
 
@@ -66,21 +66,15 @@ def load_evidence(path: str | Path, channels: int | None = None, size: tuple[int
     if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
         return _load_images(path, channels, size)
     labels = mask = key = None
-    try:
-        loaded = np.load(path, allow_pickle=False)  # .npz or .npy, told apart by content, not by name
-        if isinstance(loaded, np.ndarray):
-            array, what = loaded, path.name
-            _check_rows(array, what)
-        else:
-            with loaded as data:
-                key, array = _pick_array(path, data)
-                what = f"{path.name}:{key}"
-                _check_rows(array, what)
-                mask, labels = _first(data, MASK_KEYS, len(array)), _first(data, LABEL_KEYS, len(array))
-    except InputValidationError:
-        raise
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # a pickled object array lands here
-        raise DataFileError(f"cannot read {path} as .npz/.npy without unpickling: {_line(error)}") from None
+    loaded = load_arrays(path)  # .npz or .npy, told apart by content; members size-capped; never unpickled
+    if isinstance(loaded, np.ndarray):
+        array, what = loaded, path.name
+    else:
+        key, array = _pick_array(path, loaded)
+        what = f"{path.name}:{key}"
+    _check_rows(array, what)
+    if key is not None:
+        mask, labels = _first(loaded, MASK_KEYS, len(array)), _first(loaded, LABEL_KEYS, len(array))
     rows, dropped = np.arange(len(array)), np.zeros(0, dtype=np.int64)
     if mask is not None:
         if mask.dtype != np.bool_ and not np.isin(mask, (0, 1)).all():
@@ -160,21 +154,16 @@ def save_images(folder: str | Path, x: torch.Tensor | np.ndarray, names: list[st
 def _pick_array(path: Path, data: Any) -> tuple[str, np.ndarray]:
     """The examples array: the first of X_KEYS, else the only array, else the only 3-D/4-D one."""
     keys = list(data.keys())
+    if not keys:  # an empty archive, or one whose arrays all hold Python objects
+        raise DataFileError(f"{path} holds no numeric array readable without unpickling")
     key = next((k for k in X_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
     if key is None:
-        candidates = [k for k in keys if k not in MASK_KEYS + LABEL_KEYS and _ndim(data, k) in (3, 4)]
+        candidates = [k for k in keys if k not in MASK_KEYS + LABEL_KEYS and data[k].ndim in (3, 4)]
         if len(candidates) != 1:
             raise InputValidationError(f"{path} has arrays {keys} and none is named like evidence; store the "
                                        "examples as x_adv (np.savez(path, x_adv=...))")
         key = candidates[0]
     return key, data[key]
-
-
-def _ndim(data: Any, key: str) -> int:
-    try:
-        return data[key].ndim
-    except ValueError:  # an object array would need unpickling: not a candidate
-        return -1
 
 
 def _check_rows(array: np.ndarray, what: str) -> None:
@@ -213,8 +202,7 @@ def _scale(array: np.ndarray, what: str) -> torch.Tensor:
         array = array.astype(np.float32) / 255.0
     elif array.dtype == np.uint16:
         array = array.astype(np.float32) / 65535.0
-    elif array.dtype.kind == "f":
-        array = array.astype(np.float32)
+    elif array.dtype.kind == "f":  # checked in its own precision: a float64 beyond float32 is out of range, not inf
         bad = ~np.isfinite(array).reshape(len(array), -1).all(1)
         if bad.any():
             raise InputValidationError(f"{what} has NaN or inf in {int(bad.sum())} of {len(array)} rows; "
@@ -224,7 +212,7 @@ def _scale(array: np.ndarray, what: str) -> torch.Tensor:
             hint = ("looks normalised (negative values): undo the normalisation" if low < -1e-6 else
                     "looks like 0-255 floats: divide by 255" if 1.5 < high <= 255 else "rescale it to [0, 1]")
             raise InputValidationError(f"{what} has values outside [0, 1] (min {low:.4g}, max {high:.4g}): {hint}")
-        array = np.clip(array, 0.0, 1.0)
+        array = np.clip(array.astype(np.float32), 0.0, 1.0)
     else:
         raise InputValidationError(f"{what} is {array.dtype}; evidence is uint8, uint16 or float in [0, 1]")
     return torch.from_numpy(np.ascontiguousarray(array))
@@ -238,20 +226,13 @@ def _check_shape(x: torch.Tensor, path: Path, channels: int | None, size: tuple[
 
 
 def _load_images(path: Path, channels: int | None, size: tuple[int, int] | None) -> Evidence:
-    from PIL import Image, UnidentifiedImageError
+    from advforensics.data.images import decode_image
 
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
                    and not p.name.startswith(".")) if path.is_dir() else [path]  # hidden: ._a.png, not images
     if not files:
         raise InputValidationError(f"no .png/.jpg/.jpeg/.bmp images in {path}")
-    arrays = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                image.load()
-                arrays.append(_pil_array(image, file, channels))
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataFileError(f"cannot read image {file}: {_line(error)}") from None
+    arrays = [_channels(decode_image(file, str(file)), file, channels) for file in files]
     if len({a.shape for a in arrays}) > 1:
         raise InputValidationError(f"images in {path} have different shapes: {sorted({a.shape for a in arrays})}")
     x = torch.from_numpy(np.stack(arrays))
@@ -261,26 +242,14 @@ def _load_images(path: Path, channels: int | None, size: tuple[int, int] | None)
                     layout=f"{kind} {'folder' if path.is_dir() else 'file'}")
 
 
-def _pil_array(image: Any, file: Path, channels: int | None) -> np.ndarray:
-    """(C, H, W) float32 in [0, 1] from one PIL image, refusing modes it cannot read losslessly."""
-    mode = image.mode
-    if mode in ("P", "PA", "RGBA"):  # P via RGBA: a palette's transparency goes with the alpha channel
-        image = image.convert("RGBA").convert("RGB")
-    elif mode in ("1", "LA"):
-        image = image.convert("L")
-    elif mode not in ("L", "RGB", "I", "I;16", "I;16B", "I;16L"):
-        raise InputValidationError(f"{file}: PIL mode {mode} is not supported; convert it to RGB or L")
-    array = np.asarray(image)
-    deep = image.mode.startswith("I")  # 16-bit greyscale
-    if deep and (array.min() < 0 or array.max() > 65535):
-        raise InputValidationError(f"{file}: mode {mode} values outside 0..65535")
-    array = array.astype(np.float32) / (65535.0 if deep else 255.0)
-    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)  # (C, H, W)
+def _channels(image: np.ndarray, file: Path, channels: int | None) -> np.ndarray:
+    """(C, H, W) float32 in [0, 1] with the channels the consumer takes; grey stored as RGB loses nothing."""
+    array = image.astype(np.float32) / (65535.0 if image.dtype == np.uint16 else 255.0)
     if channels == 1 and len(array) == 3:
         if not (array == array[:1]).all():
             raise InputValidationError(f"{file} is colour (RGB) but 1 channel is expected; it is not converted "
                                        "to grey silently")
-        array = array[:1]  # grey stored as RGB: taking one channel loses nothing
+        array = array[:1]
     elif channels == 3 and len(array) == 1:
         raise InputValidationError(f"{file} is greyscale (1 channel) but 3 channels (RGB) are expected")
     return array
@@ -289,9 +258,3 @@ def _pil_array(image: Any, file: Path, channels: int | None) -> np.ndarray:
 def _numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
-
-def _line(error: BaseException) -> str:
-    text = str(error).strip()
-    if "pickle" in text and "Object arrays" not in text:  # numpy's hint is to unpickle: never for evidence
-        return "not an .npz or .npy (evidence is .npz, .npy, PNG, JPEG or BMP; nothing is unpickled)"
-    return text.splitlines()[0] if text else type(error).__name__

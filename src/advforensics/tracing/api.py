@@ -62,11 +62,15 @@ def make_copies(classifier: nn.Module, out_dir: str | Path, copies: int = 5, alp
 
 
 def identify(record_dir: str | Path, evidence: Evidence | torch.Tensor, rule: str | None = None,
-             threshold: float = CONFIDENT) -> LearnedReport | TraceReport:
+             threshold: float = CONFIDENT, public_key: str | Path | None = None) -> LearnedReport | TraceReport:
     """Name the copy that examples were crafted on, under `rule` (default: the record's, which is the
     learned rule where the seller fitted one). Formula rules are calibrated where the record holds
-    their calibration."""
-    record, copies = load_copies(record_dir)
+    their calibration.
+
+    public_key: the seller's public key file (`trace keygen`'s .pub); given, the record's signature is
+    verified first and a forged or unsigned record -> CheckpointError; not given, a warning says the
+    record was not authenticated. Every ONNX copy in the record directory is checked against its hash."""
+    record, copies = load_copies(record_dir, public_key=public_key)
     x, rows = (evidence.x, evidence.rows) if isinstance(evidence, Evidence) else (evidence, None)
     rule = rule or record.default_rule
     if rule not in SCORE_RULES:

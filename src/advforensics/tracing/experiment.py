@@ -91,7 +91,19 @@ class ExperimentConfig:
     def params_for(self, attack: str) -> dict[str, Any]:
         return {**DEFAULT_ATTACK_PARAMS.get(attack, {}), **self.attack_params.get(attack, {})}
 
+    def check_attacks(self) -> None:
+        """Every attack registered and hard-label: the copies answer labels only, nothing else leaves them."""
+        from advforensics.attacks import ATTACKS
+        from advforensics.attacks.base import ThreatModel
+
+        for name in [*self.attacks, self.scaling_attack]:
+            if ATTACKS.get(name).threat_model is not ThreatModel.HARD_LABEL:
+                hard = [a for a in ATTACKS.names() if ATTACKS.get(a).threat_model is ThreatModel.HARD_LABEL]
+                raise InputValidationError(f"{name} is a {ATTACKS.get(name).threat_model.value} attack; the tracing "
+                                           f"experiment attacks hard-label copies: choose from {', '.join(hard)}")
+
     def validate(self, num_classes: int) -> None:
+        self.check_attacks()
         if self.main_rule not in FORMULA_RULES:
             raise InputValidationError(f"unknown score rule {self.main_rule!r}")
         if not self.attacks:

@@ -15,6 +15,12 @@ Hashes: base_hash = content hash of C's parameters, tracer_hash = the tracer's c
 copy_hash = sha256 of (base_hash, tracer_hash, permutation, alpha, tau), onnx_sha256 = the shipped
 file. record_hash covers the whole JSON, so an edited permutation or alpha fails to load
 (CheckpointError) instead of silently mis-tracing.
+
+Those hashes catch corruption, not a forger who edits the record and recomputes them. A signed
+record (record.sig, signing.py) closes that: given the seller's public key, read_record and
+load_copies verify the signature over record.json before anything else; without one they load
+as before and log a warning. load_copies also checks every ONNX copy present against its
+onnx_sha256.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet, ModelCopy
 from advforensics.tracing.names import DEFAULT_RULE
 from advforensics.tracing.calibration import Calibration
+from advforensics.tracing.signing import (SIGNATURE_FILE, load_private_key, signature_fingerprint, sign_record,
+                                          verify_record_bytes)
 from advforensics.tracing.tracer import Tracer, load_tracer, save_tracer, state_hash
 from advforensics.utils import sha256_file, write_json
 
@@ -76,6 +84,9 @@ class SellerRecord:
     format: str = RECORD_FORMAT
     other_calibrations: dict[str, dict[str, Any]] | None = None  # rule -> calibration, for `identify --rule`
     learned: dict[str, Any] | None = None  # the fitted learned rule (learned.py), the default when present
+    # C's architecture (ModelConfig): base_hash covers its tensors, not the forward they run in (a card's
+    # revision changes the ResNet stem); None in records written before this field
+    classifier_architecture: dict[str, Any] | None = None
 
     @property
     def default_rule(self) -> str:
@@ -115,13 +126,26 @@ def write_record(record: SellerRecord, directory: Path) -> Path:
     return path
 
 
-def read_record(directory: str | Path) -> SellerRecord:
-    """Load and verify record.json; a missing, edited or foreign file -> CheckpointError."""
+KeyLike = str | Path  # a PEM key file (signing.py)
+
+
+def read_record(directory: str | Path, public_key: KeyLike | None = None, warn: bool = True) -> SellerRecord:
+    """Load and verify record.json; a missing, edited or foreign file -> CheckpointError.
+
+    public_key: the seller's public key file; given, the signature (record.sig) is verified before
+    anything else is read, and an unsigned record, another key's or a bad signature -> CheckpointError.
+    Not given, the record loads as before and a warning says it was not authenticated (warn=False:
+    no warning, for a caller that loads the record again and warns then)."""
     path = Path(directory) / RECORD_FILE
     if not path.is_file():
         raise CheckpointError(f"no seller record at {path}")
+    data = path.read_bytes()  # verified and parsed from the same bytes
+    if public_key is not None:
+        verify_record_bytes(directory, data, public_key)
+    elif warn:
+        _warn_unauthenticated(Path(directory))
     try:
-        payload = json.loads(path.read_text())
+        payload = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(payload, dict) or payload.get("format") != RECORD_FORMAT:
@@ -139,6 +163,30 @@ def read_record(directory: str | Path) -> SellerRecord:
         if entry.copy_hash != expected:
             raise CheckpointError(f"copy {entry.index} in {path} fails its copy hash")
     return record
+
+
+def _warn_unauthenticated(directory: Path) -> None:
+    if not (directory / SIGNATURE_FILE).exists():
+        log.warning("%s is unsigned: an unsigned record's hashes catch corruption, not a forger who recomputes "
+                    "them; sign it with `advforensics trace sign`", directory)
+    else:
+        signer = signature_fingerprint(directory)
+        log.warning("%s is signed (%s) but the signature was not checked: pass --seller-key FILE.pub "
+                    "(public_key= in the library) to verify it", directory,
+                    f"key {signer[:16]}" if signer else f"unreadable {SIGNATURE_FILE}")
+
+
+def check_onnx_copies(record: SellerRecord, directory: str | Path) -> None:
+    """Every ONNX copy the record names that is in `directory` must match its onnx_sha256
+    (else CheckpointError); a named copy that is absent is only logged (it may be served elsewhere)."""
+    for entry in record.copies:
+        if entry.onnx_file is None:
+            continue
+        path = Path(directory) / entry.onnx_file
+        if not path.is_file():
+            log.warning("%s is named by the record but absent from %s; not checked", entry.onnx_file, directory)
+        elif sha256_file(path) != entry.onnx_sha256:
+            raise CheckpointError(f"{entry.onnx_file} does not match the record (modified or replaced)")
 
 
 class LabelOnly(nn.Module):
@@ -180,10 +228,13 @@ def export_onnx(model: ModelCopy, path: Path, example: torch.Tensor) -> None:
     program.save(str(path))
 
 
-def onnx_labels(path: str | Path, x: torch.Tensor) -> torch.Tensor:
-    """Labels (B,) of an exported copy under onnxruntime."""
+def onnx_labels(path: str | Path, x: torch.Tensor, expected_sha256: str | None = None) -> torch.Tensor:
+    """Labels (B,) of an exported copy under onnxruntime; with `expected_sha256` (the record's
+    onnx_sha256) a file that differs is refused (CheckpointError) before it is run."""
     import onnxruntime as ort
 
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise CheckpointError(f"{Path(path).name} does not match the record (modified or replaced)")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     outputs = [o.name for o in session.get_outputs()]
     if outputs == ["scores"]:  # copies exported before the label-only format
@@ -232,22 +283,41 @@ def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, 
                           calibration=calibration.to_dict() if calibration is not None else None,
                           info=dict(info or {}),
                           other_calibrations={rule: cal.to_dict() for rule, cal in other_calibrations.items()}
-                          if other_calibrations else None, learned=learned)
+                          if other_calibrations else None, learned=learned,
+                          classifier_architecture=classifier.config.to_dict())
     write_record(record, out)
     return record
 
 
-def load_copies(directory: str | Path) -> tuple[SellerRecord, CopySet]:
-    """Verify the record and rebuild the CopySet from the stored C and T_0 (hashes checked)."""
+def load_copies(directory: str | Path, public_key: KeyLike | None = None,
+                warn: bool = True) -> tuple[SellerRecord, CopySet]:
+    """Verify the record (its signature first, given the seller's `public_key`; see read_record) and
+    rebuild the CopySet from the stored C and T_0, every hash checked, ONNX copies included."""
     from advforensics.models import load_model
 
-    record = read_record(directory)
+    record = read_record(directory, public_key=public_key, warn=warn)
     classifier, _ = load_model(Path(directory) / record.classifier_file)
     classifier.eval()
     if state_hash(classifier) != record.base_hash:
         raise CheckpointError("the stored classifier is not the base model this record was made with")
+    if record.classifier_architecture is not None and classifier.config.to_dict() != record.classifier_architecture:
+        raise CheckpointError("the stored classifier's card describes another architecture than the record's "
+                              f"({record.classifier_file}.json edited?)")
     tracer = load_tracer(Path(directory) / record.tracer_file, expected_hash=record.tracer_hash)
+    check_onnx_copies(record, directory)
     return record, CopySet(classifier, tracer, record.permutations, record.params)
+
+
+def sign_existing_record(directory: str | Path, signing_key: KeyLike, overwrite: bool = False) -> str:
+    """Sign a record already on disk (e.g. a legacy one) after checking every hash in it (C, the
+    tracer, the ONNX copies present); returns the key's fingerprint. An existing record.sig is kept
+    unless overwrite=True."""
+    key = load_private_key(signing_key)  # a bad key file fails before the (slower) checks
+    if (Path(directory) / SIGNATURE_FILE).exists() and not overwrite:
+        raise InputValidationError(f"{Path(directory) / SIGNATURE_FILE} already exists; pass --overwrite to "
+                                   "replace the signature")
+    load_copies(directory, warn=False)
+    return sign_record(directory, key, overwrite=overwrite)
 
 
 def identify_onnx(record: SellerRecord, path: str | Path) -> int:
