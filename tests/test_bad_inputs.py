@@ -94,6 +94,9 @@ def _make_bad_files(bad: Path) -> None:
     (bad / "list.json").write_text("[1, 2]")
     (bad / "labels.csv").write_text("row,attack,victim\n0,fgsm,lenet\n0,fgsm,lenet\n")
     (bad / "notdir").write_text("a file where a folder is expected")
+    (bad / "grid_param.json").write_text(json.dumps({"attacks": [{"name": "fgsm", "values": [8], "params": {"foo": 1}}]}))
+    (bad / "grid_attack.json").write_text(json.dumps({"attacks": [{"name": "nope", "values": [8]}]}))
+    (bad / "grid_values.json").write_text(json.dumps({"attacks": [{"name": "fgsm", "values": ["a lot"]}]}))
 
 
 def _inflate_declared_size(path: Path, size: int) -> None:
@@ -204,6 +207,21 @@ def _cases() -> list[tuple[str, Callable[[Path], list[str]]]]:
                                      "--grid", str(ws / "bad" / "garbage.json"), "--out", str(ws / "new-corpus")]),
         ("grid-list", lambda ws: ["attribution", "corpus", "--data", "digits", "--victims", str(ws / "zoo"),
                                   "--grid", str(ws / "bad" / "list.json"), "--out", str(ws / "new-corpus")]),
+        ("grid-unknown-param", lambda ws: ["attribution", "corpus", "--data", "digits", "--limit", "8", "--victims",
+                                           str(ws / "zoo"), "--grid", str(ws / "bad" / "grid_param.json"), "--out",
+                                           str(ws / "new-corpus")]),
+        ("grid-unknown-attack", lambda ws: ["attribution", "corpus", "--data", "digits", "--limit", "8", "--victims",
+                                            str(ws / "zoo"), "--grid", str(ws / "bad" / "grid_attack.json"), "--out",
+                                            str(ws / "new-corpus")]),
+        ("grid-bad-values", lambda ws: ["attribution", "corpus", "--data", "digits", "--limit", "8", "--victims",
+                                        str(ws / "zoo"), "--grid", str(ws / "bad" / "grid_values.json"), "--out",
+                                        str(ws / "new-corpus")]),
+        ("experiment-unknown-param", lambda ws: ["trace", "experiment", "--classifier", str(ws / "zoo" / "lenet"),
+                                                 "--data", "digits", "--param", "hopskipjump.foo=1", "--out",
+                                                 str(ws / "new-exp")]),
+        ("experiment-param-for-no-attack", lambda ws: ["trace", "experiment", "--classifier", str(ws / "zoo" / "lenet"),
+                                                       "--data", "digits", "--param", "nope.max_iter=5", "--out",
+                                                       str(ws / "new-exp")]),
         ("labels-duplicate-rows", lambda ws: ["attribution", "predict", "--model", str(ws / "mtaa.safetensors"),
                                               str(ws / "advs.npz"), "--labels", str(ws / "bad" / "labels.csv")]),
         ("labels-not-a-table", lambda ws: ["attribution", "predict", "--model", str(ws / "mtaa.safetensors"),
@@ -281,6 +299,28 @@ def test_bad_input_gives_one_line_and_changes_nothing(ws: Path, name: str, make_
     assert _tree_digest(ws) == before, f"{name} changed files in the workspace"
     for new in ("new-copies", "new-exp", "new-report", "new-corpus", "new.safetensors"):
         assert not (ws / new).exists(), f"{name} left {new} behind"
+
+
+def test_a_white_box_attack_on_a_hard_label_copy_is_flagged(ws: Path, tmp_path: Path, caplog) -> None:
+    result = _invoke(["attacks", "run", "--attack", "fgsm", "--copies", str(ws / "copies"), "--copy", "1", "--data",
+                      "digits", "--n", "2", "--param", "eps=0.2", "--out", str(tmp_path / "advs.npz")])
+    assert result.exit_code == 0, result.output
+    assert any("white-box attack" in r.getMessage() for r in caplog.records)
+
+
+def test_rerunning_into_an_own_report_and_refusing_an_edited_one(ws: Path, tmp_path: Path) -> None:
+    args = ["attribution", "evaluate", "--corpus", str(ws / "corpus"), "--model", str(ws / "mtaa.safetensors"),
+            "--out", str(tmp_path / "report")]
+    _ok(args)
+    _ok(args)  # its own files, unchanged: written again
+    report = tmp_path / "report" / "report.md"
+    report.write_text(report.read_text() + "\nmy conclusions\n")
+    edited = report.read_bytes()
+    result = _invoke(args)
+    assert result.exit_code == 2 and "changed since advforensics wrote it" in result.stderr
+    assert report.read_bytes() == edited
+    _ok([*args, "--overwrite"])
+    assert b"my conclusions" not in report.read_bytes()
 
 
 def test_every_reading_command_is_in_the_table(ws: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 from advforensics.cli.common import ForensicsCommand, OutputDir, OutputFile
 from advforensics.cli.main import cli
 from advforensics.errors import InputValidationError
-from advforensics.outputs import OUTPUTS_FILE, OutputDirectory, atomic_target, check_not_input
+from advforensics.outputs import OUTPUTS_FILE, OutputDirectory, check_not_input
+from advforensics.utils import atomic_target
 
 
 def _claimed(path: Path) -> OutputDirectory:

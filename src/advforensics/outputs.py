@@ -10,9 +10,7 @@ so interrupted work resumes); a file someone added or edited stops it until `--o
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,21 +148,3 @@ class OutputDirectory:
             if not any(folder.iterdir()):
                 folder.rmdir()
         return removed
-
-
-@contextmanager
-def atomic_target(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path beside `path` for a library that writes by file name; renamed onto `path` once
-    written, removed if writing fails. It keeps the suffix: matplotlib picks the format by it."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp{target.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode())

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -156,6 +157,43 @@ def run_grid_attack(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torc
         else:  # pragma: no cover - AttackSpec validates names
             raise InputValidationError(f"no runner for attack {spec.name!r} in {spec.implementation}")
     return out
+
+
+#: arguments the grid sets itself (the cell's value, PGD's step, the seed) or that the runner reads itself
+_SET_BY_GRID = {"fgsm": {"eps"}, "pgd-linf": {"eps", "alpha", "seed"}, "cw-l2": {"kappa"}, "deepfool": set()}
+_RUNNER_KEYS = {"pgd-linf": {"alpha_ratio", "alpha255"}, "cw-l2": {"warm_search_steps", "warm_steps"}}
+
+
+def check_grid_params(grid: GridSpec, model: nn.Module, x: torch.Tensor, extra: Mapping[str, Any]) -> None:
+    """Every grid attack's params are ones its implementation takes, checked before anything is written: the
+    project's against the attack's arguments, ART's by building the ART attack once (nothing is run)."""
+    from advforensics.attacks import create_attack
+    from advforensics.attacks.base import ATTACKS
+
+    for spec in grid.attacks:
+        params = {**spec.params, **extra.get(spec.name, {})}
+        where = f"grid attack {spec.key!r}"
+        if spec.implementation == "art":
+            from advforensics.attribution.art_runner import art_classifier, make_art_attack
+
+            try:
+                make_art_attack(spec.name, art_classifier(model, x[:1]), float(spec.values[0]), params, batch_size=1)
+            except (TypeError, ValueError) as error:
+                raise InputValidationError(f"{where}: ART rejects its params {params}: {error}") from None
+            continue
+        if spec.name == "fgsm":  # one gradient serves every eps (fgsm_multi_eps): nothing else to set
+            allowed: set[str] = set()
+        else:
+            arguments = set(inspect.signature(ATTACKS.get(spec.name).__init__).parameters) - {"self"}
+            allowed = (arguments - _SET_BY_GRID[spec.name]) | _RUNNER_KEYS.get(spec.name, set())
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise InputValidationError(f"{where} has params {unknown} that {spec.name} does not take; it takes "
+                                       f"{', '.join(sorted(allowed)) or 'none'}")
+        own = {k: v for k, v in params.items() if k not in _RUNNER_KEYS.get(spec.name, set())}
+        value = {"pgd-linf": {"eps": 8 / 255, "alpha": 2 / 255}, "cw-l2": {"kappa": 0.0}}.get(spec.name, {})
+        if spec.name != "fgsm":
+            create_attack(spec.name, **own, **value)  # the attack's own checks of its values
 
 
 # ----------------------------------------------------------------------------------------------
@@ -652,6 +690,8 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
     check_images(images, "images")
     check_labels(labels, images.shape[0])
     _check_victim_names(victims)
+    if runner is run_grid_attack and victims:
+        check_grid_params(grid, next(iter(victims.values())), images, config.victim_params.get(next(iter(victims)), {}))
     root = Path(out_dir)
     n_clean = images.shape[0]
     if n_clean == 0:

@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.grid import CLEAN
 from advforensics.errors import CheckpointError, InputValidationError
-from advforensics.utils import check_images, module_device, write_json
+from advforensics.utils import atomic_target, atomic_write_text, check_images, module_device, write_json
 from advforensics.reporting import markdown_table
 
 #: metric -> lower is better?
@@ -184,7 +184,8 @@ def _plot_confusion(matrix: list[list[int]], names: list[str], title: str, path:
             ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
                     color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_target(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
 
 
@@ -245,7 +246,7 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
             _plot_confusion(metrics[key], metrics[names], key.replace("_", " "), path)
             files.append(path)
             text += f"\n![{key}]({path.name})\n"
-    (root / "report.md").write_text(text)
+    atomic_write_text(root / "report.md", text)
     return files
 
 

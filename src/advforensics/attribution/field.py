@@ -22,7 +22,7 @@ from advforensics.attribution.corpus import Corpus
 from advforensics.attribution.grid import CLEAN, KNOWN_ATTACKS
 from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN, OpenSetRule
 from advforensics.errors import DataFileError, InputValidationError
-from advforensics.utils import wilson_interval
+from advforensics.utils import atomic_write_text, wilson_interval
 
 #: strength units as a user reads them
 UNIT_NAMES = {"eps255": "eps (/255)", "kappa": "kappa (logits)", "none": ""}
@@ -352,7 +352,7 @@ def write_field_report(results: dict[str, dict[str, Any]], out_dir: str | Path, 
             text += f"\n## {name}: per {group}\n\n" + markdown_table(group_rows(m, group)) + "\n"
     files = [root / "field.json", root / "field.md"]
     write_json(files[0], results)
-    files[1].write_text(text)
+    atomic_write_text(files[1], text)
     return files
 
 

@@ -14,6 +14,7 @@ family, not one implementation of it (issue 11).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,8 @@ class AttackSpec:
             raise InputValidationError(f"attack {self.name!r}: the grid needs at least one hyperparameter value")
         if len(set(self.values)) != len(self.values):
             raise InputValidationError(f"attack {self.name!r}: duplicate hyperparameter values {self.values}")
+        if not all(math.isfinite(float(v)) for v in self.values):
+            raise InputValidationError(f"attack {self.name!r}: hyperparameter values must be finite, got {self.values}")
         if any(float(v) <= 0 for v in self.values):
             raise InputValidationError(f"attack {self.name!r}: hyperparameter values must be positive")
         if KNOWN_ATTACKS[self.name] == "eps255" and any(float(v) > 255 for v in self.values):

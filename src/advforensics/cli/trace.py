@@ -321,6 +321,7 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
     from advforensics.models import load_model
     from advforensics.tracing.experiment import ExperimentConfig, TracingExperiment
     from advforensics.tracing.experiment_report import markdown_report, write_plots
+    from advforensics.utils import atomic_write_text
     from advforensics.utils import seed_everything
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
@@ -350,7 +351,7 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
                                    train_data=(train.images[order], train.labels[order]))
     results = experiment.run()
     report = markdown_report(results)
-    (out_dir / "tables.md").write_text(report)
+    atomic_write_text(out_dir / "tables.md", report)
     plots = write_plots(results, out_dir / "plots")
     click.echo(report)
     click.echo(f"wrote {out_dir / 'results.json'}, {out_dir / 'tables.md'} and {len(plots)} plots")

@@ -20,7 +20,7 @@ import torch
 
 from advforensics.data.npz import load_arrays
 from advforensics.errors import DataFileError, InputValidationError
-from advforensics.utils import atomic_write_bytes
+from advforensics.utils import atomic_target, atomic_write_bytes
 
 X_KEYS = ("x_adv", "adv", "adv_x", "x_adversarial", "adversarial", "adversarials", "adv_examples", "images",
           "x", "X", "data", "inputs")
@@ -146,8 +146,9 @@ def save_images(folder: str | Path, x: torch.Tensor | np.ndarray, names: list[st
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}.{'png' if fmt == 'png' else 'jpg'}" for name in names]
     for image, target in zip(array, paths):  # image: (C, H, W) uint8
-        Image.fromarray(image[0] if len(image) == 1 else image.transpose(1, 2, 0)).save(
-            target, **({} if quality is None else {"quality": quality}))
+        with atomic_target(target) as tmp:
+            Image.fromarray(image[0] if len(image) == 1 else image.transpose(1, 2, 0)).save(
+                tmp, **({} if quality is None else {"quality": quality}))
     return paths
 
 

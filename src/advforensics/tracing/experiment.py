@@ -49,7 +49,7 @@ from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
-from advforensics.utils import wilson_interval
+from advforensics.utils import atomic_write_bytes, atomic_write_text, wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class ExperimentConfig:
 
     def check_attacks(self) -> None:
         """Every attack registered and hard-label: the copies answer labels only, nothing else leaves them."""
-        from advforensics.attacks import ATTACKS
+        from advforensics.attacks import ATTACKS, create_attack
         from advforensics.attacks.base import ThreatModel
 
         for name in [*self.attacks, self.scaling_attack]:
@@ -101,6 +101,13 @@ class ExperimentConfig:
                 hard = [a for a in ATTACKS.names() if ATTACKS.get(a).threat_model is ThreatModel.HARD_LABEL]
                 raise InputValidationError(f"{name} is a {ATTACKS.get(name).threat_model.value} attack; the tracing "
                                            f"experiment attacks hard-label copies: choose from {', '.join(hard)}")
+        used = {*self.attacks, self.scaling_attack}
+        for name in self.attack_params:
+            if name not in used:
+                raise InputValidationError(f"--param for {name!r}, which this experiment does not run "
+                                           f"({', '.join(sorted(used))})")
+        for name in used:  # the attack's own checks of its budget, before any work
+            create_attack(name, **{k: v for k, v in self.params_for(name).items() if k != "seed"})
 
     def validate(self, num_classes: int) -> None:
         self.check_attacks()
@@ -392,7 +399,7 @@ class TracingExperiment:
             # the last train images: the calibration uses the first ones
             rule = fit_rule(copies, images[-cfg.fit_images:], labels[-cfg.fit_images:], seed=cfg.seed)
             stored = {"meta": meta, "rule": rule}
-            path.write_text(json.dumps(stored))
+            atomic_write_text(path, json.dumps(stored))
         scorer = scorer_from_dict(stored["rule"])
         calibrations = {rule: self.calibration(alpha, cfg.copies, rule) for rule in FORMULA_RULES}
         rows = []
@@ -483,7 +490,7 @@ class TracingExperiment:
 
     def peer_copies(self) -> Any:
         """Cheng et al.'s copies of C, fine-tuned once and kept in OUT/peer_copies.safetensors."""
-        from safetensors.torch import load_file, save_file
+        from safetensors.torch import load_file, save
 
         from advforensics.tracing.peer import MaskConfig, build_masked_copies
 
@@ -498,7 +505,7 @@ class TracingExperiment:
             copies.load_state_dict(load_file(str(path)))
             return copies.eval()
         copies = build_masked_copies(self.classifier, images, labels, cfg.copies, mask_config)
-        save_file({k: v.contiguous() for k, v in copies.state_dict().items()}, str(path))
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in copies.state_dict().items()}))
         return copies
 
     def peer_table(self) -> dict[str, Any]:

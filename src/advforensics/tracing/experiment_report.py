@@ -10,6 +10,7 @@ import numpy as np
 from advforensics.reporting.tables import markdown_table
 from advforensics.tracing.field import regime_table
 from advforensics.tracing.names import FORMULA_RULES
+from advforensics.utils import atomic_target
 
 
 def _pct(value: float | None) -> float | None:
@@ -167,7 +168,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         axes[0].legend()
         fig.tight_layout()
         path = out_dir / f"fig4a_{r['attack']}_a{r['alpha']}.png"
-        fig.savefig(path, dpi=110)
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
         written.append(path)
     scaling = results.get("scaling", [])
@@ -183,7 +185,8 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.legend()
         fig.tight_layout()
         path = out_dir / "fig4b_accuracy_vs_copies.png"
-        fig.savefig(path, dpi=110)
+        with atomic_target(path) as tmp:
+            fig.savefig(tmp, dpi=110)
         plt.close(fig)
         written.append(path)
     return written

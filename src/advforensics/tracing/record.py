@@ -43,7 +43,7 @@ from advforensics.tracing.calibration import Calibration
 from advforensics.tracing.signing import (SIGNATURE_FILE, load_private_key, signature_fingerprint, sign_record,
                                           verify_record_bytes)
 from advforensics.tracing.tracer import Tracer, load_tracer, save_tracer, state_hash
-from advforensics.utils import sha256_file, write_json
+from advforensics.utils import atomic_target, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 RECORD_FORMAT = "advforensics-trace-record/1"
@@ -225,7 +225,8 @@ def export_onnx(model: ModelCopy, path: Path, example: torch.Tensor) -> None:
                                         output_names=["label"], dynamic_shapes=({0: batch},), verbose=False)
     finally:
         onnx_logger.setLevel(level)
-    program.save(str(path))
+    with atomic_target(path) as tmp:
+        program.save(str(tmp))
 
 
 def onnx_labels(path: str | Path, x: torch.Tensor, expected_sha256: str | None = None) -> torch.Tensor:
