@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from advforensics.cli.main import cli
-from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.errors import CheckpointError, DataFileError, InputValidationError
 from advforensics.tracing.api import identify
 from advforensics.tracing.copies import CopyParams
 from advforensics.tracing.permutations import make_permutations
@@ -299,3 +299,44 @@ def test_tampered_attributor_weights_are_refused(tmp_path) -> None:
     save_file(random, str(path), metadata=metadata)
     with pytest.raises(CheckpointError, match="do not match the sha256"):
         load_attributor(path)
+
+
+def _tamper_everywhere(path: Path, load, trials: int = 40) -> int:
+    """Overwrite one random byte of `path` `trials` times (a fresh copy each time): every load must refuse."""
+    import random
+
+    good = path.read_bytes()
+    rng = random.Random(0)
+    for _ in range(trials):
+        data = bytearray(good)
+        where = rng.randrange(len(data))
+        data[where] ^= rng.randrange(1, 256)
+        path.write_bytes(bytes(data))
+        with pytest.raises((CheckpointError, InputValidationError, DataFileError)):
+            load()
+    path.write_bytes(good)
+    load()  # the untouched file still loads
+    return trials
+
+
+def test_random_tampering_of_every_artifact_is_refused_every_time(base_record, keys, zoo_classifier, tmp_path,
+                                                                  caplog) -> None:
+    """One random byte changed anywhere in a signed record, an ONNX copy, a zoo model or an attributor file:
+    refused on every one of 40 tries each, in headers as much as in data."""
+    from advforensics.attribution.mtaa import MTAA, MTAAConfig
+    from advforensics.attribution.train import CARD_FORMAT, load_attributor, save_attributor
+    from advforensics.models import load_model, save_model
+
+    record = _copy(base_record, tmp_path / "signed")
+    sign_record(record, load_private_key(keys["seller"]))
+    with caplog.at_level(logging.ERROR):
+        _tamper_everywhere(record / "record.json", lambda: load_copies(record, public_key=keys["seller.pub"]))
+        _tamper_everywhere(record / "copy_1.onnx", lambda: load_copies(record, public_key=keys["seller.pub"]))
+        _tamper_everywhere(record / "tracer.safetensors", lambda: load_copies(record, public_key=keys["seller.pub"]))
+    weights = save_model(zoo_classifier, tmp_path / "c")
+    _tamper_everywhere(weights, lambda: load_model(tmp_path / "c"))
+    config = MTAAConfig(n_attacks=2, n_victims=2, image_size=8, width=4, pe_width=4, pe_channels=(8, 8))
+    attributor = tmp_path / "attributor.safetensors"
+    save_attributor(MTAA(config).eval(), {"format": CARD_FORMAT, "kind": "mtaa", "config": config.to_dict()},
+                    attributor)
+    _tamper_everywhere(attributor, lambda: load_attributor(attributor))
