@@ -96,6 +96,8 @@ def _make_bad_files(bad: Path) -> None:
     (bad / "notdir").write_text("a file where a folder is expected")
     (bad / "grid_param.json").write_text(json.dumps({"attacks": [{"name": "fgsm", "values": [8], "params": {"foo": 1}}]}))
     (bad / "grid_attack.json").write_text(json.dumps({"attacks": [{"name": "nope", "values": [8]}]}))
+    (bad / "grid_nan.json").write_text(json.dumps({"attacks": [{"name": "cw-l2", "values": [float("nan")],
+                                                                "implementation": "art"}]}))
     (bad / "grid_values.json").write_text(json.dumps({"attacks": [{"name": "fgsm", "values": ["a lot"]}]}))
 
 
@@ -212,6 +214,9 @@ def _cases() -> list[tuple[str, Callable[[Path], list[str]]]]:
                                            str(ws / "new-corpus")]),
         ("grid-unknown-attack", lambda ws: ["attribution", "corpus", "--data", "digits", "--limit", "8", "--victims",
                                             str(ws / "zoo"), "--grid", str(ws / "bad" / "grid_attack.json"), "--out",
+                                            str(ws / "new-corpus")]),
+        ("grid-nan-confidence", lambda ws: ["attribution", "corpus", "--data", "digits", "--limit", "8", "--victims",
+                                            str(ws / "zoo"), "--grid", str(ws / "bad" / "grid_nan.json"), "--out",
                                             str(ws / "new-corpus")]),
         ("grid-bad-values", lambda ws: ["attribution", "corpus", "--data", "digits", "--limit", "8", "--victims",
                                         str(ws / "zoo"), "--grid", str(ws / "bad" / "grid_values.json"), "--out",

@@ -243,7 +243,8 @@ def _load_target(weights: Path | None, copies_dir: Path | None, copy_index: int 
         raise UserError("--copies needs --copy INDEX (the copy the attacker holds)")
     from advforensics.tracing.record import load_copies
 
-    record, copies = load_copies(copies_dir)
+    # the seller simulating an attacker on its own copies: hashes checked, authentication is identify's concern
+    record, copies = load_copies(copies_dir, warn=False)
     if copy_index >= copies.num_copies:
         raise UserError(f"--copy {copy_index} out of range: the record holds {copies.num_copies} copies")
     provenance = {"copies": str(copies_dir), "copy": copy_index, "base_hash": record.base_hash,

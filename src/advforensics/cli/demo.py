@@ -39,9 +39,9 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
     """End-to-end demonstration on the embedded MNIST subset (mnist-5k), about 5-10 minutes on 2 CPUs.
 
     \b
-    Tracing: train a classifier C, make 5 traceable copies (the seller simulates attackers on them
-    and fits the learned rule), attack copy 3 with HopSkipJump, name the source copy from the
-    adversarial examples alone.
+    Tracing: train a classifier C, make 5 traceable copies (the seller simulates attackers on them,
+    fits the learned rule and signs the record), attack copy 3 with HopSkipJump, name the source copy
+    from the adversarial examples alone, after checking the record's signature.
     Attribution: train two victims, build a small attack corpus (FGSM, PGD, C&W), train MTAA and
     MTAA with our side features, evaluate both and attribute new adversarial images.
 
@@ -56,9 +56,10 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
     click.secho("== Part 1: proactive tracing (separate-and-trace)", bold=True)
     _run(["models", "train", "--model", "lenet", "--data", DATA, "--epochs", "8", "--batch-size", "64", "--seed", s,
           "--no-progress", "--out", str(out_dir / "classifier")])
+    _run(["trace", "keygen", "--out", str(out_dir / "keys" / "seller")])
     _run(["trace", "separate", "--classifier", str(out_dir / "classifier"), "--copies", "5", "--alpha", "0.15",
           "--calibrate-data", DATA, "--calibration-size", "200", "--fit-size", "1000", "--seed", s,
-          "--out", str(out_dir / "copies")])
+          "--out", str(out_dir / "copies"), "--signing-key", str(out_dir / "keys" / "seller")])
     source = 3
     click.secho(f"\n# the attacker holds copy {source} and runs HopSkipJump with hard-label queries only",
                 fg="cyan", bold=True)
@@ -66,7 +67,7 @@ def demo(out_dir: Path, examples: int, skip_attribution: bool, seed: int) -> Non
           "--data", DATA, "--n", str(examples), "--param", "max_iter=20", "--param", "max_eval=1000",
           "--seed", s, "--out", str(out_dir / "advs.npz")])
     _run(["trace", "identify", "--record", str(out_dir / "copies"), "--examples", str(out_dir / "advs.npz"),
-          "--show", "5", "--json", str(out_dir / "trace.json")])
+          "--seller-key", str(out_dir / "keys" / "seller.pub"), "--show", "5", "--json", str(out_dir / "trace.json")])
     click.secho(f"# ground truth: the examples were crafted on copy {source}", fg="green", bold=True)
 
     if not skip_attribution:
