@@ -114,3 +114,37 @@ def train_digits_lenet(images: torch.Tensor, labels: torch.Tensor, epochs: int) 
 def zoo_classifier(digits_data: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
     """The digits LeNet trained 6 epochs on all digits: tracing and the peer scheme build their copies from it."""
     return train_digits_lenet(*digits_data, epochs=6)
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Path:
+    """Valid artifacts made by the real commands, as a user's project holds them (all tiny: digits 8x8):
+    zoo/lenet; keys/seller(.pub); copies/ (3 copies, signed, calibrated, with the learned rule; no ONNX);
+    advs.npz (HopSkipJump on copy 1); corpus/ (FGSM at two strengths); mtaa.safetensors. Tests read it and
+    write elsewhere."""
+    import json
+
+    from click.testing import CliRunner
+
+    from advforensics.cli.main import cli
+
+    root = tmp_path_factory.mktemp("workspace")
+
+    def ok(args: list[str]) -> None:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+
+    ok(["models", "train", "--model", "lenet", "--data", "digits", "--epochs", "2", "--no-progress",
+        "--out", str(root / "zoo" / "lenet")])
+    ok(["trace", "keygen", "--out", str(root / "keys" / "seller")])
+    ok(["trace", "separate", "--classifier", str(root / "zoo" / "lenet"), "--copies", "3", "--no-onnx",
+        "--calibrate-data", "digits", "--calibration-size", "100", "--fit-size", "300",
+        "--signing-key", str(root / "keys" / "seller"), "--out", str(root / "copies")])
+    ok(["attacks", "run", "--attack", "hopskipjump", "--copies", str(root / "copies"), "--copy", "1", "--data",
+        "digits", "--n", "12", "--param", "max_iter=10", "--param", "max_eval=300", "--out", str(root / "advs.npz")])
+    (root / "grid.json").write_text(json.dumps({"attacks": [{"name": "fgsm", "values": [60, 120]}]}))
+    ok(["attribution", "corpus", "--data", "digits", "--limit", "60", "--victims", str(root / "zoo"), "--grid",
+        str(root / "grid.json"), "--no-progress", "--out", str(root / "corpus")])
+    ok(["attribution", "train", "--corpus", str(root / "corpus"), "--epochs", "1", "--width", "4", "--max-steps",
+        "2", "--no-progress", "--out", str(root / "mtaa.safetensors")])
+    return root

@@ -35,23 +35,11 @@ def _ok(args: list[str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory) -> Path:
-    """A workspace of valid artifacts made by the real commands: a zoo model, a seller record, evidence, a
-    corpus and an attributor (all tiny: digits, one epoch, a two-cell grid)."""
-    root = tmp_path_factory.mktemp("bad-inputs")
-    _ok(["models", "train", "--model", "lenet", "--data", "digits", "--epochs", "1", "--no-progress",
-         "--out", str(root / "zoo" / "lenet")])
-    _ok(["trace", "separate", "--classifier", str(root / "zoo" / "lenet"), "--copies", "3", "--no-onnx",
-         "--out", str(root / "copies")])
-    _ok(["attacks", "run", "--attack", "fgsm", "--weights", str(root / "zoo" / "lenet"), "--data", "digits",
-         "--n", "12", "--param", "eps=0.3", "--out", str(root / "advs.npz")])
-    (root / "grid.json").write_text(json.dumps({"attacks": [{"name": "fgsm", "values": [60, 120]}]}))
-    _ok(["attribution", "corpus", "--data", "digits", "--limit", "60", "--victims", str(root / "zoo"), "--grid",
-         str(root / "grid.json"), "--no-progress", "--out", str(root / "corpus")])
-    _ok(["attribution", "train", "--corpus", str(root / "corpus"), "--epochs", "1", "--width", "4", "--max-steps",
-         "2", "--no-progress", "--out", str(root / "mtaa.safetensors")])
-    _make_bad_files(root / "bad")
-    return root
+def ws(workspace: Path) -> Path:
+    """The shared workspace of valid artifacts (conftest.py), with one file per kind of bad input beside it."""
+    if not (workspace / "bad").exists():
+        _make_bad_files(workspace / "bad")
+    return workspace
 
 
 def _png(path: Path, image: Image.Image) -> Path:
@@ -163,8 +151,15 @@ def _cases() -> list[tuple[str, Callable[[Path], list[str]]]]:
         if kind != "missing.npz":  # predict's SOURCE must exist (click says so, in one line too)
             cases.append((f"predict-evidence-{kind}", lambda ws, k=kind: [
                 "attribution", "predict", "--model", str(ws / "mtaa.safetensors"), str(ws / "bad" / k)]))
+    for kind in EVIDENCE_KINDS[1:]:  # click checks that EVIDENCE exists (one line too)
+        cases.append((f"investigate-evidence-{kind}", lambda ws, k=kind: [
+            "investigate", str(ws / "bad" / k), "--record", str(ws / "copies"), "--attributor",
+            str(ws / "mtaa.safetensors"), "--out", str(ws / "new-report")]))
     for kind in WEIGHTS_KINDS:
         cases += [
+            (f"investigate-attributor-{kind}", lambda ws, k=kind: [
+                "investigate", str(ws / "advs.npz"), "--attributor", str(ws / "bad" / k), "--out",
+                str(ws / "new-report")]),
             (f"models-eval-{kind}", lambda ws, k=kind: ["models", "eval", "--weights", str(ws / "bad" / k),
                                                         "--data", "digits"]),
             (f"attacks-run-{kind}", lambda ws, k=kind: ["attacks", "run", "--attack", "fgsm", "--weights",
@@ -190,6 +185,8 @@ def _cases() -> list[tuple[str, Callable[[Path], list[str]]]]:
             "attacks", "run", "--attack", "hopskipjump", "--copies", str(_copy_of(ws, "copies", e)), "--copy", "0",
             "--data", "digits", "--n", "2"]))
     for kind in ("missing", "notdir", "empty_folder"):
+        cases.append((f"investigate-record-{kind}", lambda ws, k=kind: [
+            "investigate", str(ws / "advs.npz"), "--record", str(ws / "bad" / k), "--out", str(ws / "new-report")]))
         cases.append((f"identify-record-{kind}", lambda ws, k=kind: [
             "trace", "identify", "--record", str(ws / "bad" / k), "--examples", str(ws / "advs.npz")]))
     for edit in (_edit_shard, _edit_manifest):
@@ -247,6 +244,15 @@ def _cases() -> list[tuple[str, Callable[[Path], list[str]]]]:
                                            "--signing-key", str(ws / "bad" / "garbage.json")]),
         ("identify-seller-key-garbage", lambda ws: ["trace", "identify", "--record", str(ws / "copies"), "--examples",
                                                     str(ws / "advs.npz"), "--seller-key", str(ws / "bad" / "garbage.json")]),
+        ("investigate-nothing-to-do", lambda ws: ["investigate", str(ws / "advs.npz"), "--out", str(ws / "new-report")]),
+        ("investigate-seller-key-garbage", lambda ws: ["investigate", str(ws / "advs.npz"), "--record",
+                                                       str(ws / "copies"), "--seller-key",
+                                                       str(ws / "bad" / "garbage.json"), "--out", str(ws / "new-report")]),
+        ("investigate-out-is-the-record", lambda ws: ["investigate", str(ws / "advs.npz"), "--record",
+                                                      str(ws / "copies"), "--out", str(ws / "copies"), "--overwrite"]),
+        ("investigate-edited-record", lambda ws: ["investigate", str(ws / "advs.npz"), "--record",
+                                                  str(_copy_of(ws, "copies", _edit_record_json)), "--out",
+                                                  str(ws / "new-report")]),
         ("train-data-dir-is-file", lambda ws: ["models", "train", "--model", "lenet", "--data", "mnist", "--data-dir",
                                                str(ws / "bad" / "notdir"), "--out", str(ws / "new.safetensors")]),
         ("mnist-dir-is-file", lambda ws: ["data", "info", "mnist", "--data-dir", str(ws / "bad" / "notdir")]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,12 @@ def test_demo_tracing_half_names_the_attacked_copy(tmp_path: Path) -> None:
     assert trace["rule"] == "learned" and trace["one_source"]
     assert trace["groups"][0]["source"] == 3  # the demo's attacker holds copy 3
     assert "ground truth: the examples were crafted on copy 3" in result.output
+    assert trace["record_signature"]["verified"]  # the demo signs its record and identify checks it
+    inv = CliRunner().invoke(cli, ["investigate", str(out / "advs.npz"), "--record", str(out / "copies"),
+                                   "--seller-key", str(out / "keys" / "seller.pub"), "--out", str(tmp_path / "inv")])
+    assert inv.exit_code == 0, inv.output
+    summary = json.loads((tmp_path / "inv" / "report.json").read_text())["summary"]
+    assert summary["traced_copy"] == 3 and summary["trace_accused"]
 
 
 @pytest.mark.slow
@@ -42,6 +49,15 @@ def test_full_demo_runs_both_halves(tmp_path: Path) -> None:
     assert (out / "report").is_dir() and (out / "mtaa.safetensors").is_file()
     assert (out / "report-fx").is_dir() and (out / "mtaa-fx.safetensors").is_file()
     assert "attribution predict" in result.output and "demo finished" in result.output
+    # the README's investigate line, on this demo's directory
+    line = next(line for line in (REPO / "README.md").read_text().splitlines() if " investigate " in line
+                and line.startswith(".venv/bin/advforensics"))
+    args = shlex.split(line.replace("runs/demo", str(out)).replace("runs/investigation", str(tmp_path / "inv")))[1:]
+    inv = CliRunner().invoke(cli, args)
+    assert inv.exit_code == 0, inv.output
+    payload = json.loads((tmp_path / "inv" / "report.json").read_text())
+    assert payload["summary"]["traced_copy"] == 3 and all(e["attribution"] for e in payload["examples"])
+    assert (tmp_path / "inv" / "report.html").stat().st_size > 0
 
 
 def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:

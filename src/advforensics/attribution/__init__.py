@@ -1,5 +1,7 @@
 """Passive attribution (MTAA, Guo et al. arXiv 2302.14059): attack corpus, multi-task attributor, baselines.
 
+    attributor = Attributor.load("runs/mtaa.safetensors"); answers = attributor.predict("evidence.png")
+
 Import the submodules for the full API:
     grid      GridSpec / AttackSpec, default_grid() (paper Table 1), small_grid(), field_grid(), heldout_grid()
     corpus    generate_corpus, load_corpus, split_by_clean_image, CorpusConfig
@@ -13,6 +15,7 @@ Import the submodules for the full API:
     evaluate  evaluate_attributor, delta_mtl, write_report (the paper's tables)
 """
 
+from advforensics.attribution.attributor import Attributor
 from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus, split_by_clean_image
 from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, write_report
 from advforensics.attribution.field import Attribution, Truth, attribute, field_metrics, field_report
@@ -21,7 +24,7 @@ from advforensics.attribution.mtaa import MTAA, MTAAConfig
 from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
 from advforensics.attribution.victims import load_victims
 
-__all__ = ["AttackSpec", "GridSpec", "default_grid", "small_grid", "CorpusConfig", "generate_corpus", "load_corpus",
+__all__ = ["Attributor", "AttackSpec", "GridSpec", "default_grid", "small_grid", "CorpusConfig", "generate_corpus", "load_corpus",
            "split_by_clean_image", "MTAA", "MTAAConfig", "TrainConfig", "train_attributor", "save_attributor",
            "load_attributor", "evaluate_attributor", "delta_mtl", "write_report", "load_victims", "Attribution",
            "Truth", "attribute", "field_metrics", "field_report"]

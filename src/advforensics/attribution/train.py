@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 CARD_FORMAT = "advforensics-attributor"
 MODEL_KINDS = ("mtaa", "single-task", "single-label")
 
-Attributor = MTAA | SingleLabelNet
+AttributorNet = MTAA | SingleLabelNet
 
 
 #: Below this train accuracy the PE backbone counts as untrained (a warning says so).
@@ -135,7 +135,7 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    model: Attributor
+    model: AttributorNet
     card: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
 
@@ -146,7 +146,7 @@ def corpus_targets(corpus: Corpus) -> dict[str, torch.Tensor]:
             "hyper": torch.from_numpy(corpus.hyper_targets())}
 
 
-def build_model(kind: str, config: dict[str, Any]) -> Attributor:
+def build_model(kind: str, config: dict[str, Any]) -> AttributorNet:
     """Rebuild an attributor from its card's kind and config."""
     if kind in ("mtaa", "single-task"):
         return MTAA(MTAAConfig.from_dict(config))
@@ -219,7 +219,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         raise InputValidationError(f"square images are required, got {h}x{w}")
     n_attacks, n_victims = len(corpus.attack_names), len(corpus.victim_names)
     if config.model == "single-label":
-        model: Attributor = SingleLabelNet(SingleLabelConfig(
+        model: AttributorNet = SingleLabelNet(SingleLabelConfig(
             joint_labels=joint_vocabulary(targets["attack"], targets["victim"], targets["hyper"], config.label_mode),
             n_attacks=n_attacks, n_victims=n_victims, label_mode=config.label_mode, in_channels=c, image_size=h,
             width=config.width, blocks=config.blocks))
@@ -348,7 +348,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     return TrainResult(model=model, card=card, history=history)
 
 
-def _fit_open_set(model: Attributor, corpus: Corpus, rows: np.ndarray, train_rows: np.ndarray, config: TrainConfig
+def _fit_open_set(model: AttributorNet, corpus: Corpus, rows: np.ndarray, train_rows: np.ndarray, config: TrainConfig
                   ) -> OpenSetRule | None:
     """Temperatures and the abstention threshold on the calibration rows (openset.py)."""
     from advforensics.attribution.evaluate import model_logits
@@ -422,7 +422,7 @@ def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_attributor(model: Attributor, card: dict[str, Any], path: str | Path) -> Path:
+def save_attributor(model: AttributorNet, card: dict[str, Any], path: str | Path) -> Path:
     """Write weights as safetensors (card, with the weights' sha256, in metadata) and the card as JSON
     beside it; returns the card path."""
     target = Path(path)
@@ -447,7 +447,7 @@ def peek_card(path: str | Path) -> dict[str, Any] | None:
     return card if isinstance(card, dict) and card.get("format") == CARD_FORMAT else None
 
 
-def load_attributor(path: str | Path) -> tuple[Attributor, dict[str, Any]]:
+def load_attributor(path: str | Path) -> tuple[AttributorNet, dict[str, Any]]:
     """Load weights and card written by `save_attributor`; mismatches raise CheckpointError."""
     target = Path(path)
     if not target.is_file():

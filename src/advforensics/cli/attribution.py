@@ -395,25 +395,16 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
       advforensics attribution predict --model runs/mtaa.safetensors evidence.npz --labels truth.csv
       (truth.csv: row,attack,victim,strength  e.g.  0,pgd-linf,resnet18,32 ; "not adversarial" for clean)
     """
-    import torch
+    from advforensics.attribution.attributor import Attributor
+    from advforensics.attribution.field import Truth, field_metrics, summary_row
 
-    from advforensics.attribution.field import Truth, attribute, field_metrics, summary_row
-    from advforensics.attribution.train import load_attributor, peek_card
-    from advforensics.evidence import load_evidence
-
-    # the evidence first, read at the attributor's channels and size where its card says them (a grey
-    # palette PNG reads as grey): a bad evidence file fails before the model loads
-    peeked = peek_card(model_path)
-    shape = [int(v) for v in peeked["image_shape"]] if peeked else None
-    evidence = load_evidence(source, channels=shape[0], size=(shape[1], shape[2])) if shape else load_evidence(source)
-    model, card = load_attributor(model_path)
+    attributor = Attributor.load(model_path)
+    evidence = attributor.read(source)  # at the attributor's channels and size (a grey palette PNG reads as grey)
     truth = None if labels_path is None else Truth.from_table(labels_path, evidence.rows)
     if evidence.dropped:  # never silently: the row numbers in the names show which are left
         click.echo(evidence.summary(), err=True)
-    x, names = evidence.x, evidence.names
-    if not float_evidence:  # an 8-bit image is what evidence normally is, and what the corpus holds
-        x = torch.round(x * 255.0) / 255.0
-    answers = attribute(model, card, x)
+    answers = attributor.predict(evidence, float_evidence=float_evidence)
+    names = evidence.names
     records = answers.records(names, evidence.rows)
     if as_json:
         click.echo(json.dumps(records, indent=2))

@@ -190,6 +190,27 @@ device_option = click.option("--device", default="auto", show_default=True,
                              help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.")
 
 
+def command_line(ctx: click.Context) -> str:
+    """The command as a shell line, rebuilt from what click parsed (for a chain of custody)."""
+    import shlex
+
+    words = ctx.command_path.split()
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value is False or value == () or param.name == "help":
+            continue
+        if isinstance(param, click.Argument):
+            words += [str(v) for v in (value if isinstance(value, tuple) else (value,))]
+        elif param.default == value and not param.required:
+            continue
+        elif value is True:
+            words.append(param.opts[0])
+        else:
+            for item in value if isinstance(value, tuple) else (value,):
+                words += [param.opts[0], str(item)]
+    return shlex.join(words)
+
+
 def emit_json(json_path: Path | None, payload: dict[str, Any]) -> None:
     if json_path is not None:
         import logging

@@ -2,8 +2,8 @@
 
     import advforensics as af
     record = af.tracing.make_copies("runs/c", "runs/copies", copies=5, alpha=0.15,
-                                    calibration_images=x_cal, fit_images=(x_fit, y_fit))
-    report = af.tracing.identify("runs/copies", af.evidence.load_evidence("advs.npz"))
+                                    calibration_images=x_cal, fit_images=(x_fit, y_fit), signing_key="keys/seller")
+    report = af.tracing.identify("runs/copies", af.evidence.load("advs.npz"), public_key="keys/seller.pub")
 """
 
 from __future__ import annotations
@@ -25,20 +25,29 @@ from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, SCORE_RULES
 from advforensics.tracing.permutations import make_permutations
 from advforensics.tracing.record import SellerRecord, load_copies, separate
 from advforensics.tracing.scores import rule_scores
+from advforensics.tracing.signing import load_private_key, sign_record
 from advforensics.tracing.tracer import Tracer, create_tracer
 
 log = logging.getLogger(__name__)
 
 
-def make_copies(classifier: nn.Module, out_dir: str | Path, copies: int = 5, alpha: float = 0.15, tau: float = 2.0,
+def make_copies(classifier: nn.Module | str | Path, out_dir: str | Path, copies: int = 5, alpha: float = 0.15, tau: float = 2.0,
                 tracer: Tracer | None = None, calibration_images: torch.Tensor | None = None,
                 fit_images: tuple[torch.Tensor, torch.Tensor] | None = None, rule: str = DEFAULT_RULE,
-                export: bool = True, seed: int = 0, info: dict[str, Any] | None = None) -> SellerRecord:
+                export: bool = True, seed: int = 0, info: dict[str, Any] | None = None,
+                signing_key: str | Path | None = None) -> SellerRecord:
     """Make m traceable copies of `classifier` and write the seller record into a new `out_dir`.
 
     calibration_images: clean images whose DeepFool boundary points calibrate the formula rules' null.
     fit_images: clean (images, labels), ideally other images than the calibration's, on which the
-    seller simulates attackers and fits the learned rule (the default rule of the record)."""
+    seller simulates attackers and fits the learned rule (the default rule of the record).
+    classifier: the model, or the path of a zoo checkpoint. signing_key: the seller's private key file
+    (`trace keygen`); the record is then signed (record.sig), so that investigators can verify it."""
+    key = load_private_key(signing_key) if signing_key is not None else None  # a bad key fails before the work
+    if isinstance(classifier, (str, Path)):
+        from advforensics.models import load_model
+
+        classifier = load_model(classifier)[0]
     classifier.eval()
     config = classifier.config
     size = tuple(config.image_size) if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
@@ -57,8 +66,11 @@ def make_copies(classifier: nn.Module, out_dir: str | Path, copies: int = 5, alp
         others = calibrations
         probe = calibration_images[:64]
     learned = fit_rule(copyset, *fit_images, seed=seed) if fit_images is not None else None
-    return separate(classifier, tracer, perms, params, out_dir, export=export, calibration=calibration, probe=probe,
-                    info=dict(info or {}, seed=seed), other_calibrations=others, learned=learned)
+    record = separate(classifier, tracer, perms, params, out_dir, export=export, calibration=calibration, probe=probe,
+                      info=dict(info or {}, seed=seed), other_calibrations=others, learned=learned)
+    if key is not None:
+        sign_record(out_dir, key)
+    return record
 
 
 def identify(record_dir: str | Path, evidence: Evidence | torch.Tensor, rule: str | None = None,

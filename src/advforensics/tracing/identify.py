@@ -31,6 +31,17 @@ def one_source_test(accusations: torch.Tensor, n: int, threshold: float) -> bool
     return float(binom.sf(int(counts[1]) - 1, n, 1.0 - threshold)) >= ONE_SOURCE_ALPHA
 
 
+@dataclass(frozen=True)
+class TracedExample:
+    """One example's answer: the copy it names (None: none of these copies), with the stated confidence
+    (None where the rule is uncalibrated) and whether that confidence accuses the copy."""
+
+    row: int
+    copy: int | None
+    confidence: float | None
+    accused: bool
+
+
 @dataclass
 class TraceReport:
     """Per-example and aggregated tracing of a set of examples among m copies."""
@@ -63,6 +74,32 @@ class TraceReport:
     @property
     def aggregate_source(self) -> int:
         return int(self.aggregate_ranking[0])
+
+    @property
+    def source(self) -> int | None:
+        """The pooled verdict: the top copy, or None when the file holds several sources."""
+        return self.aggregate_source if self.one_source else None
+
+    @property
+    def confidence(self) -> float | None:
+        """The pooled confidence of `source` (None uncalibrated or without a single source)."""
+        if self.aggregate_false_alarm is None or not self.one_source:
+            return None
+        return float(confidence_from_false_alarm(self.aggregate_false_alarm[self.aggregate_source], self.num_copies))
+
+    @property
+    def accused(self) -> bool:
+        return self.source is not None and (self.confidence or 0.0) >= CONFIDENT
+
+    def examples(self, rows: list[int] | None = None) -> list[TracedExample]:
+        rows = list(range(len(self.predicted))) if rows is None else rows
+        out = []
+        for b, row in enumerate(rows):
+            confidence = (None if self.false_alarm is None else
+                          float(confidence_from_false_alarm(self.false_alarm[b], self.num_copies)))
+            out.append(TracedExample(row=row, copy=int(self.predicted[b]), confidence=confidence,
+                                     accused=confidence is not None and confidence >= CONFIDENT))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         m = self.num_copies
@@ -195,6 +232,33 @@ class LearnedReport:
         rate = float(self.false_alarm[index, best].log().mean().exp())
         return SourceGroup(source=best, rows=[self.rows[int(i)] for i in index], confidence=1.0 - rate,
                            probabilities=[round(float(v), 6) for v in pooled])
+
+    @property
+    def source(self) -> int | None:
+        """The pooled verdict: the copy named for the whole file (None: none of these copies, or several
+        sources; see groups())."""
+        return self.groups()[0].source if self.one_source else None
+
+    @property
+    def confidence(self) -> float | None:
+        """The pooled confidence of the verdict (of "none of these copies" when source is None; None when
+        the file holds several sources)."""
+        return self.groups()[0].confidence if self.one_source else None
+
+    @property
+    def accused(self) -> bool:
+        return self.source is not None and (self.confidence or 0.0) >= self.threshold
+
+    def examples(self, rows: list[int] | None = None) -> list[TracedExample]:
+        named, confidence, accused = self.per_example()
+        m = self.num_copies
+        return [TracedExample(row=row, copy=None if int(n) == m else int(n), confidence=float(c), accused=bool(a))
+                for row, n, c, a in zip(self.rows, named, confidence, accused)]
+
+    def copy_confidences(self) -> torch.Tensor:
+        """(m,) pooled confidence of naming each copy against its null: one minus the geometric mean of
+        the examples' error rates for that copy."""
+        return 1.0 - self.false_alarm.clamp_min(1e-12).log().mean(0).exp()
 
     def groups(self) -> list[SourceGroup]:
         """One pooled group for the whole file when `one_source`, else one per named alternative."""

@@ -1,0 +1,52 @@
+"""`Attributor`: a trained attributor file, loaded and verified, that answers for evidence.
+
+    attributor = Attributor.load("runs/mtaa.safetensors")
+    answers = attributor.predict("evidence.png")      # an Evidence, a path or a (B, C, H, W) tensor
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from advforensics.attribution.field import Attribution, attribute
+from advforensics.evidence.io import Evidence, load_evidence
+
+
+@dataclass
+class Attributor:
+    model: nn.Module
+    card: dict[str, Any]
+    path: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> Attributor:
+        """Load and verify an attributor file (tensor hash, architecture); a bad file -> CheckpointError."""
+        from advforensics.attribution.train import load_attributor
+
+        model, card = load_attributor(path)
+        return cls(model=model.eval(), card=card, path=Path(path))
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        c, h, w = (int(v) for v in self.card["image_shape"])
+        return c, h, w
+
+    def read(self, evidence: Evidence | str | Path) -> Evidence:
+        """Evidence at this attributor's channels and size (a path is read; an Evidence passes through)."""
+        if isinstance(evidence, Evidence):
+            return evidence
+        c, h, w = self.image_shape
+        return load_evidence(evidence, channels=c, size=(h, w))
+
+    def predict(self, evidence: Evidence | str | Path | torch.Tensor, float_evidence: bool = False) -> Attribution:
+        """Answers per image: attack family (or "not adversarial" / "unknown attack"), victim, strength.
+        Inputs are rounded to the 8-bit grid, as the corpus stores evidence, unless float_evidence."""
+        x = evidence if isinstance(evidence, torch.Tensor) else self.read(evidence).x
+        if not float_evidence:
+            x = torch.round(x * 255.0) / 255.0
+        return attribute(self.model, self.card, x)
