@@ -1,5 +1,5 @@
 """Tracing in the field: every rule on every attack implementation x attacker behaviour x re-encoding,
-and the controls, as Markdown tables (docs/RESULTS.md, "Tracing in the field").
+and the controls, as Markdown tables (docs/tracing.md).
 
 The evidence comes from benchmarks/tracing_field_attacks.py (crafted on the record's copies, or for
 controls on models that are not those copies). The learned rule is the one stored in the record by

@@ -1,7 +1,7 @@
 """How each tracing score rule survives what happens to evidence after the attack.
 
-Re-traces saved examples (an OUT/examples/<set>.npz of `advforensics trace experiment`, or an
-examples.npz of benchmarks/tracing_mnist.py with its `clean` array) among the same copies, after:
+Re-traces saved examples (an OUT/examples/<set>.npz of `advforensics trace experiment`, with its
+`clean` array) among the same copies, after:
 8-bit rounding (saving as PNG), Gaussian noise, and overshoot (the attacker walks on past the
 boundary by a share of the perturbation, x + t (x_adv - x)).
 

@@ -31,6 +31,7 @@ from advforensics.tracing.training import TraceTrainConfig, train_vae_tracer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/data", help="where the MNIST files are")
     parser.add_argument("--classifier", type=Path, required=True)
     parser.add_argument("--train-images", type=int, default=5000)
     parser.add_argument("--epochs", type=int, default=1)
@@ -45,8 +46,8 @@ def main() -> None:
     torch.set_num_threads(1)
     classifier, _ = load_model(args.classifier)
     classifier.eval()
-    train = load_dataset("mnist", "train", data_dir="/work/shared/data", limit=args.train_images).images
-    test = load_dataset("mnist", "test", data_dir="/work/shared/data")
+    train = load_dataset("mnist", "train", data_dir=args.data_dir, limit=args.train_images).images
+    test = load_dataset("mnist", "test", data_dir=args.data_dir)
     x_eval = test.images[-args.images:]
     tracers = {"random l=1.5 g=0.8": create_tracer("random", length_scale=1.5, gain=0.8, seed=args.seed)}
     for trap in ("literal-squared", "pairwise"):

@@ -185,7 +185,7 @@ class GridSpec:
 PGD_PARAMS: dict[str, Any] = {"steps": 10, "alpha_ratio": 0.25, "random_start": True}
 #: Default grid C&W: kappa 5 runs the attack's defaults (6 search rounds x 200 Adam steps, lr 0.05); each
 #: next kappa continues from the previous one's examples for 2 x 50 steps (`cw_kappa_sweep`). Measured
-#: on a ResNet-18 victim (docs/RESULTS.md): 7.4x faster than 20 independent calls, every kappa reached,
+#: on a ResNet-18 victim (docs/history/attribution-sessions-1-4.md): 7.4x faster than 20 independent calls, every kappa reached,
 #: median L2 3% below the independent calls'.
 CW_PARAMS: dict[str, Any] = {"warm_search_steps": 2, "warm_steps": 50}
 #: The small grid's C&W schedule (lab notes: 5 x 100 steps at lr 0.1 costs 3-15% more L2, 2x faster);

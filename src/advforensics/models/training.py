@@ -68,7 +68,7 @@ class TrainConfig:
 
 
 # Defaults that reach >= 99% MNIST test accuracy at the registered default widths
-# (see the model zoo section of docs/RESULTS.md for the measured numbers).
+# (see the model zoo section of docs/data-and-models.md for the measured numbers).
 DEFAULT_TRAIN_CONFIGS: dict[str, TrainConfig] = {
     "lenet": TrainConfig(epochs=4, lr=6e-3),
     "resnet18": TrainConfig(epochs=6, lr=3e-3, shift=2),

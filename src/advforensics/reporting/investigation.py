@@ -168,7 +168,7 @@ def _html_attribution(att: Payload | None) -> str:
         victim = att.get("victim")
         lines.append(f"victim: {'unknown' if victim is None else _e(victim)} {_num(att.get('victim_probability'))}")
         unit = _e(att.get("strength_unit", ""))
-        lines.append("strength: " + ("-" if strength is None else f"{strength:g} {unit}"))
+        lines.append("strength: " + ("-" if strength is None else f"{strength:.3g} {unit}"))
     bars = "".join(
         f'<div><span class="lbl" title="{_e(name)}">{_e(name)}</span>'
         f'{_bar(p, "small nf" if name in NOT_FAMILIES else "small")} {_num(p)}</div>'
@@ -286,7 +286,7 @@ def _md_row(example: Payload) -> dict[str, Any]:
                 "victim": _md(att.get("victim") or "unknown") if family else None,
                 "p(victim)": att.get("victim_probability") if family else None,
                 "strength": None if strength is None or not family
-                else f"{strength:g} {_md(att.get('strength_unit', ''))}",
+                else f"{strength:.3g} {_md(att.get('strength_unit', ''))}",
                 "attack probabilities": ", ".join(f"{_md(n)} {p:.2f}" for n, p in top)}
     if tr is not None:
         row |= {"traced copy": "none of these copies" if tr.get("copy") is None else tr["copy"],

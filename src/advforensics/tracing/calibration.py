@@ -227,7 +227,7 @@ def min_norm_points(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_eps:
     search back along x -> the attack's point.
 
     Closer to what a hard-label attack on a copy finds than `deepfool_points`: on the MNIST copies of
-    docs/RESULTS.md its median L2 is 1.26 against HopSkipJump's 1.59 and DeepFool's 2.98 (DeepFool's
+    docs/history/tracing-sessions-1-2.md its median L2 is 1.26 against HopSkipJump's 1.59 and DeepFool's 2.98 (DeepFool's
     linear steps follow the tracer where the copy's softmax saturates), and the tracer features of its
     points match HopSkipJump's. Returns (points (B, C, H, W), found (B,) bool)."""
     lo = torch.zeros(len(x))

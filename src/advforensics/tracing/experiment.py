@@ -53,7 +53,7 @@ from advforensics.utils import atomic_write_bytes, atomic_write_text, wilson_int
 
 log = logging.getLogger(__name__)
 
-# Query budgets per attack (documented in docs/RESULTS.md); every attack ends on the boundary.
+# Query budgets per attack (documented in docs/history/tracing-sessions-1-2.md); every attack ends on the boundary.
 DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     "hopskipjump": {"max_iter": 20, "max_eval": 1000, "init_eval": 100},
     "boundary": {"max_iter": 200},

@@ -1,6 +1,6 @@
 """The learned tracing rule: a scorer the seller fits on attackers it simulates on its own copies.
 
-No single formula traces in every regime (docs/RESULTS.md): boundary-type scores are exact when the
+No single formula traces in every regime (docs/tracing.md): boundary-type scores are exact when the
 example sits on its copy's boundary and fail once it was pushed through; direction-type scores are
 the reverse, and re-encoding moves the example back across. The seller holds every copy, so it can
 make examples of every regime itself and learn how the per-copy features combine:
