@@ -31,6 +31,18 @@ class Attributor:
         model, card = load_attributor(path)
         return cls(model=model.eval(), card=card, path=Path(path))
 
+    @staticmethod
+    def read_for(path: str | Path, evidence: str | Path) -> Evidence:
+        """Evidence read at the channels and size an attributor file's card states, before (and without)
+        loading its weights: a bad evidence file fails first. Unverified card: `load` verifies."""
+        from advforensics.attribution.train import peek_card
+
+        card = peek_card(path)
+        if card is None:
+            return load_evidence(evidence)
+        c, h, w = (int(v) for v in card["image_shape"])
+        return load_evidence(evidence, channels=c, size=(h, w))
+
     @property
     def image_shape(self) -> tuple[int, int, int]:
         c, h, w = (int(v) for v in self.card["image_shape"])

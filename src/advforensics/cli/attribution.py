@@ -398,8 +398,8 @@ def predict_cmd(model_path: Path, source: Path, as_json: bool, float_evidence: b
     from advforensics.attribution.attributor import Attributor
     from advforensics.attribution.field import Truth, field_metrics, summary_row
 
+    evidence = Attributor.read_for(model_path, source)  # first: a bad file fails before the model loads
     attributor = Attributor.load(model_path)
-    evidence = attributor.read(source)  # at the attributor's channels and size (a grey palette PNG reads as grey)
     truth = None if labels_path is None else Truth.from_table(labels_path, evidence.rows)
     if evidence.dropped:  # never silently: the row numbers in the names show which are left
         click.echo(evidence.summary(), err=True)

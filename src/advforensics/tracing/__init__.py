@@ -3,12 +3,24 @@ investigator names the copy that adversarial examples were crafted on.
 
     record = make_copies("runs/c", "runs/copies", copies=5, calibration_images=x_cal)
     report = identify("runs/copies", evidence, public_key="keys/seller.pub")   # report.source, .confidence
+
+The names below load on first use: `advforensics.tracing.names` (the CLI's vocabulary) stays torch-free.
 """
 
-from advforensics.tracing.api import identify, make_copies
-from advforensics.tracing.identify import LearnedReport, TracedExample, TraceReport
-from advforensics.tracing.record import SellerRecord, load_copies, read_record
-from advforensics.tracing.signing import generate_keypair, sign_record
+from __future__ import annotations
 
-__all__ = ["make_copies", "identify", "LearnedReport", "TraceReport", "TracedExample", "SellerRecord", "load_copies",
-           "read_record", "generate_keypair", "sign_record"]
+import importlib
+from typing import Any
+
+_HOMES = {"make_copies": "api", "identify": "api", "LearnedReport": "identify", "TraceReport": "identify",
+          "TracedExample": "identify", "SellerRecord": "record", "load_copies": "record", "read_record": "record",
+          "generate_keypair": "signing", "sign_record": "signing"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _HOMES:
+        return getattr(importlib.import_module(f"advforensics.tracing.{_HOMES[name]}"), name)
+    raise AttributeError(f"module 'advforensics.tracing' has no attribute {name!r}")
+
+
+__all__ = list(_HOMES)
