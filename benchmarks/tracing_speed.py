@@ -22,7 +22,7 @@ from advforensics.models import create_model, load_model
 from advforensics.tracing.copies import CopyParams, CopySet, inverse_permutations
 from advforensics.tracing.names import FORMULA_RULES
 from advforensics.tracing.calibration import Calibration
-from advforensics.tracing.identify import trace_learned
+from advforensics.tracing.reports import trace_learned
 from advforensics.tracing.learned import LearnedScorer
 from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_scores
 from advforensics.tracing.permutations import make_permutations, max_copies

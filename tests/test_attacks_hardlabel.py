@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from advforensics.attacks import ThreatModel, create_attack
-from advforensics.attacks.hard_label import LabelOracle, boundary_binary_search, dct2, dct_matrix, idct2
+from advforensics.attacks.queries import LabelOracle, boundary_binary_search, dct2, dct_matrix, idct2
 from advforensics.attacks.qeba import subspace_directions
 from advforensics.attacks.surfree import _orthonormalise, dct_directions
 from advforensics.errors import InputValidationError

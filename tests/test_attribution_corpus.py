@@ -8,13 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from advforensics.attribution import corpus as corpus_mod
-from advforensics.attribution.corpus import (
-    CorpusConfig,
-    generate_corpus,
-    load_corpus,
-    split_by_clean_image,
-)
+from advforensics.attribution.corpus import load_corpus, split_by_clean_image
+from advforensics.attribution.corpus_generation import CellResult, CorpusConfig, generate_corpus
 from advforensics.attribution.grid import AttackSpec, GridSpec, default_grid
 from advforensics.errors import DataFileError, InputValidationError
 
@@ -165,7 +160,7 @@ def test_missing_shard_detected(tmp_path, clean, victims):
 
 def test_empty_cell_is_reported(tmp_path, clean, victims):
     def runner(spec, model, x, y, seed, extra):  # an attack that never moves a pixel
-        return [corpus_mod.CellResult(v, x.clone()) for v in spec.values]
+        return [CellResult(v, x.clone()) for v in spec.values]
 
     images, labels = clean
     grid = GridSpec(attacks=(AttackSpec("fgsm", (10.0,)),))

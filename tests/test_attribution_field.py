@@ -11,7 +11,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus
+from advforensics.attribution.corpus import load_corpus
+from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus
 from advforensics.attribution.field import Attribution, Truth, field_metrics
 from advforensics.attribution.grid import AttackSpec, GridSpec, field_grid, heldout_grid
 from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN, fit_open_set, fit_temperature

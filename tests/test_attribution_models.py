@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from advforensics.attribution.baselines import ablation_config, single_task_config
-from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus
+from advforensics.attribution.corpus import load_corpus
+from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus
 from advforensics.attribution.evaluate import (clean_class_rates, delta_mtl, evaluate_attributor, false_alarm_table,
                                               write_report)
 from advforensics.attribution.field import attribute

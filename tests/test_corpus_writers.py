@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus
+from advforensics.attribution.corpus import load_corpus
+from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus
 from advforensics.attribution.grid import AttackSpec, GridSpec
 from advforensics.errors import DataFileError, InputValidationError
 from advforensics.utils import sha256_file
@@ -35,7 +36,7 @@ import argparse, json, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from advforensics.attribution.corpus import CorpusConfig, generate_corpus, run_grid_attack
+from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus, run_grid_attack
 from advforensics.attribution.grid import GridSpec
 
 parser = argparse.ArgumentParser()

@@ -14,7 +14,7 @@ from advforensics.cli.main import cli
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.tracing.copies import CopyParams, CopySet, ModelCopy
 from advforensics.tracing.calibration import Calibration, calibrate
-from advforensics.tracing.identify import trace
+from advforensics.tracing.reports import trace
 from advforensics.tracing.names import FORMULA_RULES
 from advforensics.tracing.scores import copy_scores, dol_from_scores, dol_scores
 from advforensics.tracing.permutations import make_permutations
@@ -104,7 +104,7 @@ def test_calibration_roundtrip_and_aggregation() -> None:
     cal = Calibration.from_scores(dol, sources, rule="dol", bins=20)
     again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
     assert torch.equal(again.false_alarm_rate(dol), cal.false_alarm_rate(dol))
-    from advforensics.tracing.identify import trace_scores
+    from advforensics.tracing.reports import trace_scores
 
     report = trace_scores(dol[sources == 2][:5], "dol", cal)
     assert report.aggregate_source == 2

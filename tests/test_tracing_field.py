@@ -15,7 +15,7 @@ from advforensics.errors import CheckpointError
 from advforensics.tracing.behaviours import along, smallest_push, transfer_seeking
 from advforensics.tracing.calibration import min_norm_points
 from advforensics.tracing.copies import CopyParams, CopySet
-from advforensics.tracing.identify import LearnedReport, trace_learned
+from advforensics.tracing.reports import LearnedReport, trace_learned
 from advforensics.tracing.learned import (FitConfig, SimulationConfig, fit_learned_rule, scorer_from_dict,
                                           scorer_to_dict, simulate)
 from advforensics.tracing.permutations import make_permutations
@@ -149,7 +149,7 @@ def test_learned_rule_traces_fresh_boundary_points_and_rejects_clean_images(copi
 def test_an_accusation_needs_both_keys() -> None:
     """The learned probability and a formula rule's null must both vouch for a copy."""
     from advforensics.tracing.calibration import Calibration
-    from advforensics.tracing.identify import two_key_error
+    from advforensics.tracing.reports import two_key_error
 
     probabilities = torch.tensor([[0.995, 0.001, 0.001, 0.003], [0.995, 0.001, 0.001, 0.003]])  # m = 3
     gen = torch.Generator().manual_seed(0)

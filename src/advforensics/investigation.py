@@ -26,11 +26,12 @@ from advforensics import __version__
 from advforensics.errors import InputValidationError
 from advforensics.evidence.io import Evidence, load_evidence
 from advforensics.utils import atomic_write_text, sha256_file, write_json
+from advforensics.vocab import Answer
 
 log = logging.getLogger(__name__)
 FORMAT = "advforensics-investigation/1"
 LOW_CONFIDENCE = 0.9  # below it an attribution is flagged: a stated probability, not a verdict
-NOT_ADVERSARIAL, UNKNOWN = "not adversarial", "unknown attack"  # openset.py's answers (kept torch-light here)
+NOT_ADVERSARIAL, UNKNOWN = Answer.NOT_ADVERSARIAL.value, Answer.UNKNOWN.value  # openset.py's answers
 
 
 @dataclass
@@ -130,7 +131,7 @@ def _examples(evidence: Evidence, attribution, tracing) -> list[dict[str, Any]]:
 
 
 def _traced(tracing, rows: list[int]) -> list[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    from advforensics.tracing.identify import LearnedReport
+    from advforensics.tracing.reports import LearnedReport
 
     per_copy = (1.0 - tracing.false_alarm).tolist() if isinstance(tracing, LearnedReport) else None
     return [{"copy": e.copy, "confidence": e.confidence, "accused": e.accused,
@@ -174,7 +175,7 @@ def _summary(examples: list[dict[str, Any]], tracing) -> dict[str, Any]:  # type
 
 
 def _copies(tracing) -> list[dict[str, Any]] | None:  # type: ignore[no-untyped-def]
-    from advforensics.tracing.identify import LearnedReport
+    from advforensics.tracing.reports import LearnedReport
 
     if not isinstance(tracing, LearnedReport):
         return None

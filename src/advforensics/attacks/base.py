@@ -7,7 +7,6 @@ attack, so each attack file holds only its algorithm (torchattacks/ART habit).
 
 from __future__ import annotations
 
-import enum
 import inspect
 import math
 from abc import ABC, abstractmethod
@@ -20,16 +19,7 @@ from torch import nn
 from advforensics.errors import InputValidationError
 from advforensics.registry import Registry
 from advforensics.utils import check_images, check_labels
-
-
-class Norm(str, enum.Enum):
-    L2 = "l2"
-    LINF = "linf"
-
-
-class ThreatModel(str, enum.Enum):
-    WHITE_BOX = "white-box"  # gradients of the model's scores
-    HARD_LABEL = "hard-label"  # only argmax labels, counted as queries
+from advforensics.vocab import Norm, ThreatModel  # defined torch-free; re-exported here and by attacks/
 
 
 @dataclass

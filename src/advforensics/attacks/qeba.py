@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from advforensics.attacks.base import ATTACKS, Attack, Norm, ThreatModel, require
-from advforensics.attacks.hard_label import (
+from advforensics.attacks.queries import (
     LabelOracle,
     _is_pos_int,
     boundary_binary_search,

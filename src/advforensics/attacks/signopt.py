@@ -3,7 +3,7 @@
 Sign-OPT searches over directions theta: g(theta) is the distance to the boundary along theta (found by
 binary search); the sign of g's directional derivative costs one hard-label query per random direction,
 and k such signs give a descent direction. ART's implementation works untargeted here and honours a
-per-example query limit, so it is used through the hard-label adapter (`hard_label.ArtHardLabelAttack`:
+per-example query limit, so it is used through the hard-label adapter (`queries.ArtHardLabelAttack`:
 exact per-example query counts, one-hot argmax oracle, seeded NumPy state, optional final boundary
 search). ART draws its initial directions itself (seeded through NumPy's global generator).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from advforensics.attacks.base import ATTACKS, require
-from advforensics.attacks.hard_label import ArtHardLabelAttack, _is_pos_int, _is_pos_number
+from advforensics.attacks.queries import ArtHardLabelAttack, _is_pos_int, _is_pos_number
 
 
 @ATTACKS.register("signopt")

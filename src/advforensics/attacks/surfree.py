@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from advforensics.attacks.base import ATTACKS, Attack, Norm, ThreatModel, require
-from advforensics.attacks.hard_label import (
+from advforensics.attacks.queries import (
     LabelOracle,
     _is_pos_int,
     _is_pos_number,

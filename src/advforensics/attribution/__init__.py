@@ -4,7 +4,8 @@
 
 Import the submodules for the full API:
     grid      GridSpec / AttackSpec, default_grid() (paper Table 1), small_grid(), field_grid(), heldout_grid()
-    corpus    generate_corpus, load_corpus, split_by_clean_image, CorpusConfig
+    corpus    load_corpus, Corpus, split_by_clean_image, attribution_splits (the corpus on disk and in memory)
+    corpus_generation  generate_corpus, CorpusConfig, run_grid_attack (making a corpus: attacks, resume)
     mtaa      MTAA, MTAAConfig, UncertaintyWeighting, PerturbationExtractor
     baselines SingleLabelNet, single_task_config, ablation_config
     side      pixel_histogram, VictimProbe (side features, ours: not in the paper)
@@ -16,7 +17,8 @@ Import the submodules for the full API:
 """
 
 from advforensics.attribution.attributor import Attributor
-from advforensics.attribution.corpus import CorpusConfig, generate_corpus, load_corpus, split_by_clean_image
+from advforensics.attribution.corpus import load_corpus, split_by_clean_image
+from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus
 from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, write_report
 from advforensics.attribution.field import Attribution, Truth, attribute, field_metrics, field_report
 from advforensics.attribution.grid import AttackSpec, GridSpec, default_grid, small_grid

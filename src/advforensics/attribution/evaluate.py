@@ -8,6 +8,7 @@ Delta_MTL = (1/T) sum_k (-1)^{l_k} (M_mtl,k - M_single,k) / M_single,k (Maninis 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.grid import CLEAN
 from advforensics.errors import CheckpointError, InputValidationError
-from advforensics.utils import atomic_target, atomic_write_text, check_images, module_device, write_json
+from advforensics.utils import atomic_write_text, check_images, module_device, write_json
 from advforensics.reporting import markdown_table
+from advforensics.reporting.plots import plot_confusion
 
 #: metric -> lower is better?
 MTL_METRICS = {"attack_accuracy": False, "victim_accuracy": False, "rmse": True}
@@ -164,31 +166,6 @@ def delta_mtl(mtl: dict[str, Any], single: dict[str, dict[str, Any]]) -> float:
     return 100.0 * float(np.mean(terms))
 
 
-def _plot_confusion(matrix: list[list[int]], names: list[str], title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    m = np.asarray(matrix, dtype=float)
-    norm = m / np.maximum(m.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(names), 1.0 + 0.6 * len(names)))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    with atomic_target(path) as tmp:
-        fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-
-
 def results_table(rows: list[dict[str, Any]]) -> str:
     """One row per evaluated model: name, attack %, victim %, RMSE, per-attack RMSE, params (all, and
     trained), FLOPs."""
@@ -243,7 +220,7 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
     for key, names in (("attack_confusion", "attack_names"), ("victim_confusion", "victim_names")):
         if key in metrics:
             path = root / f"{key}.png"
-            _plot_confusion(metrics[key], metrics[names], key.replace("_", " "), path)
+            plot_confusion(metrics[key], metrics[names], key.replace("_", " "), path)
             files.append(path)
             text += f"\n![{key}]({path.name})\n"
     atomic_write_text(root / "report.md", text)
@@ -252,3 +229,41 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 __all__ = ["evaluate_attributor", "model_logits", "predict_outputs", "count_flops", "delta_mtl", "write_report",
            "results_table", "false_alarm_table", "clean_class_rates", "check_input", "MTL_METRICS"]
+
+
+def evaluate_files(corpus_dir: str | Path, model_path: str | Path, out: str | Path, split: str = "test",
+                   single_task: Sequence[str | Path] = (), heldout: Sequence[str | Path] = (),
+                   reencodings: Sequence[str] = (), device: str | torch.device = "cpu") -> dict[str, Any]:
+    """`attribution evaluate`: the paper's tables for an attributor file on a corpus's split (with
+    Delta_MTL against single-task files), written to `out`; for an open-set attributor also the field
+    report (field.md) on the split, its re-encodings and every held-out corpus. Every input is read and
+    verified before any work."""
+    from advforensics.attribution.corpus import load_corpus
+    from advforensics.attribution.train import load_attributor
+    from advforensics.evidence.transforms import check_reencoding
+    from advforensics.utils import resolve_device
+
+    target = resolve_device(device)
+    for spec in reencodings:
+        check_reencoding(spec)
+    corpus = load_corpus(corpus_dir)
+    heldout_corpora = [(Path(path).name, load_corpus(path)) for path in heldout]
+    model, card = load_attributor(model_path)
+    metrics = evaluate_attributor(model.to(target), card, corpus, split=split)
+    if single_task:
+        single = {}
+        for path in single_task:
+            m, c = load_attributor(path)
+            task_metrics = evaluate_attributor(m.to(target), c, corpus, split=split)
+            for metric in ("attack_accuracy", "victim_accuracy", "rmse"):
+                if metric in task_metrics and len(c["config"]["tasks"]) == 1:
+                    single[metric] = task_metrics
+        metrics["delta_mtl"] = delta_mtl(metrics, single)
+    write_report(metrics, out)
+    if card.get("open_set") is not None:
+        from advforensics.attribution.field import field_report, write_field_report
+
+        field = field_report(model, card, corpus, split=split, reencodings=reencodings, heldout=heldout_corpora)
+        write_field_report(field, out, f"Attribution in the field ({card['kind']}, {Path(model_path).name})")
+        metrics["field"] = field
+    return metrics

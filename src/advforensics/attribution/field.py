@@ -23,9 +23,10 @@ from advforensics.attribution.grid import CLEAN, KNOWN_ATTACKS
 from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN, OpenSetRule
 from advforensics.errors import DataFileError, InputValidationError
 from advforensics.utils import atomic_write_text, wilson_interval
+from advforensics.vocab import Unit
 
 #: strength units as a user reads them
-UNIT_NAMES = {"eps255": "eps (/255)", "kappa": "kappa (logits)", "none": ""}
+UNIT_NAMES = {Unit.EPS255.value: "eps (/255)", Unit.KAPPA.value: "kappa (logits)", Unit.NONE.value: ""}
 
 
 @dataclass
@@ -97,10 +98,10 @@ def answer(out: dict[str, np.ndarray], card: dict[str, Any], score: str | None =
     hyper = out["hyper"].astype(np.float64).copy() if "hyper" in out else np.full(n, np.nan)
     unit = []
     for i, a in enumerate(answers):
-        u = units.get(a, KNOWN_ATTACKS.get(a, "none"))
-        if a in (NOT_ADVERSARIAL, UNKNOWN) or u == "none":
+        u = units.get(a, KNOWN_ATTACKS.get(a, Unit.NONE))
+        if a in (NOT_ADVERSARIAL, UNKNOWN) or u == Unit.NONE:
             hyper[i] = np.nan
-            u = "none"
+            u = Unit.NONE.value
         unit.append(UNIT_NAMES.get(u, u))
     return Attribution(attack=answers, attack_probability=attack_probs.max(1), attack_probs=attack_probs,
                        victim=victim, victim_probability=victim_p, hyper=hyper, hyper_unit=unit,
@@ -131,7 +132,7 @@ class Truth:
         c = corpus.columns
         victim_arch = c["victim_arch"][rows].astype(object)
         hyper = c["hyper"][rows].astype(np.float64)
-        hyper[np.array([KNOWN_ATTACKS.get(a, "none") == "none" for a in c["attack"][rows]], dtype=bool)] = np.nan
+        hyper[np.array([KNOWN_ATTACKS.get(a, Unit.NONE) == Unit.NONE for a in c["attack"][rows]], dtype=bool)] = np.nan
         cell = np.array([f"{a} x {v} x {h:g}" if a != CLEAN else CLEAN
                          for a, v, h in zip(c["attack"][rows], victim_arch, c["hyper"][rows])], dtype=object)
         return cls(attack=c["attack"][rows].astype(object), victim=victim_arch, hyper=hyper,
@@ -172,7 +173,7 @@ class Truth:
                                     "rows; add a 'row' column to match them by index")
             take = list(range(len(rows)))
         attack = np.array([str(cols["attack"][i]).strip() for i in take], dtype=object)
-        attack[np.isin(attack, ["not adversarial", "none", ""])] = CLEAN
+        attack[np.isin(attack, [NOT_ADVERSARIAL, "none", ""])] = CLEAN
         victim = np.array([str(cols["victim"][i]).strip() for i in take], dtype=object)
         victim[attack == CLEAN] = CLEAN
         strength = cols.get("strength")
@@ -236,7 +237,7 @@ def field_metrics(att: Attribution, truth: Truth, group_by: tuple[str, ...] = ("
         "victim_accuracy": _rate(np.array(att.victim, dtype=object)[victim_known] == truth.victim[victim_known]),
         "rmse": {f: _rmse(att.hyper[known & (truth.attack == f) & (answers == f)],
                           truth.hyper[known & (truth.attack == f) & (answers == f)])
-                 for f in sorted(families) if KNOWN_ATTACKS.get(f, "none") != "none"},
+                 for f in sorted(families) if KNOWN_ATTACKS.get(f, Unit.NONE) != Unit.NONE},
     }
     # answer = the true family, and the strength read there; RMSE over rows the family was named on
     out["confident_wrong"] = _rate((answers != expected)[att.attack_probability >= 0.99])
@@ -256,7 +257,7 @@ def field_metrics(att: Attribution, truth: Truth, group_by: tuple[str, ...] = ("
                                          == truth.victim[m & victim_known]),
                 "rmse": _rmse(att.hyper[m & known & (answers == truth.attack)], truth.hyper[m & known
                                                                                           & (answers == truth.attack)])
-                if KNOWN_ATTACKS.get(str(fam), "none") != "none" else None}
+                if KNOWN_ATTACKS.get(str(fam), Unit.NONE) != Unit.NONE else None}
         out["groups"][name] = per
     return out
 

@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from advforensics.errors import InputValidationError, UnknownNameError
+from advforensics.vocab import Implementation, Unit
 
 #: Label used for the optional false-alarm class (clean images): attack and victim are both "clean".
 CLEAN = "clean"
 
 #: Attack families the corpus generator knows how to run, and the unit of their hyperparameter
-#: ("none": the family has no strength, e.g. DeepFool stops at the boundary).
-KNOWN_ATTACKS = {"fgsm": "eps255", "pgd-linf": "eps255", "cw-l2": "kappa", "deepfool": "none",
-                 "square-linf": "eps255"}
+#: (Unit.NONE, "none": the family has no strength, e.g. DeepFool stops at the boundary).
+KNOWN_ATTACKS = {"fgsm": Unit.EPS255, "pgd-linf": Unit.EPS255, "cw-l2": Unit.KAPPA, "deepfool": Unit.NONE,
+                 "square-linf": Unit.EPS255}
 #: Families only ART implements here.
 ART_ONLY = ("square-linf",)
 #: Who implements a variant: the project's attacks, or the Adversarial Robustness Toolbox.
-IMPLEMENTATIONS = ("advforensics", "art")
+IMPLEMENTATIONS = Implementation.values()  # ("advforensics", "art")
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class AttackSpec:
     values: tuple[float, ...]
     params: dict[str, Any] = field(default_factory=dict)
     variant: str = ""
-    implementation: str = "advforensics"
+    implementation: str = Implementation.ADVFORENSICS.value
 
     def __post_init__(self) -> None:
         if self.name not in KNOWN_ATTACKS:
@@ -58,11 +59,11 @@ class AttackSpec:
         if self.implementation not in IMPLEMENTATIONS:
             raise UnknownNameError(f"unknown implementation {self.implementation!r}; known: "
                                    f"{', '.join(IMPLEMENTATIONS)}")
-        if self.name in ART_ONLY and self.implementation != "art":
+        if self.name in ART_ONLY and self.implementation != Implementation.ART:
             raise InputValidationError(f"attack {self.name!r} is implemented by ART only (implementation='art')")
         if "__" in self.variant or "/" in self.variant:
             raise InputValidationError(f"variant names may not hold '__' or '/', got {self.variant!r}")
-        if KNOWN_ATTACKS[self.name] == "none":
+        if KNOWN_ATTACKS[self.name] is Unit.NONE:
             if tuple(float(v) for v in self.values) != (0.0,):
                 raise InputValidationError(f"attack {self.name!r} has no strength; its values must be (0,)")
             return
@@ -74,12 +75,12 @@ class AttackSpec:
             raise InputValidationError(f"attack {self.name!r}: hyperparameter values must be finite, got {self.values}")
         if any(float(v) <= 0 for v in self.values):
             raise InputValidationError(f"attack {self.name!r}: hyperparameter values must be positive")
-        if KNOWN_ATTACKS[self.name] == "eps255" and any(float(v) > 255 for v in self.values):
+        if KNOWN_ATTACKS[self.name] is Unit.EPS255 and any(float(v) > 255 for v in self.values):
             raise InputValidationError(f"attack {self.name!r}: eps*255 values must be <= 255")
 
     @property
     def unit(self) -> str:
-        return KNOWN_ATTACKS[self.name]
+        return KNOWN_ATTACKS[self.name].value
 
     @property
     def key(self) -> str:
@@ -149,7 +150,8 @@ class GridSpec:
         payload: dict[str, Any] = {
             "attacks": [{"name": a.name, "values": [float(v) for v in a.values], "params": dict(a.params),
                          **({"variant": a.variant} if a.variant else {}),
-                         **({"implementation": a.implementation} if a.implementation != "advforensics" else {})}
+                         **({"implementation": a.implementation}
+                            if a.implementation != Implementation.ADVFORENSICS else {})}
                         for a in self.attacks],
             "include_clean": self.include_clean}
         if self.values_per_image is not None:
@@ -168,7 +170,8 @@ class GridSpec:
         try:
             attacks = tuple(AttackSpec(name=str(a["name"]), values=tuple(float(v) for v in a["values"]),
                                        params=dict(a.get("params", {})), variant=str(a.get("variant", "")),
-                                       implementation=str(a.get("implementation", "advforensics")))
+                                       implementation=str(a.get("implementation",
+                                                                Implementation.ADVFORENSICS.value)))
                             for a in payload["attacks"])
             vpi, vari = payload.get("values_per_image"), payload.get("variants_per_image")
             return cls(attacks=attacks, include_clean=bool(payload.get("include_clean", False)),
@@ -281,3 +284,24 @@ def get_grid(name: str, include_clean: bool = False) -> GridSpec:
 
 __all__ = ["AttackSpec", "GridSpec", "CLEAN", "default_grid", "small_grid", "field_grid", "heldout_grid", "get_grid",
            "GRIDS", "KNOWN_ATTACKS", "IMPLEMENTATIONS"]
+
+
+def load_grid(grid: str, include_clean: bool = False) -> GridSpec:
+    """A named grid (GRIDS) or a grid JSON file; a bad name or file is a one-line InputValidationError."""
+    import json
+    from pathlib import Path
+
+    if grid in GRIDS:
+        return get_grid(grid, include_clean)
+    path = Path(grid)
+    if not path.is_file():
+        raise InputValidationError(f"--grid must be one of {', '.join(GRIDS)} or a grid JSON file, got {grid!r}")
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputValidationError(f"grid file {path} is not valid JSON: {error}") from None
+    if not isinstance(payload, dict):
+        raise InputValidationError(f"grid file {path} must hold a JSON object with an 'attacks' list")
+    if include_clean:
+        payload["include_clean"] = True
+    return GridSpec.from_dict(payload)

@@ -31,9 +31,10 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax, softmax
 
 from advforensics.errors import InputValidationError
+from advforensics.vocab import Answer, OpenSetScore
 
-NOT_ADVERSARIAL = "not adversarial"
-UNKNOWN = "unknown attack"
+NOT_ADVERSARIAL = Answer.NOT_ADVERSARIAL.value
+UNKNOWN = Answer.UNKNOWN.value
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -47,7 +48,7 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.exp(minimize_scalar(nll, bounds=(-4.0, 4.0), method="bounded").x))
 
 
-SCORES = ("msp", "distance", "either")
+SCORES = OpenSetScore.values()  # ("msp", "distance", "either")
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from advforensics.errors import CheckpointError, InputValidationError
+
+log = logging.getLogger(__name__)
 
 
 def load_victims(spec: str | Path) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]]]:
@@ -72,3 +76,45 @@ def probe_settings(manifest: Mapping[str, Any], victims: Mapping[str, nn.Module]
 
 
 __all__ = ["load_victims", "probe_settings"]
+
+
+def cw_victim_params(grid: Any, victims: Mapping[str, nn.Module], images: torch.Tensor, labels: torch.Tensor,
+                     kappa_scale: str, headroom: float = 1.5, stored: Path | None = None,
+                     device: str | torch.device = "cpu") -> dict[str, dict[str, dict[str, float]]]:
+    """Per-victim C&W `kappa_scale` for a corpus (victim -> {"cw-l2": {"kappa_scale": s}}).
+
+    kappa_scale "auto": maps headroom x the grid's largest kappa to each victim's 10th-percentile
+    reachable margin on the first 32 images it classifies correctly, so that the largest kappa stays
+    reachable by a short schedule; a number: that scale for every victim (1: kappa in logits, no entry).
+    stored: a corpus manifest being resumed, whose scales are reused (re-measuring could differ in the last
+    bit and change the corpus)."""
+    import json
+
+    if stored is not None and stored.is_file():
+        try:
+            reused = json.loads(stored.read_text())["config"]["victim_params"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            reused = {}
+        if reused:
+            return reused
+    if not any(a.name == "cw-l2" for a in grid.attacks):
+        return {}
+    if kappa_scale != "auto":
+        try:
+            scale = float(kappa_scale)
+        except ValueError:
+            raise InputValidationError(f"--cw-kappa-scale must be 'auto' or a number, got {kappa_scale!r}") from None
+        return {} if scale == 1.0 else {name: {"cw-l2": {"kappa_scale": scale}} for name in victims}
+    from advforensics.attacks.cw import kappa_scale_for
+
+    if headroom < 1:
+        raise InputValidationError(f"--cw-headroom must be >= 1, got {headroom}")
+    x, y = images[:32].to(device), labels[:32].to(device)
+    params = {}
+    for name, model in victims.items():
+        with torch.no_grad():
+            ok = model(x).argmax(1) == y
+        scale = kappa_scale_for(model, x[ok], y[ok], nominal_max=headroom * max(grid.attack("cw-l2").values))
+        params[name] = {"cw-l2": {"kappa_scale": scale}}
+        log.info("victim %s: C&W kappa_scale %.4f", name, scale)
+    return params

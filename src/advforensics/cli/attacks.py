@@ -2,53 +2,21 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import platform
-import re
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from advforensics.cli.common import ForensicsGroup, OutputFile, UserError, emit_json, json_option, seed_option
+from advforensics.cli.params import attack_arguments, parse_param
 
 if TYPE_CHECKING:
     import torch
 
 logger = logging.getLogger("advforensics.cli.attacks")
-_FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """`key=value` -> (key, value): JSON values (0.1, 10, true, null), `8/255` fractions, else the string."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise UserError(f"--param expects key=value, got {text!r}")
-    match = _FRACTION.match(raw)
-    if match:
-        denominator = float(match.group(2))
-        if denominator == 0:
-            raise UserError(f"--param {key}: division by zero in {raw!r}")
-        return key, float(match.group(1)) / denominator
-    if raw.strip() in ("True", "False"):
-        return key, raw.strip() == "True"
-    try:
-        return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
-
-
-def attack_arguments(name: str) -> dict[str, Any]:
-    """Constructor arguments of a registered attack with their defaults."""
-    from advforensics.attacks import ATTACKS
-
-    signature = inspect.signature(ATTACKS.get(name).__init__)
-    return {p.name: (None if p.default is inspect.Parameter.empty else p.default)
-            for p in signature.parameters.values() if p.name != "self"}
 
 
 @click.group("attacks", cls=ForensicsGroup)
@@ -129,90 +97,48 @@ def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, cop
       advforensics attacks run --attack hopskipjump --copies runs/copies --copy 3 --data mnist-5k \\
           --param max_iter=20 --n 20 --out runs/advs.npz
     """
-    import numpy as np
     import torch
-    from tqdm import tqdm
 
     from advforensics.attacks import create_attack
-    from advforensics.attacks.base import batched_predict
+    from advforensics.attacks.base import ThreatModel, batched_predict
+    from advforensics.attacks.campaign import run_campaign
     from advforensics.data import load_dataset
-    from advforensics.errors import InputValidationError
     from advforensics.utils import seed_everything
 
     params = dict(parse_param(text) for text in raw_params)
     if "seed" in attack_arguments(attack_name) and "seed" not in params:
         params["seed"] = seed
     attack = create_attack(attack_name, **params)  # bad names/parameters fail before any work
-    if copies_dir is not None and attack.threat_model.value == "white-box":
+    if copies_dir is not None and attack.threat_model is ThreatModel.WHITE_BOX:
         logger.warning("%s is a white-box attack: it reads the copy's gradients, which a buyer of its hard-label "
                        "endpoint never sees (the ONNX copy answers labels only)", attack_name)
-    if out is not None and out.exists() and not overwrite:
-        raise UserError(f"{out} exists; pass --overwrite to replace it")
     if threads is not None:
         torch.set_num_threads(threads)
     seed_everything(seed)
     model, classifier, provenance = _load_target(weights, copies_dir, copy_index)
     dataset = load_dataset(data_name, split=split, data_dir=data_dir)
     config = getattr(classifier if classifier is not None else model, "config", None)
-    if config is not None and tuple(dataset.images.shape[1:]) != (config.in_channels, config.image_size,
-                                                                   config.image_size):
-        raise InputValidationError(
-            f"{data_name} images are {tuple(dataset.images.shape[1:])}, the model expects "
-            f"({config.in_channels}, {config.image_size}, {config.image_size})")
-
-    predicted = batched_predict(model, dataset.images)
-    correct = (predicted == dataset.labels).nonzero().squeeze(1)
-    indices = correct[:n_examples]
-    if len(indices) < n_examples:
-        logger.warning("only %d correctly classified examples in %s/%s", len(indices), data_name, split)
-    if len(indices) == 0:
-        raise UserError(f"the model classifies no example of {data_name}/{split} correctly")
-    x_all, y_all = dataset.images[indices], dataset.labels[indices]  # (N, C, H, W), (N,)
-
-    results = []
-    start = time.perf_counter()
-    for x, y in tqdm(list(zip(x_all.split(batch_size), y_all.split(batch_size))), desc=attack_name,
-                     unit="batch", disable=len(x_all) <= batch_size):
-        results.append(attack(model, x, y))
-    seconds = time.perf_counter() - start
-
-    cat = {field: torch.cat([getattr(r, field) for r in results])
-           for field in ("x_adv", "success", "l2", "linf", "queries", "predicted")}
-    extras = {key: torch.cat([r.extras[key] for r in results]) for key in results[0].extras}
-    ok = cat["success"]
-    summary = {
-        "attack": attack.params, **provenance,
-        "data": data_name, "split": split, "data_sha256": dataset.info.sha256, "seed": seed,
-        "n": int(len(indices)), "success_rate": float(ok.float().mean()),
-        "median_l2_success": float(cat["l2"][ok].median()) if ok.any() else None,
-        "median_linf_success": float(cat["linf"][ok].median()) if ok.any() else None,
-        "mean_queries": float(cat["queries"].float().mean()), "seconds": seconds,
-        "images_per_second": len(indices) / seconds if seconds > 0 else None,
-        "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads",
-    }
-    if "reached" in extras:
-        summary["reached_rate"] = float(extras["reached"].float().mean())
+    shape = None if config is None else (config.in_channels, config.image_size, config.image_size)
+    campaign = run_campaign(attack, model, dataset.images, dataset.labels, n_examples, batch_size, shape)
     if classifier is not None:  # does the example also fool C alone (and so transfer to other copies)?
-        extras["classifier_fooled"] = batched_predict(classifier, cat["x_adv"]) != y_all
-        summary["classifier_fooled_rate_success"] = (
-            float(extras["classifier_fooled"][ok].float().mean()) if ok.any() else None)
-
+        campaign.extras["classifier_fooled"] = batched_predict(classifier, campaign.x_adv) != campaign.labels
+    summary = {"attack": attack.params, **provenance, "data": data_name, "split": split,
+               "data_sha256": dataset.info.sha256, "seed": seed, **campaign.figures(),
+               "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}, "
+                          f"{torch.get_num_threads()} threads"}
     if out is not None:
-        from advforensics.evidence import save_evidence
-
         meta = {key: summary[key] for key in ("attack", *provenance, "data", "split", "data_sha256", "seed")}
-        save_evidence(out, cat["x_adv"].float(), success=ok, labels=y_all, meta=meta, overwrite=overwrite,
-                      extras={"predicted": cat["predicted"], "l2": cat["l2"], "linf": cat["linf"],
-                              "queries": cat["queries"], "indices": indices,
-                              "params_json": np.array(json.dumps(attack.params, default=str)),
-                              **{f"extra_{key}": value for key, value in extras.items()}})
+        campaign.save(out, attack.params, meta, overwrite=overwrite)
         summary["out"] = str(out)
+    _print_figures(f"{attack_name} on {data_name}/{split}", summary)
+    emit_json(json_path, summary)
 
+
+def _print_figures(title: str, summary: dict[str, Any]) -> None:
     def fmt(value: float | None, spec: str) -> str:
         return "n/a" if value is None else format(value, spec)
 
-    click.echo(f"{attack_name} on {data_name}/{split}: {summary['n']} correctly classified examples")
+    click.echo(f"{title}: {summary['n']} correctly classified examples")
     click.echo(f"  success rate     {summary['success_rate']:.1%}")
     click.echo(f"  median L2        {fmt(summary['median_l2_success'], '.4f')} (successful examples)")
     click.echo(f"  median Linf      {fmt(summary['median_linf_success'], '.4f')} (successful examples)")
@@ -221,10 +147,9 @@ def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, cop
         click.echo(f"  kappa reached    {summary['reached_rate']:.1%}")
     if summary.get("classifier_fooled_rate_success") is not None:
         click.echo(f"  C alone fooled   {summary['classifier_fooled_rate_success']:.1%} (successful examples)")
-    click.echo(f"  time             {seconds:.2f} s ({fmt(summary['images_per_second'], '.1f')} images/s)")
-    if out is not None:
-        click.echo(f"  wrote            {out}")
-    emit_json(json_path, summary)
+    click.echo(f"  time             {summary['seconds']:.2f} s ({fmt(summary['images_per_second'], '.1f')} images/s)")
+    if "out" in summary:
+        click.echo(f"  wrote            {summary['out']}")
 
 
 def _load_target(weights: Path | None, copies_dir: Path | None, copy_index: int | None

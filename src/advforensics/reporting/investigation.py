@@ -16,11 +16,12 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from advforensics.reporting.tables import format_cell, markdown_table
+from advforensics.vocab import Answer
 
 FORMAT = "advforensics-investigation/1"
-# Attack values that are verdicts rather than attack families (attribution/openset.py's answers, kept
-# here so that reporting imports nothing above it).
-NOT_FAMILIES = ("not adversarial", "unknown attack")
+# Attack values that are verdicts rather than attack families (attribution/openset.py's answers, from the
+# torch-free vocabulary so that reporting imports nothing heavy).
+NOT_FAMILIES = Answer.values()
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 NO_RECORD = "Tracing not run: no seller record was given (--record)."
 NO_PER_COPY = "This tracing rule gives no per-copy pooled confidence."
@@ -108,7 +109,8 @@ def _html_summary(summary: Payload) -> str:
         return ", ".join(f"{_e(k)} {int(v)}" for k, v in (mapping or {}).items()) or "none"
 
     items = [("examples", summary.get("n_examples")), ("attacked", summary.get("attacked")),
-             ("not adversarial", summary.get("not_adversarial")), ("unknown attack", summary.get("unknown"))]
+             (Answer.NOT_ADVERSARIAL.value, summary.get("not_adversarial")),
+             (Answer.UNKNOWN.value, summary.get("unknown"))]
     parts = [f"<li>{label}: <b>{_e('-' if v is None else v)}</b></li>" for label, v in items]
     parts += [f"<li>attacks: {counts(summary.get('attacks'))}</li>",
               f"<li>victims: {counts(summary.get('victims'))}</li>"]
@@ -303,7 +305,7 @@ def _md_summary(summary: Payload) -> str:
         return format_cell(summary.get(key))
 
     lines = [f"- examples: {get('n_examples')}, attacked: {get('attacked')}, "
-             f"not adversarial: {get('not_adversarial')}, unknown attack: {get('unknown')}",
+             f"{Answer.NOT_ADVERSARIAL.value}: {get('not_adversarial')}, {Answer.UNKNOWN.value}: {get('unknown')}",
              f"- attacks: {counts(summary.get('attacks'))}", f"- victims: {counts(summary.get('victims'))}"]
     if summary.get("trace_confidence") is not None:
         copy = summary.get("traced_copy")

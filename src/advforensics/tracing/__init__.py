@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_HOMES = {"make_copies": "api", "identify": "api", "LearnedReport": "identify", "TraceReport": "identify",
-          "TracedExample": "identify", "SellerRecord": "record", "load_copies": "record", "read_record": "record",
+_HOMES = {"make_copies": "api", "identify": "api", "LearnedReport": "reports", "TraceReport": "reports",
+          "TracedExample": "reports", "SellerRecord": "record", "load_copies": "record", "read_record": "record",
           "generate_keypair": "signing", "sign_record": "signing"}
 
 

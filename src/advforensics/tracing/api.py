@@ -19,7 +19,7 @@ from advforensics.errors import InputValidationError
 from advforensics.evidence.io import Evidence
 from advforensics.tracing.calibration import Calibration, calibrate_rules
 from advforensics.tracing.copies import CopyParams, CopySet
-from advforensics.tracing.identify import CONFIDENT, LearnedReport, TraceReport, trace_learned, trace_scores
+from advforensics.tracing.reports import CONFIDENT, LearnedReport, TraceReport, trace_learned, trace_scores
 from advforensics.tracing.learned import fit_rule, scorer_from_dict
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, SCORE_RULES
 from advforensics.tracing.permutations import make_permutations

@@ -43,7 +43,7 @@ from advforensics.errors import InputValidationError
 from advforensics.tracing.calibration import Calibration, calibrate_rules, confidence_from_false_alarm
 from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.field import REGIMES, regime_row
-from advforensics.tracing.identify import trace_scores
+from advforensics.tracing.reports import trace_scores
 from advforensics.tracing.learned import fit_rule, scorer_from_dict
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
 from advforensics.tracing.permutations import make_permutations, max_copies

@@ -1,16 +1,15 @@
-"""Markdown tables and plots from a tracing experiment's results.json (see experiment.py)."""
+"""Markdown tables and plots from a tracing experiment's results.json (see experiment.py); the figures
+themselves are drawn by advforensics.reporting.plots."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from advforensics.reporting.plots import plot_accuracy_vs_copies, plot_score_histograms
 from advforensics.reporting.tables import markdown_table
 from advforensics.tracing.field import regime_table
 from advforensics.tracing.names import FORMULA_RULES
-from advforensics.utils import atomic_target
 
 
 def _pct(value: float | None) -> float | None:
@@ -145,48 +144,18 @@ def markdown_report(results: dict[str, Any]) -> str:
 
 def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """Fig. 4a (score histograms, source vs innocent copies) and Fig. 4b (accuracy vs copies)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for r in results.get("tracing", []):
         if "scores" not in r:
             continue
-        fig, axes = plt.subplots(1, len(FORMULA_RULES), figsize=(4 * len(FORMULA_RULES), 3))
-        for ax, rule in zip(axes, FORMULA_RULES):
-            innocent, source = r["scores"][rule]["innocent"], r["scores"][rule]["source"]
-            edges = np.linspace(min(innocent + source), max(innocent + source), 61)  # shared bins
-            ax.hist(innocent, bins=edges, alpha=0.6, label="other copies")
-            ax.hist(source, bins=edges, alpha=0.6, label="source copy")
-            ax.set_yscale("log")  # the source's spike next to the innocents' spread
-            ax.set_title(f"{r['attack']}, alpha {r['alpha']:g}: {rule}")
-            ax.set_xlabel("score")
-            ax.set_ylabel("examples")
-        axes[0].legend()
-        fig.tight_layout()
-        path = out_dir / f"fig4a_{r['attack']}_a{r['alpha']}.png"
-        with atomic_target(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(plot_score_histograms({rule: r["scores"][rule] for rule in FORMULA_RULES},
+                                             f"{r['attack']}, alpha {r['alpha']:g}",
+                                             out_dir / f"fig4a_{r['attack']}_a{r['alpha']}.png"))
     scaling = results.get("scaling", [])
     if scaling:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        counts = [r["copies"] for r in scaling]
-        for rule in FORMULA_RULES:
-            ax.plot(counts, [100 * r["rules"][rule]["accuracy"] for r in scaling], marker="o", label=rule)
-        ax.plot(counts, [100 * r["chance"] for r in scaling], linestyle="--", color="grey", label="chance")
-        ax.set_xlabel("number of copies")
-        ax.set_ylabel("tracing accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.legend()
-        fig.tight_layout()
-        path = out_dir / "fig4b_accuracy_vs_copies.png"
-        with atomic_target(path) as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(plot_accuracy_vs_copies(
+            [r["copies"] for r in scaling],
+            {rule: [r["rules"][rule]["accuracy"] for r in scaling] for rule in FORMULA_RULES},
+            [r["chance"] for r in scaling], out_dir / "fig4b_accuracy_vs_copies.png"))
     return written

@@ -20,8 +20,8 @@ from advforensics.evidence.transforms import reencode
 from advforensics.tracing.behaviours import low_pass, transfer_seeking
 from advforensics.tracing.calibration import Calibration, confidence_from_false_alarm
 from advforensics.tracing.copies import CopySet
-from advforensics.tracing.identify import CONFIDENT, LearnedReport, trace_learned, trace_scores
-from advforensics.tracing.names import FORMULA_RULES
+from advforensics.tracing.reports import CONFIDENT, LearnedReport, trace_learned, trace_scores
+from advforensics.tracing.names import FORMULA_RULES, SCORE_RULES
 from advforensics.reporting.tables import markdown_table
 from advforensics.tracing.scores import rule_scores
 from advforensics.utils import wilson_interval
@@ -196,7 +196,7 @@ def control_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[st
     return row
 
 
-RULES = (*FORMULA_RULES, "learned")
+RULES = SCORE_RULES  # the formula rules, then "learned"
 
 
 def _pct(value: float | None) -> str:

@@ -15,7 +15,7 @@ make examples of every regime itself and learn how the per-copy features combine
   from the shared context; a softmax over the m + 1 alternatives gives probabilities.
 - `fit_learned_rule` trains it, then fits a temperature on held-out simulated images.
 
-An accusation needs two keys (identify.py): the learned probability, and a formula rule that names
+An accusation needs two keys (reports.py): the learned probability, and a formula rule that names
 the same copy with the confidence of its own null; the stated confidence is the weaker of the two.
 On field controls the learned probability alone over-accused (1.4-3% at 0.99; docs/tracing.md).
 

@@ -1,8 +1,14 @@
-"""Hard-label (decision-based) attacks through ART, and the query toolkit every hard-label attack shares.
+"""The query toolkit every hard-label (decision-based) attack shares, and the adapter that runs ART's.
 
-Registered here (untargeted, L2, only the argmax label of the model is ever used):
-- "boundary": Boundary Attack (Brendel, Rauber, Bethge, ICLR 2018), ART's `BoundaryAttack`.
-- "hopskipjump": HopSkipJumpAttack (Chen, Jordan, Wainwright, S&P 2020), ART's `HopSkipJump`.
+Toolkit: `LabelOracle` (the argmax label only, with an exact per-example query count),
+`random_adversarial_init`, `boundary_binary_search`, `confirm_adversarial`, `check_common_params` (and
+the `_is_pos_int` / `_is_pos_number` checks), and the DCT helpers `dct_matrix`, `dct2`, `idct2`. It is
+used by every hard-label attack: boundary.py, hopskipjump.py and signopt.py through the ART adapter
+below, the hand-written qeba.py and surfree.py directly.
+
+ART adapter: `ArtHardLabelAttack`, the base class of the attacks that run ART's decision-based
+attacks ("boundary", "hopskipjump", "signopt"; untargeted, L2, only the argmax label of the model is
+ever used).
 
 Why an adapter rather than hand-written attacks: ART is the maintained reference the tracing paper used.
 The adapter adds what ART lacks for forensic work:
@@ -18,9 +24,6 @@ The adapter adds what ART lacks for forensic work:
   counted) moves the example back to within `boundary_tol` (L2) of the boundary, on its adversarial
   side, as foolbox's implementation ends;
 - already-misclassified inputs are returned unchanged (1 query, the clean check) with success flagged.
-
-The toolkit (`LabelOracle`, `random_adversarial_init`, `boundary_binary_search`, `dct_matrix`,
-`dct2`, `idct2`) is reused by the hand-written Sign-OPT, QEBA and SurFree modules.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from advforensics.attacks.base import ATTACKS, Attack, Norm, ThreatModel, batched_predict, require
+from advforensics.attacks.base import Attack, Norm, ThreatModel, batched_predict, require
 
 logger = logging.getLogger(__name__)
 
@@ -291,80 +294,3 @@ class ArtHardLabelAttack(Attack):
         x_adv = confirm_adversarial(oracle, x, x_adv, ended_adv & ~already, fallback,
                                     float(self._params["boundary_tol"]))
         return x_adv, oracle.queries, {"already_adversarial": already.cpu(), "found": ended_adv.cpu()}
-
-
-@ATTACKS.register("boundary")
-class BoundaryAttack(ArtHardLabelAttack):
-    """Boundary Attack (Brendel et al. 2018) via ART, untargeted, L2.
-
-    Arguments (defaults): max_iter (1000) ART iterations; delta (0.01) orthogonal step; epsilon (0.01)
-    step towards the clean image; step_adapt (0.667); num_trial (25) and sample_size (20) trials per
-    iteration; seed (0); init_size (100) uniform-noise tries for the start; boundary_search (True)
-    with boundary_tol (1e-3). Queries per example are bounded by
-    1 + init_size + max_iter * num_trial * sample_size (+ about 12 for the search); ART's default
-    max_iter is 5000, lowered here so a default run on a CPU is minutes, not hours.
-    Shapes: x (B, C, H, W) in [0, 1], y (B,).
-    """
-
-    name = "boundary"
-
-    def __init__(self, max_iter: int = 1000, delta: float = 0.01, epsilon: float = 0.01,
-                 step_adapt: float = 0.667, num_trial: int = 25, sample_size: int = 20,
-                 init_size: int = 100, boundary_search: bool = True, boundary_tol: float = 1e-3,
-                 seed: int = 0) -> None:
-        super().__init__(max_iter=max_iter, delta=delta, epsilon=epsilon, step_adapt=step_adapt,
-                         num_trial=num_trial, sample_size=sample_size, init_size=init_size,
-                         boundary_search=boundary_search, boundary_tol=boundary_tol, seed=seed)
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        p = self._params
-        for key in ("max_iter", "num_trial", "sample_size"):
-            require(_is_pos_int(p[key]), key, "must be an integer >= 1")
-        for key in ("delta", "epsilon"):
-            require(_is_pos_number(p[key]), key, "must be a number > 0")
-        require(_is_pos_number(p["step_adapt"]) and p["step_adapt"] < 1, "step_adapt", "must be in (0, 1)")
-
-    def _make_art_attack(self, classifier: Any) -> Any:
-        from art.attacks.evasion import BoundaryAttack as ArtBoundary
-
-        p = self._params
-        return ArtBoundary(classifier, batch_size=64, targeted=False, delta=p["delta"], epsilon=p["epsilon"],
-                           step_adapt=p["step_adapt"], max_iter=p["max_iter"], num_trial=p["num_trial"],
-                           sample_size=p["sample_size"], init_size=p["init_size"], verbose=False)
-
-
-@ATTACKS.register("hopskipjump")
-class HopSkipJumpAttack(ArtHardLabelAttack):
-    """HopSkipJumpAttack (Chen et al. 2020) via ART, untargeted, L2.
-
-    Arguments (defaults): max_iter (50) iterations; max_eval (10000) and init_eval (100) gradient-
-    estimation queries (init_eval * sqrt(t) at iteration t, capped by max_eval); init_size (100);
-    seed (0); boundary_search (True): end within boundary_tol (1e-3, L2) of the boundary instead of
-    past it (ART's own output; set False to measure it). ART's HSJ has no query budget of its own: the
-    iteration budget bounds it at about sum_t min(init_eval sqrt(t), max_eval) + per-iteration
-    binary and step searches. Shapes: x (B, C, H, W) in [0, 1], y (B,).
-    """
-
-    name = "hopskipjump"
-
-    def __init__(self, max_iter: int = 50, max_eval: int = 10000, init_eval: int = 100, init_size: int = 100,
-                 boundary_search: bool = True, boundary_tol: float = 1e-3, seed: int = 0) -> None:
-        super().__init__(max_iter=max_iter, max_eval=max_eval, init_eval=init_eval, init_size=init_size,
-                         boundary_search=boundary_search, boundary_tol=boundary_tol, seed=seed)
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        p = self._params
-        for key in ("max_iter", "max_eval", "init_eval"):
-            require(_is_pos_int(p[key]), key, "must be an integer >= 1")
-        require(p["init_eval"] <= p["max_eval"], "init_eval", "must not exceed max_eval")
-
-    def _make_art_attack(self, classifier: Any) -> Any:
-        from art.attacks.evasion import HopSkipJump
-
-        p = self._params
-        return HopSkipJump(classifier, batch_size=64, targeted=False, norm=2, max_iter=p["max_iter"],
-                           max_eval=p["max_eval"], init_eval=p["init_eval"], init_size=p["init_size"],
-                           verbose=False)
-
