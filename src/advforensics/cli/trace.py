@@ -73,7 +73,7 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
     """
     from advforensics.models import load_model
     from advforensics.tracing.api import make_copies
-    from advforensics.tracing.signing import load_private_key, sign_record
+    from advforensics.tracing.signing import fingerprint, load_private_key
     from advforensics.tracing.tracer import create_tracer, load_tracer
     from advforensics.utils import seed_everything
 
@@ -99,8 +99,8 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
             fit = _dataset_images(calibrate_data, data_dir, "train", fit_size, seed)
     record = make_copies(classifier, out_dir, copies=num_copies, alpha=alpha, tau=tau, tracer=tracer,
                          calibration_images=calibration_images, fit_images=fit, rule=rule, export=not no_onnx,
-                         seed=seed, info={"classifier": str(classifier_path)})
-    signer = sign_record(out_dir, key) if key is not None else None
+                         seed=seed, info={"classifier": str(classifier_path)}, signing_key=signing_key)
+    signer = fingerprint(key.public_key()) if key is not None else None  # make_copies signed the record
     click.echo(f"wrote {len(record.copies)} copies ({record.tracer_kind} tracer, alpha {alpha}, tau {tau}) to {out_dir}")
     for entry in record.copies:
         click.echo(f"  copy {entry.index}: {entry.onnx_file or '(no onnx)'}  permutation {entry.permutation}")
