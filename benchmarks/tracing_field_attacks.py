@@ -36,7 +36,7 @@ from torch import nn
 from advforensics.attacks import create_attack
 from advforensics.data import load_dataset
 from advforensics.tracing.copies import CopySet
-from advforensics.tracing.experiment import ClassifierOracle
+from advforensics.studies.tracing_examples import ClassifierOracle
 from advforensics.tracing.record import load_copies
 from advforensics.tracing.tracer import create_tracer
 

@@ -65,7 +65,7 @@ class ScoreRule(Vocab):
 
 
 class Stage(Vocab):
-    """The stages of `trace experiment`, in the order they run (see tracing/experiment.py)."""
+    """The stages of `trace experiment`, in the order they run (see studies/tracing.py)."""
 
     CLEAN = "clean"
     TRACING = "tracing"
@@ -77,6 +77,15 @@ class Stage(Vocab):
 
 
 # ---------------------------------------------------------------- attribution
+
+
+class AttributionStage(Vocab):
+    """The stages of `attribution experiment`, in the order they run (see studies/attribution.py)."""
+
+    CORPUS = "corpus"
+    TRAIN = "train"
+    ERRORS = "errors"
+
 
 class Answer(Vocab):
     """The open-set answers an attributor gives besides an attack family (attribution/openset.py)."""

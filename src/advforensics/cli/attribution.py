@@ -65,43 +65,18 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
           --grid small --out runs/corpus --json runs/corpus.json
       advforensics attribution corpus ... --out runs/corpus --resume   # after an interruption
     """
-    import numpy as np
     import torch
 
-    from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus
-    from advforensics.attribution.grid import load_grid
-    from advforensics.attribution.victims import cw_victim_params, load_victims
-    from advforensics.data import load_dataset
-    from advforensics.errors import InputValidationError
-    from advforensics.utils import resolve_device
+    from advforensics.attribution.build import build_corpus
 
     torch.set_num_threads(max(1, threads))
-    target = resolve_device(device)
-    grid_spec = load_grid(grid, clean_class)
-    if cw_kappa_scale is None:
-        cw_kappa_scale = "auto" if grid in ("default", "small") else "1"
-    if start < 0:
-        raise InputValidationError(f"--start must be >= 0, got {start}")
-    dataset = load_dataset(data_name, split=split, data_dir=data_dir, limit=None if limit is None else start + limit)
-    indices = np.arange(start, len(dataset.images), dtype=np.int64)
-    if len(indices) == 0:
-        raise InputValidationError(f"--start {start} leaves no images of the {split} split")
-    images, labels = dataset.images[start:], dataset.labels[start:]
-    victim_models, victim_info = load_victims(victims)
-    for model in victim_models.values():
-        model.to(target)
-    victim_params = cw_victim_params(grid_spec, victim_models, images, labels, cw_kappa_scale, cw_headroom,
-                                     stored=out / "manifest.json" if resume else None, device=target)
-    info = getattr(dataset, "info", None)
-    data_info = {"name": data_name, "split": split, "limit": limit, "start": start,
-                 **({k: v for k, v in vars(info).items() if isinstance(v, (str, int, float))} if info else {})}
-    config = CorpusConfig(shard_images=shard_images, batch_size=batch_size, quantize=not float_evidence, seed=seed,
-                          victim_params=victim_params)
-    start = time.perf_counter()
-    report = generate_corpus(images, labels, victim_models, grid_spec, out, config=config, indices=indices,
-                             data_info=data_info, victim_info=victim_info, resume=resume, progress=progress,
-                             device=target)
-    seconds = time.perf_counter() - start
+    start_time = time.perf_counter()
+    job = build_corpus(data_name, victims, grid, out, data_dir=data_dir, split=split, limit=limit, start=start,
+                       clean_class=clean_class, cw_kappa_scale=cw_kappa_scale, cw_headroom=cw_headroom,
+                       quantize=not float_evidence, shard_images=shard_images, batch_size=batch_size, seed=seed,
+                       resume=resume, progress=progress, device=device)
+    report, victim_params = job.report, job.victim_params
+    seconds = time.perf_counter() - start_time
     click.echo(f"corpus {out}: {report.n_examples} examples in {report.units_total} units "
                f"({len(report.units_generated)} generated, {len(report.units_reused)} reused) in {seconds:.1f}s")
     for cell in report.cells:
@@ -119,10 +94,11 @@ def corpus_cmd(data_name: str, data_dir: Path | None, split: str, limit: int | N
 
 
 def _register() -> None:
+    from advforensics.cli.attribution_experiment import experiment_cmd
     from advforensics.cli.attribution_train import train_cmd
     from advforensics.cli.attribution_use import evaluate_cmd, predict_cmd
 
-    for command in (train_cmd, evaluate_cmd, predict_cmd):
+    for command in (train_cmd, evaluate_cmd, predict_cmd, experiment_cmd):
         attribution.add_command(command)
 
 

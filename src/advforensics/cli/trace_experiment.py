@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from advforensics.cli.common import ForensicsCommand, OutputDir, emit_json, json_option, seed_option
-from advforensics.cli.params import numbers, parse_param
+from advforensics.cli.params import comma_list, numbers, parse_param
 from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
 
@@ -62,18 +62,11 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
     """
     import logging
 
-    import torch
-
-    from advforensics.data import load_dataset
-    from advforensics.models import load_model
-    from advforensics.tracing.experiment import ExperimentConfig, TracingExperiment
-    from advforensics.tracing.experiment_report import markdown_report, write_plots
-    from advforensics.utils import atomic_write_text
+    from advforensics.studies.tracing import TracingStudy, TracingStudyConfig
     from advforensics.utils import seed_everything
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     seed_everything(seed)
-    attack_names = [a.strip() for a in attacks.split(",") if a.strip()]
     overrides: dict[str, dict] = {}
     for text in raw_params:
         attack_name, _, rest = text.partition(".")
@@ -81,25 +74,14 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
             raise InputValidationError(f"--param expects ATTACK.KEY=VALUE, got {text!r}")
         key, value = parse_param(rest)
         overrides.setdefault(attack_name, {})[key] = value
-    config = ExperimentConfig(attacks=attack_names, alphas=numbers(alphas), clean_alphas=numbers(clean_alphas),
-                              tau=tau, copies=num_copies, per_source=per_source, copy_counts=numbers(copy_counts, int),
-                              scaling_attack=scaling_attack, scaling_per_source=scaling_per_source,
-                              control_examples=control_examples, calibration_images=calibration_images,
-                              fit_images=fit_images, main_rule=rule, tracer_file=None if tracer_file is None else str(tracer_file),
-                              stages=[v.strip() for v in stages.split(",") if v.strip()],
-                              attack_params=overrides, seed=seed)
-    config.check_attacks()  # before any model or data loads
-    classifier, _ = load_model(classifier_path)
-    test = load_dataset(data_name, "test", data_dir=data_dir)
-    train = load_dataset(data_name, "train", data_dir=data_dir)
-    order = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(seed))
-    experiment = TracingExperiment(classifier, test.images, test.labels, train.images[order[:calibration_images]],
-                                   config, out_dir, info={"classifier": str(classifier_path), "data": data_name},
-                                   train_data=(train.images[order], train.labels[order]))
-    results = experiment.run()
-    report = markdown_report(results)
-    atomic_write_text(out_dir / "tables.md", report)
-    plots = write_plots(results, out_dir / "plots")
-    click.echo(report)
-    click.echo(f"wrote {out_dir / 'results.json'}, {out_dir / 'tables.md'} and {len(plots)} plots")
-    emit_json(json_path, {"out": str(out_dir), "elapsed_s": results["elapsed_s"]})
+    config = TracingStudyConfig(attacks=comma_list(attacks), alphas=numbers(alphas), clean_alphas=numbers(clean_alphas),
+                                tau=tau, copies=num_copies, per_source=per_source,
+                                copy_counts=numbers(copy_counts, int), scaling_attack=scaling_attack,
+                                scaling_per_source=scaling_per_source, control_examples=control_examples,
+                                calibration_images=calibration_images, fit_images=fit_images, main_rule=rule,
+                                tracer_file=None if tracer_file is None else str(tracer_file),
+                                stages=comma_list(stages), attack_params=overrides, seed=seed)
+    result = TracingStudy.from_files(classifier_path, data_name, config, out_dir, data_dir=data_dir).run()
+    click.echo(result.report)
+    click.echo(f"wrote {', '.join(str(f) for f in result.files[:2])} and {len(result.files) - 2} plots")
+    emit_json(json_path, {"out": str(out_dir), "elapsed_s": result.elapsed_s})

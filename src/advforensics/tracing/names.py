@@ -9,7 +9,7 @@ FORMULA_RULES = tuple(r.value for r in ScoreRule if r.is_formula)  # read off on
 SCORE_RULES = ScoreRule.values()  # FORMULA_RULES, then learned: fitted by the seller on simulated attackers
 DEFAULT_RULE = ScoreRule.PROXIMITY.value  # for records without a fitted scorer
 
-#: The stages of `trace experiment`, in the order they run (see tracing/experiment.py).
+#: The stages of `trace experiment`, in the order they run (see studies/tracing.py).
 STAGES = Stage.values()
 
 __all__ = ["FORMULA_RULES", "SCORE_RULES", "DEFAULT_RULE", "STAGES"]

@@ -1,4 +1,4 @@
-"""Markdown tables and plots from a tracing experiment's results.json (see experiment.py); the figures
+"""Markdown tables and plots from a tracing study's results.json (see studies/tracing.py); the figures
 themselves are drawn by advforensics.reporting.plots."""
 
 from __future__ import annotations

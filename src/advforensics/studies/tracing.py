@@ -1,4 +1,4 @@
-"""`advforensics trace experiment`: the separate-and-trace tables, actually run.
+"""The tracing study (`advforensics trace experiment`): the separate-and-trace tables, actually run.
 
 Stages (each attack set is cached under OUT/examples/, so an interrupted run resumes):
 - Table 1, clean accuracy of C and of every copy against alpha.
@@ -29,24 +29,25 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from advforensics.attacks import create_attack
 from advforensics.errors import InputValidationError
+from advforensics.studies.base import Study
+from advforensics.studies.tracing_examples import ClassifierOracle, CollusionOracle, ExampleSet, attack_sources
+from advforensics.studies.tracing_metrics import (CONFIDENT, ks_statistics, median_or_none, robustness_cost,
+                                                  tracing_metrics, transfer_matrix)
 from advforensics.tracing.calibration import Calibration, calibrate_rules, confidence_from_false_alarm
 from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.field import REGIMES, regime_row
-from advforensics.tracing.reports import trace_scores
 from advforensics.tracing.learned import fit_rule, scorer_from_dict
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
 from advforensics.tracing.permutations import make_permutations, max_copies
+from advforensics.tracing.reports import trace_scores
 from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
 from advforensics.utils import atomic_write_bytes, atomic_write_text, wilson_interval
@@ -61,11 +62,10 @@ DEFAULT_ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     "surfree": {"max_queries": 4000},
     "signopt": {"max_queries": 3000},
 }
-CONFIDENT = 0.99  # a trace at or above this confidence is an accusation
 
 
 @dataclass
-class ExperimentConfig:
+class TracingStudyConfig:
     attacks: list[str] = field(default_factory=lambda: ["hopskipjump", "boundary"])
     alphas: list[float] = field(default_factory=lambda: [0.15])
     clean_alphas: list[float] = field(default_factory=lambda: [0.05, 0.10, 0.15, 0.20])
@@ -109,196 +109,67 @@ class ExperimentConfig:
         for name in used:  # the attack's own checks of its budget, before any work
             create_attack(name, **{k: v for k, v in self.params_for(name).items() if k != "seed"})
 
-    def validate(self, num_classes: int) -> None:
+    def validate(self) -> None:
         self.check_attacks()
         if self.main_rule not in FORMULA_RULES:
             raise InputValidationError(f"unknown score rule {self.main_rule!r}")
         if not self.attacks:
             raise InputValidationError("no attacks given")
-        unknown = set(self.stages) - set(STAGES)
-        if unknown or not self.stages:
-            raise InputValidationError(f"stages must be some of {', '.join(STAGES)}; got {self.stages}")
         for a in self.alphas + self.clean_alphas:
             CopyParams(alpha=a, tau=self.tau).validate()
-        limit = max_copies(num_classes)
-        for m in [self.copies, *self.copy_counts]:
-            if not 2 <= m <= limit:
-                raise InputValidationError(f"copy count {m}: must be in 2..{limit} for {num_classes} classes")
         for name in ("per_source", "scaling_per_source", "control_examples", "calibration_images",
                      "fit_images", "peer_train_images", "peer_epochs"):
             if int(getattr(self, name)) < 1:
                 raise InputValidationError(f"{name}: must be >= 1")
 
 
-@dataclass
-class ExampleSet:
-    """Successful adversarial examples with their source (-1: C alone) and attack bookkeeping."""
+class TracingStudy(Study):
+    """Every stage for one classifier and data set; OUT/results.json, OUT/tables.md and OUT/plots/."""
 
-    x_adv: torch.Tensor
-    clean: torch.Tensor
-    labels: torch.Tensor
-    sources: torch.Tensor
-    l2: torch.Tensor
-    queries: torch.Tensor
-    attacked: int
-
-    def save(self, path: Path, meta: dict[str, Any]) -> None:
-        arrays = {k: getattr(self, k).numpy() for k in ("x_adv", "clean", "labels", "sources", "l2", "queries")}
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, attacked=np.array(self.attacked), meta=np.array(json.dumps(meta)), **arrays)
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path, meta: dict[str, Any]) -> ExampleSet | None:
-        """The cached set, or None when absent; a cache made with other settings is an error."""
-        if not path.is_file():
-            return None
-        with np.load(path, allow_pickle=False) as data:
-            stored = json.loads(str(data["meta"]))
-            if stored != meta:
-                raise InputValidationError(f"{path} was made with other settings; use a new --out directory")
-            tensors = {k: torch.from_numpy(data[k]) for k in ("x_adv", "clean", "labels", "sources", "l2", "queries")}
-            return cls(attacked=int(data["attacked"]), **tensors)
-
-
-class ClassifierOracle(nn.Module):
-    """C alone as a black box (the control): softmax scores, always in eval mode."""
-
-    def __init__(self, classifier: nn.Module) -> None:
-        super().__init__()
-        self.classifier = classifier.eval()
-
-    def train(self, mode: bool = True) -> ClassifierOracle:
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.classifier(x.float()), dim=1)
-
-
-class CollusionOracle(nn.Module):
-    """Two buyers answer an attacker's queries in turn: a query goes to copy a or copy b by a hash of
-    its pixels (deterministic, so the attacked function is fixed). Hard labels only are meaningful."""
-
-    def __init__(self, copy_a: nn.Module, copy_b: nn.Module) -> None:
-        super().__init__()
-        self.copy_a, self.copy_b = copy_a, copy_b
-
-    def train(self, mode: bool = True) -> CollusionOracle:
-        return super().train(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        route_b = (x.flatten(1).double().sum(1) * 1e6).floor().remainder(2).bool()  # (B,)
-        return torch.where(route_b.unsqueeze(1), self.copy_b(x), self.copy_a(x))
-
-
-def attack_sources(attack_name: str, params: dict[str, Any], models: list[nn.Module], source_ids: list[int],
-                   per_source: int, images: torch.Tensor, labels: torch.Tensor, seed: int) -> ExampleSet:
-    """Attack each model on `per_source` fresh test images it classifies correctly; keep successes."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    attack = create_attack(attack_name, seed=seed, **params)
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("x_adv", "clean", "labels", "sources", "l2", "queries")}
-    cursor, attacked = 0, 0
-    for model, source in zip(models, source_ids):
-        chosen: list[int] = []
-        while len(chosen) < per_source:
-            if cursor >= len(order):
-                raise InputValidationError("ran out of test images to attack; lower the example counts")
-            batch = order[cursor:cursor + 4 * per_source]
-            cursor += len(batch)
-            with torch.no_grad():
-                right = model(images[batch]).argmax(1) == labels[batch]
-            chosen += batch[right].tolist()[: per_source - len(chosen)]
-        idx = torch.tensor(chosen)
-        start = time.time()
-        result = attack(model, images[idx], labels[idx])
-        ok = result.success
-        log.info("%s on source %d: %d/%d successful (%.0f s)", attack_name, source, int(ok.sum()), len(idx),
-                 time.time() - start)
-        attacked += len(idx)
-        parts["x_adv"].append(result.x_adv[ok]); parts["clean"].append(images[idx][ok])
-        parts["labels"].append(labels[idx][ok]); parts["sources"].append(torch.full((int(ok.sum()),), source))
-        parts["l2"].append(result.l2[ok]); parts["queries"].append(result.queries[ok])
-    return ExampleSet(attacked=attacked, **{k: torch.cat(v) for k, v in parts.items()})
-
-
-def tracing_metrics(scores: torch.Tensor, sources: torch.Tensor, rule: str,
-                    calibration: Calibration | None) -> dict[str, Any]:
-    """Accuracy (with a Wilson 95% interval), per-source accuracy, prediction histogram, the
-    share of confident accusations, and 3-example pooled accuracy, for one score rule."""
-    m = scores.shape[1]
-    predicted = scores.argmax(1)
-    correct = predicted == sources
-    n = len(sources)
-    out: dict[str, Any] = {
-        "examples": n,
-        "accuracy": float(correct.float().mean()),
-        "ci95": list(wilson_interval(int(correct.sum()), n)),
-        "per_source": [float(correct[sources == i].float().mean()) if (sources == i).any() else None
-                       for i in range(m)],
-        "per_source_n": [int((sources == i).sum()) for i in range(m)],
-        "histogram": torch.bincount(predicted, minlength=m).tolist(),
-    }
-    if calibration is not None and calibration.rule == rule:
-        report = trace_scores(scores, rule, calibration)
-        confident = confidence_from_false_alarm(report.false_alarm, m) >= CONFIDENT
-        out["confident_share"] = float(confident.float().mean())
-        out["confident_wrong"] = int((confident & ~correct).sum())
-    hits = groups = 0
-    for i in range(m):
-        rows = scores[sources == i]
-        for start in range(0, len(rows) - 2, 3):
-            groups += 1
-            hits += int(trace_scores(rows[start:start + 3], rule, None).aggregate_source == i)
-    out["pooled3_accuracy"] = hits / groups if groups else None
-    out["pooled3_groups"] = groups
-    return out
-
-
-def ks_statistics(scores: torch.Tensor, sources: torch.Tensor) -> dict[str, float]:
-    """KS D between the source copy's scores and one innocent copy's, and between two innocents."""
-    from scipy.stats import ks_2samp
-
-    m = scores.shape[1]
-    offsets = torch.arange(len(sources))
-    source = scores[offsets, sources].numpy()
-    innocent_a = scores[offsets, (sources + 1) % m].numpy()
-    innocent_b = scores[offsets, (sources + 2) % m].numpy()
-    return {"source_vs_innocent": float(ks_2samp(source, innocent_a).statistic),
-            "innocent_vs_innocent": float(ks_2samp(innocent_a, innocent_b).statistic)}
-
-
-def transfer_matrix(copies: CopySet, examples: ExampleSet) -> list[list[float]]:
-    """T[i][j] = share of examples crafted on copy i whose label under copy j differs from the clean label."""
-    fooled = copies.labels(examples.x_adv) != examples.labels.unsqueeze(1)  # (N, m)
-    return [[float(fooled[examples.sources == i, j].float().mean()) if (examples.sources == i).any() else float("nan")
-             for j in range(copies.num_copies)] for i in range(copies.num_copies)]
-
-
-class TracingExperiment:
-    """Runs every stage for one classifier and data set and writes OUT/results.json."""
+    name = "tracing"
+    stage_names = STAGES
 
     def __init__(self, classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 calibration_images: torch.Tensor, config: ExperimentConfig, out_dir: Path,
+                 calibration_images: torch.Tensor, config: TracingStudyConfig, out_dir: str | Path,
                  info: dict[str, Any] | None = None,
                  train_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        super().__init__(config, out_dir, info)
+        self.config: TracingStudyConfig = config
         self.classifier = classifier.eval()
         self.images, self.labels = images, labels
-        self.num_classes = int(classifier(images[:1]).shape[1])
-        config.validate(self.num_classes)
-        self.config = config
+        with torch.no_grad():
+            self.num_classes = int(classifier(images[:1]).shape[1])
+        limit = max_copies(self.num_classes)
+        for m in [config.copies, *config.copy_counts]:
+            if not 2 <= m <= limit:
+                raise InputValidationError(f"copy count {m}: must be in 2..{limit} for {self.num_classes} classes")
         self.calibration_images = calibration_images[: config.calibration_images]
-        self.out_dir = Path(out_dir)
         (self.out_dir / "examples").mkdir(parents=True, exist_ok=True)
         self.tracer = self._tracer(config.seed) if config.tracer_file is None else load_tracer(config.tracer_file)
         if self.tracer.input_shape != tuple(int(v) for v in images.shape[1:]):
             raise InputValidationError(f"tracer takes {self.tracer.input_shape}, images are {tuple(images.shape[1:])}")
         self.tracer_hash = self.tracer.content_hash()  # cached attack sets are only reused for this tracer
-        self.info = dict(info or {})
         if {"peer", "field"} & set(config.stages) and train_data is None:
             raise InputValidationError("the peer and field stages need labelled training images")
         self.train_data = train_data
         self._calibrations: dict[tuple[float, int, str], Calibration] = {}
+
+    @classmethod
+    def from_files(cls, classifier: str | Path, data: str, config: TracingStudyConfig, out_dir: str | Path,
+                   data_dir: str | Path | None = None) -> TracingStudy:
+        """C from a zoo checkpoint; the data set's test split is attacked, its train split (shuffled by
+        the seed) calibrates the formula rules and fits the learned rule."""
+        from advforensics.data import load_dataset
+        from advforensics.models import load_model
+
+        config.validate()  # before any model or data loads
+        model, _ = load_model(classifier)
+        test = load_dataset(data, "test", data_dir=data_dir)
+        train = load_dataset(data, "train", data_dir=data_dir)
+        order = torch.randperm(len(train.images), generator=torch.Generator().manual_seed(config.seed))
+        return cls(model, test.images, test.labels, train.images[order[:config.calibration_images]], config, out_dir,
+                   info={"classifier": str(classifier), "data": data},
+                   train_data=(train.images[order], train.labels[order]))
 
     def _tracer(self, seed: int) -> Tracer:
         """The smooth random tracer (also the control's look-alike when a tracer file is used)."""
@@ -333,7 +204,7 @@ class TracingExperiment:
         return result
 
     # ------------------------------------------------------------------ stages
-    def clean_table(self) -> list[dict[str, Any]]:
+    def stage_clean(self) -> list[dict[str, Any]]:
         with torch.no_grad():
             c_pred = torch.cat([self.classifier(chunk).argmax(1) for chunk in self.images.split(1000)])
         rows = [{"alpha": 0.0, "classifier": float((c_pred == self.labels).float().mean()), "copies": []}]
@@ -345,7 +216,7 @@ class TracingExperiment:
                          "worst_cost_points": 100 * (rows[0]["classifier"] - float(acc.min()))})
         return rows
 
-    def tracing_table(self) -> list[dict[str, Any]]:
+    def stage_tracing(self) -> list[dict[str, Any]]:
         cfg = self.config
         rows = []
         for alpha in cfg.alphas:
@@ -359,7 +230,7 @@ class TracingExperiment:
 
     def _trace_row(self, attack: str, alpha: float, copies: CopySet, ex: ExampleSet) -> dict[str, Any]:
         row: dict[str, Any] = {"attack": attack, "alpha": alpha, "attacked": ex.attacked,
-                               "successful": len(ex.sources), "median_l2": _median(ex.l2),
+                               "successful": len(ex.sources), "median_l2": median_or_none(ex.l2),
                                "mean_queries": float(ex.queries.float().mean()) if len(ex.queries) else None}
         if len(ex.sources) == 0:
             return row
@@ -385,7 +256,7 @@ class TracingExperiment:
             row["transfer_accuracy"] = float((main == ex.sources[transfers]).float().mean())
         return row
 
-    def field_table(self) -> list[dict[str, Any]]:
+    def stage_field(self) -> list[dict[str, Any]]:
         """Every regime of field.REGIMES on each attack's examples at the largest alpha."""
         cfg = self.config
         alpha = cfg.alphas[-1]
@@ -412,7 +283,7 @@ class TracingExperiment:
                                        ex.sources, cfg.seed).to_dict())
         return rows
 
-    def scaling_table(self) -> list[dict[str, Any]]:
+    def stage_scaling(self) -> list[dict[str, Any]]:
         cfg = self.config
         alpha = cfg.alphas[-1]
         m_max = max(cfg.copy_counts)
@@ -432,7 +303,7 @@ class TracingExperiment:
             rows.append(row)
         return rows
 
-    def control_table(self) -> list[dict[str, Any]]:
+    def stage_controls(self) -> list[dict[str, Any]]:
         """Examples from look-alike copies (another tracer) and from C alone, traced with the real copies."""
         cfg = self.config
         alpha = cfg.alphas[-1]
@@ -451,7 +322,7 @@ class TracingExperiment:
             }
             for kind, ex in sets.items():
                 row: dict[str, Any] = {"attack": attack, "control": kind, "successful": len(ex.sources),
-                                       "median_l2": _median(ex.l2), "rules": {}}
+                                       "median_l2": median_or_none(ex.l2), "rules": {}}
                 all_scores = rule_scores(copies, ex.x_adv) if len(ex.sources) else {}
                 for rule, scores in all_scores.items():
                     report = trace_scores(scores, rule, self.calibration(alpha, cfg.copies, rule))
@@ -465,7 +336,7 @@ class TracingExperiment:
                 rows.append(row)
         return rows
 
-    def collusion_table(self) -> list[dict[str, Any]]:
+    def stage_collusion(self) -> list[dict[str, Any]]:
         """Buyers 0 and 1 collude (pooled queries); how often is one of them named?"""
         cfg = self.config
         alpha = cfg.alphas[-1]
@@ -508,7 +379,7 @@ class TracingExperiment:
         atomic_write_bytes(path, save({k: v.contiguous() for k, v in copies.state_dict().items()}))
         return copies
 
-    def peer_table(self) -> dict[str, Any]:
+    def stage_peer(self) -> dict[str, Any]:
         from advforensics.tracing.peer import peer_scores
 
         cfg = self.config
@@ -522,7 +393,7 @@ class TracingExperiment:
                                {"copies": cfg.copies, "peer_epochs": cfg.peer_epochs,
                                 "peer_train_images": cfg.peer_train_images})
             row: dict[str, Any] = {"attack": attack, "attacked": ex.attacked, "successful": len(ex.sources),
-                                   "median_l2": _median(ex.l2)}
+                                   "median_l2": median_or_none(ex.l2)}
             if len(ex.sources):
                 scores = peer_scores(copies, ex.x_adv, ex.clean, labels=ex.labels)
                 predicted = scores.argmax(1)
@@ -534,41 +405,10 @@ class TracingExperiment:
             out["rows"].append(row)
         return out
 
-    def run(self) -> dict[str, Any]:
-        start = time.time()
-        results: dict[str, Any] = {"config": asdict(self.config), "info": self.info}
-        stages = {"clean": self.clean_table, "tracing": self.tracing_table, "field": self.field_table,
-                  "scaling": self.scaling_table,
-                  "controls": self.control_table, "collusion": self.collusion_table, "peer": self.peer_table}
-        for name in STAGES:
-            if name in self.config.stages:
-                log.info("stage %s", name)
-                results[name] = stages[name]()
-                self._write(results)
-        results["robustness_cost"] = robustness_cost(results)
-        results["elapsed_s"] = round(time.time() - start, 1)
-        self._write(results)
-        return results
+    def summarise(self, results: dict[str, Any]) -> dict[str, Any]:
+        return {"robustness_cost": robustness_cost(results)}
 
-    def _write(self, results: dict[str, Any]) -> None:
-        tmp = self.out_dir / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=1))
-        tmp.replace(self.out_dir / "results.json")
+    def report(self, results: dict[str, Any]) -> tuple[str, list[Path]]:
+        from advforensics.studies.tracing_report import markdown_report, write_plots
 
-
-def robustness_cost(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Median L2 of successful examples on the copies vs on C alone, per attack (same attack budget)."""
-    rows = []
-    for attack in results["config"]["attacks"]:
-        on_c = next((r["median_l2"] for r in results.get("controls", [])
-                     if r["attack"] == attack and r["control"] == "C alone"), None)
-        for r in results.get("tracing", []):
-            if r["attack"] == attack:
-                ratio = r["median_l2"] / on_c if on_c and r["median_l2"] else None
-                rows.append({"attack": attack, "alpha": r["alpha"], "median_l2_copy": r["median_l2"],
-                             "median_l2_classifier": on_c, "ratio": ratio})
-    return rows
-
-
-def _median(values: torch.Tensor) -> float | None:
-    return float(values.median()) if len(values) else None
+        return markdown_report(results), write_plots(results, self.out_dir / "plots")
