@@ -38,7 +38,8 @@ import torch
 from advforensics.attribution.corpus import load_corpus
 from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor
 from advforensics.attribution.field import field_reports, summary_row, write_field_report
-from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
+from advforensics.attribution.card import load_attributor, save_attributor
+from advforensics.attribution.train import TrainConfig, train_attributor
 from advforensics.attribution.victims import load_victims
 from advforensics.reporting import markdown_table
 from advforensics.utils import write_json
@@ -87,9 +88,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                              calibration_fraction=args.calibration_fraction, **fields)
         t0 = time.perf_counter()
         result = train_attributor(data, config, progress=False, probe_victims=probe if config.probe else None)
-        result.card["train_seconds"] = time.perf_counter() - t0
+        result.card.train_seconds = time.perf_counter() - t0
         save_attributor(result.model, result.card, path)
-        print(f"{name}: trained on {result.card['n_train']} rows in {result.card['train_seconds']:.0f}s", flush=True)
+        print(f"{name}: trained on {result.card.n_train} rows in {result.card.train_seconds:.0f}s", flush=True)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -102,12 +103,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             continue
         model, card = load_attributor(path)
         t0 = time.perf_counter()
-        if card.get("open_set") is None:  # a single-task victim or strength model: no attack head to abstain with
+        if card.open_set is None:  # a single-task victim or strength model: no attack head to abstain with
             write_json(target / "metrics.json", evaluate_attributor(model, card, corpus))
             (target / "field.json").write_text("{}")
             continue
         # every abstention score the card holds, from one forward pass (older cards lack "either")
-        scores = ("msp", "distance") + (("either",) if "either_thresholds" in card["open_set"] else ())
+        scores = ("msp", "distance") + (("either",) if "either_thresholds" in card.open_set else ())
         results = field_reports(model, card, corpus, reencodings=tuple(args.reencode), heldout=heldout,
                                 scores=scores)
         for score in scores:
@@ -146,9 +147,9 @@ def cmd_delta_mtl(args: argparse.Namespace) -> None:
     out = {}
     for name in ("fx", "st-attack", "st-victim", "st-hyper"):
         model, card = load_attributor(models / f"{name}.safetensors")
-        s = card["split"]
-        test = attribution_splits(corpus.columns["clean_index"], s["test_fraction"], s["calibration_fraction"],
-                                  s["seed"])[2]
+        s = card.split
+        test = attribution_splits(corpus.columns["clean_index"], s.test_fraction, s.calibration_fraction,
+                                  s.seed)[2]
         rows = np.flatnonzero(test)
         out[name] = predict_outputs(model, card, corpus.float_images(rows))
     attack, victim, hyper = corpus.attack_targets()[rows], corpus.victim_targets()[rows], corpus.hyper_targets()[rows]

@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from advforensics.attribution.corpus import load_corpus
 from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus
-from advforensics.attribution.field import Attribution, Truth, field_metrics
+from advforensics.attribution.answers import Attribution
+from advforensics.attribution.field import Truth, field_metrics
 from advforensics.attribution.grid import AttackSpec, GridSpec, field_grid, heldout_grid
 from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN, fit_open_set, fit_temperature
 from advforensics.cli.main import cli
@@ -196,7 +197,7 @@ def test_train_calibrate_evaluate_heldout_and_predict_with_labels(zoo, corpus_di
               "--calibration-fraction", "0.25", "--augment", "jpeg:75", "--probe-victims", str(zoo / "zoo"),
               "--probe-siblings", "--no-progress"])
     assert r.exit_code == 0, r.output
-    card = json.loads(model.with_suffix(".json").read_text())
+    card = json.loads(model.with_suffix(".json").read_text())  # the card's JSON copy, as a user reads it
     assert card["train"]["augment"] == ["jpeg:75"] and card["train"]["probe_siblings"]
     r = _run(["attribution", "train", "--corpus", str(corpus_dir), "--out", str(tmp_path / "x.safetensors"),
               "--augment", "gif", "--no-progress"])
@@ -249,7 +250,7 @@ def test_train_calibrate_evaluate_heldout_and_predict_with_labels(zoo, corpus_di
     tensors[name].view(-1)[0] += 1.0
     forged = tmp_path / "forged.safetensors"
     save_file(tensors, str(forged), metadata=metadata)
-    from advforensics.attribution.train import load_attributor
+    from advforensics.attribution.card import load_attributor
 
     with pytest.raises(CheckpointError, match="do not match"):
         load_attributor(forged)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,11 +13,12 @@ from advforensics.attribution.corpus import load_corpus
 from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus
 from advforensics.attribution.evaluate import (clean_class_rates, delta_mtl, evaluate_attributor, false_alarm_table,
                                               write_report)
-from advforensics.attribution.field import attribute
+from advforensics.attribution.answers import attribute
 from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN
 from advforensics.attribution.grid import AttackSpec, GridSpec
 from advforensics.attribution.mtaa import MTAA, MTAAConfig, UncertaintyWeighting
-from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
+from advforensics.attribution.card import load_attributor, save_attributor
+from advforensics.attribution.train import TrainConfig, train_attributor
 from advforensics.errors import CheckpointError, InputValidationError, UnknownNameError
 
 
@@ -90,7 +93,7 @@ def test_training_reduces_loss(tiny_corpus):
     result = train_attributor(tiny_corpus, _cfg(epochs=4, max_steps=None, batch_size=64), progress=False)
     totals = [h["total"] for h in result.history]
     assert totals[-1] < totals[0]
-    assert result.card["corpus_id"] == tiny_corpus.corpus_id
+    assert result.card.corpus_id == tiny_corpus.corpus_id
 
 
 def test_save_load_evaluate_and_predict(tiny_corpus, tmp_path):
@@ -102,17 +105,17 @@ def test_save_load_evaluate_and_predict(tiny_corpus, tmp_path):
     torch.testing.assert_close(model(x)["attack_logits"], result.model(x)["attack_logits"])
     metrics = evaluate_attributor(model, card, tiny_corpus)
     assert 0 <= metrics["attack_accuracy"] <= 1 and metrics["rmse"] >= 0
-    assert metrics["flops_per_image"] > 0 and metrics["n_params"] == card["n_params"]
+    assert metrics["flops_per_image"] > 0 and metrics["n_params"] == card.n_params
     files = write_report(metrics, tmp_path / "report")
     assert all(f.exists() for f in files) and any(f.suffix == ".png" for f in files)
     records = attribute(model, card, x).records()
-    assert records[0]["attack"] in [*card["attack_names"], NOT_ADVERSARIAL, UNKNOWN]
+    assert records[0]["attack"] in [*card.attack_names, NOT_ADVERSARIAL, UNKNOWN]
     assert 0 < records[0]["attack_probability"] <= 1 and records[3]["row"] == 3
     with pytest.raises(InputValidationError, match="size"):
         attribute(model, card, torch.rand(2, 1, 28, 28))
     with pytest.raises(InputValidationError, match="channels"):
         attribute(model, card, torch.rand(2, 3, 8, 8))
-    other = dict(card, corpus_id="0" * 64)
+    other = dataclasses.replace(card, corpus_id="0" * 64)
     with pytest.raises(CheckpointError, match="corpus"):
         evaluate_attributor(model, other, tiny_corpus)
     path.write_bytes(b"not safetensors at all")
@@ -147,7 +150,7 @@ def test_balanced_sampling_weights_classes_equally():
 
 def test_balanced_training_runs(tiny_corpus):
     result = train_attributor(tiny_corpus, _cfg(balance=True), progress=False)
-    assert result.card["train"]["balance"] is True and result.card["steps"] == 3
+    assert result.card.train["balance"] is True and result.card.steps == 3
 
 
 def test_subset_has_its_own_vocabulary_and_evaluates_on_the_same_subset(tiny_corpus):
@@ -160,7 +163,7 @@ def test_subset_has_its_own_vocabulary_and_evaluates_on_the_same_subset(tiny_cor
     assert sub.corpus_id != tiny_corpus.corpus_id
     assert sub.corpus_id == tiny_corpus.subset(["pgd-linf"], ["mlp128"]).corpus_id  # deterministic
     result = train_attributor(sub, _cfg(), progress=False)
-    assert result.card["subset"]["victims"] == ["mlp128"]
+    assert result.card.subset["victims"] == ["mlp128"]
     on_parent = evaluate_attributor(result.model, result.card, tiny_corpus)  # the card selects the subset
     on_subset = evaluate_attributor(result.model, result.card, sub)
     assert on_parent["n"] == on_subset["n"] and on_parent["attack_accuracy"] == on_subset["attack_accuracy"]
@@ -192,7 +195,7 @@ def test_training_rejects_a_device_this_machine_lacks(tiny_corpus):
     with pytest.raises(InputValidationError, match="device"):
         train_attributor(tiny_corpus, _cfg(), progress=False, device="quantum")
     result = train_attributor(tiny_corpus, _cfg(), progress=False, device="auto")
-    assert result.card["train_device"] == "cpu"
+    assert result.card.train_device == "cpu"
 
 
 def test_pe_backbone_can_pretrain_on_a_labelled_data_set(tiny_corpus, digits_data, caplog):
@@ -200,13 +203,13 @@ def test_pe_backbone_can_pretrain_on_a_labelled_data_set(tiny_corpus, digits_dat
     with caplog.at_level("WARNING", logger="advforensics.attribution.train"):
         result = train_attributor(tiny_corpus, _cfg(backbone_epochs=3), progress=False,
                                   backbone_data=(images, labels, "digits"))
-    assert result.card["pe_backbone_data"] == "digits"
-    assert result.card["pe_backbone_train_accuracy"] > 0.5  # hundreds of labelled images, not the corpus's few
+    assert result.card.pe_backbone_data == "digits"
+    assert result.card.pe_backbone_train_accuracy > 0.5  # hundreds of labelled images, not the corpus's few
     assert "PE backbone" not in caplog.text
     with caplog.at_level("WARNING", logger="advforensics.attribution.train"):
         default = train_attributor(tiny_corpus, _cfg(), progress=False)  # 1 epoch on ~96 clean images
-    assert "corpus" in default.card["pe_backbone_data"]
-    assert default.card["pe_backbone_train_accuracy"] < 0.5 and "--backbone-data" in caplog.text
+    assert "corpus" in default.card.pe_backbone_data
+    assert default.card.pe_backbone_train_accuracy < 0.5 and "--backbone-data" in caplog.text
     with pytest.raises(InputValidationError, match="backbone images"):
         train_attributor(tiny_corpus, _cfg(), progress=False, backbone_data=(torch.rand(4, 1, 28, 28),
                                                                              torch.zeros(4, dtype=torch.long), "x"))

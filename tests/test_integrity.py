@@ -22,6 +22,8 @@ from advforensics.tracing.record import load_copies, onnx_labels, read_record, s
 from advforensics.tracing.signing import (fingerprint, generate_keypair, load_private_key, load_public_key,
                                           sign_record, verify_record)
 from advforensics.tracing.tracer import create_tracer
+from advforensics.models.checkpoint import CARD_FORMAT as MODEL_FORMAT
+from advforensics.weights import load_weights, save_weights
 
 RECORD_LOG = "advforensics.tracing.record"
 
@@ -124,10 +126,10 @@ def test_signed_record_covers_the_classifier_architecture(base_record, keys, tmp
     """base_hash covers C's tensors only; an edited card (same weights, another revision) is refused."""
     signed = _signed(base_record, tmp_path / "signed", keys)
     load_copies(signed, public_key=keys["seller.pub"])
-    card_path = signed / "classifier.json"
-    card = json.loads(card_path.read_text())
+    weights = signed / "classifier.safetensors"
+    tensors, card = load_weights(weights, MODEL_FORMAT, "model")
     card["architecture"]["revision"] = 1 if card["architecture"]["revision"] != 1 else 2
-    card_path.write_text(json.dumps(card))  # the weights, and so the card's weights_sha256, are unchanged
+    save_weights(weights, tensors, card, card_copy=True)  # the weights, and so base_hash, are unchanged
     with pytest.raises(CheckpointError, match="another architecture"):
         load_copies(signed, public_key=keys["seller.pub"])
 
@@ -269,7 +271,7 @@ def test_bit_flipped_zoo_weights_are_refused(zoo_classifier, tmp_path) -> None:
     weights = save_model(zoo_classifier, tmp_path / "c")
     load_model(tmp_path / "c")
     _flip_byte(weights, weights.stat().st_size - 3)  # inside the last tensor's data
-    with pytest.raises(CheckpointError, match="does not match the sha256"):
+    with pytest.raises(CheckpointError, match="do not match the sha256"):
         load_model(tmp_path / "c")
 
 
@@ -278,11 +280,11 @@ def test_tampered_attributor_weights_are_refused(tmp_path) -> None:
     from safetensors.torch import save_file
 
     from advforensics.attribution.mtaa import MTAA, MTAAConfig
-    from advforensics.attribution.train import CARD_FORMAT, load_attributor, save_attributor
+    from advforensics.attribution.card import load_attributor, save_attributor
 
     config = MTAAConfig(n_attacks=2, n_victims=2, image_size=8, width=4, pe_width=4, pe_channels=(8, 8))
     path = tmp_path / "attributor.safetensors"
-    save_attributor(MTAA(config).eval(), {"format": CARD_FORMAT, "kind": "mtaa", "config": config.to_dict()}, path)
+    save_attributor(MTAA(config).eval(), _card(config), path)
     load_attributor(path)
     good = path.read_bytes()
 
@@ -299,6 +301,13 @@ def test_tampered_attributor_weights_are_refused(tmp_path) -> None:
     save_file(random, str(path), metadata=metadata)
     with pytest.raises(CheckpointError, match="do not match the sha256"):
         load_attributor(path)
+
+
+def _card(config):
+    from advforensics.attribution.card import AttributorCard, CardSplit
+
+    return AttributorCard(kind="mtaa", config=config.to_dict(), attack_names=["fgsm", "pgd-linf"],
+                          victim_names=["lenet", "vgg16"], image_shape=(1, 8, 8), split=CardSplit(0.2, 0.1, 0))
 
 
 def _tamper_everywhere(path: Path, load, trials: int = 40) -> int:
@@ -324,7 +333,7 @@ def test_random_tampering_of_every_artifact_is_refused_every_time(base_record, k
     """One random byte changed anywhere in a signed record, an ONNX copy, a zoo model or an attributor file:
     refused on every one of 40 tries each, in headers as much as in data."""
     from advforensics.attribution.mtaa import MTAA, MTAAConfig
-    from advforensics.attribution.train import CARD_FORMAT, load_attributor, save_attributor
+    from advforensics.attribution.card import load_attributor, save_attributor
     from advforensics.models import load_model, save_model
 
     record = _copy(base_record, tmp_path / "signed")
@@ -337,6 +346,5 @@ def test_random_tampering_of_every_artifact_is_refused_every_time(base_record, k
     _tamper_everywhere(weights, lambda: load_model(tmp_path / "c"))
     config = MTAAConfig(n_attacks=2, n_victims=2, image_size=8, width=4, pe_width=4, pe_channels=(8, 8))
     attributor = tmp_path / "attributor.safetensors"
-    save_attributor(MTAA(config).eval(), {"format": CARD_FORMAT, "kind": "mtaa", "config": config.to_dict()},
-                    attributor)
+    save_attributor(MTAA(config).eval(), _card(config), attributor)
     _tamper_everywhere(attributor, lambda: load_attributor(attributor))

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from advforensics.errors import CheckpointError, InputValidationError, UnknownNameError
+from advforensics.models.checkpoint import CARD_FORMAT
+from advforensics.weights import load_weights, save_weights
 from advforensics.models import (
     ModelConfig, build_model, count_parameters, create_model, list_models, load_model, save_model, weights_paths,
 )
@@ -79,10 +81,7 @@ def test_old_cards_rebuild_the_revision_1_stem(tmp_path: Path) -> None:
     old = build_model(ModelConfig("resnet18", revision=1), seed=0).eval()
     assert [f.shape[-1] for f in old.forward_features(torch.rand(1, 1, 28, 28))] == [7, 4, 2, 1]
     save_model(old, tmp_path / "old", card={})
-    card_path = tmp_path / "old.json"
-    card = json.loads(card_path.read_text())
-    del card["architecture"]["revision"]
-    card_path.write_text(json.dumps(card))
+    _edit_card(tmp_path / "old", lambda card: card["architecture"].pop("revision"))
     loaded, _ = load_model(tmp_path / "old")
     assert loaded.config.revision == 1
     x = torch.rand(3, 1, 28, 28)
@@ -148,17 +147,14 @@ def test_tampered_weights_are_rejected(tmp_path: Path, name: str) -> None:
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0x01  # one flipped bit in the last tensor
     weights.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="does not match the sha256"):
+    with pytest.raises(CheckpointError, match="do not match the sha256"):
         load_model(base)
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_card_for_another_architecture_is_rejected(tmp_path: Path, name: str) -> None:
     _, base = _saved(tmp_path, name)
-    _, card_path = weights_paths(base)
-    card = json.loads(card_path.read_text())
-    card["architecture"]["name"] = "vgg16" if name != "vgg16" else "lenet"
-    card_path.write_text(json.dumps(card))
+    _edit_card(base, lambda card: card["architecture"].update(name="vgg16" if name != "vgg16" else "lenet"))
     with pytest.raises(CheckpointError, match="does not fit"):
         load_model(base)
     with pytest.raises(CheckpointError, match="holds a"):
@@ -167,10 +163,7 @@ def test_card_for_another_architecture_is_rejected(tmp_path: Path, name: str) ->
 
 def test_width_mismatch_is_a_shape_error(tmp_path: Path) -> None:
     _, base = _saved(tmp_path, "resnet18")
-    _, card_path = weights_paths(base)
-    card = json.loads(card_path.read_text())
-    card["architecture"]["width"] = 2 * TINY
-    card_path.write_text(json.dumps(card))
+    _edit_card(base, lambda card: card["architecture"].update(width=2 * TINY))
     with pytest.raises(CheckpointError, match="shapes differ"):
         load_model(base)
 
@@ -178,16 +171,14 @@ def test_width_mismatch_is_a_shape_error(tmp_path: Path) -> None:
 def test_truncated_missing_and_corrupt_files(tmp_path: Path) -> None:
     _, base = _saved(tmp_path, "lenet")
     weights, card_path = weights_paths(base)
-    card = json.loads(card_path.read_text())
     blob = weights.read_bytes()
-    # truncated file whose hash the attacker also updated: the parser must still refuse it
-    weights.write_bytes(blob[: len(blob) // 2])
-    card["weights_sha256"] = __import__("hashlib").sha256(blob[: len(blob) // 2]).hexdigest()
-    card_path.write_text(json.dumps(card))
-    with pytest.raises(CheckpointError, match="cannot read weights"):
+    weights.write_bytes(blob[: len(blob) // 2])  # truncated: the parser refuses it
+    with pytest.raises(CheckpointError, match="cannot read weights|not a safetensors"):
         load_model(base)
-    weights.unlink()
-    with pytest.raises(CheckpointError, match="not found"):
+    weights.write_bytes(blob)
+    card = json.loads(card_path.read_text())
+    card_path.write_text(json.dumps({**card, "seed": 2}))  # the copy beside edited
+    with pytest.raises(CheckpointError, match="differs from the card inside"):
         load_model(base)
     card_path.write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
@@ -195,14 +186,28 @@ def test_truncated_missing_and_corrupt_files(tmp_path: Path) -> None:
     card_path.unlink()
     with pytest.raises(CheckpointError, match="card .* not found"):
         load_model(base)
+    weights.unlink()
+    with pytest.raises(CheckpointError, match="not found"):
+        load_model(base)
+    weights.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a safetensors|no advforensics card"):
+        load_model(base)
+
+
+def _edit_card(base: Path, edit) -> None:
+    """Rewrite a model file's card (inside and beside) with the weights unchanged, as a forger could."""
+    weights, _ = weights_paths(base)
+    tensors, card = load_weights(weights, CARD_FORMAT, "model")
+    edit(card)
+    save_weights(weights, tensors, card, card_copy=True)
 
 
 def test_save_never_silently_replaces_another_model(tmp_path: Path) -> None:
     model, base = _saved(tmp_path, "lenet")
     weights, _ = weights_paths(base)
     first = weights.read_bytes()
-    for _ in range(5):  # same weights: fine, and byte-identical (a stable sha256)
-        save_model(model, base, {"seed": 1})
+    for _ in range(5):  # same weights and card: fine, and byte-identical (a stable sha256)
+        save_model(model, base, {"dataset": {"name": "test"}, "seed": 1})
         assert weights.read_bytes() == first
     other = create_model("lenet", width=TINY, seed=2)
     with pytest.raises(CheckpointError, match="different model"):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 import advforensics.models.training as training
+from advforensics.models.serialization import STATE_FORMAT
+from advforensics.weights import read_card
 from advforensics.data import load_dataset
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.models import (
@@ -80,8 +81,8 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path, digits: tupl
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in expected.history]
     ref_state, new_state = reference.state_dict(), resumed_model.state_dict()
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
-    # the state file is safetensors + JSON, no pickle
-    assert json.loads(state.with_name(state.name + ".json").read_text())["format"] == "advforensics-state/1"
+    # the state file is safetensors with a JSON card, no pickle
+    assert read_card(state.with_name(state.name + ".safetensors"), STATE_FORMAT, "training state")["state"]["epoch"] == 3
 
 
 def test_state_of_another_run_or_tampered_state_is_refused(tmp_path: Path, digits: tuple) -> None:

@@ -197,13 +197,13 @@ def _caveats(evidence: Evidence, model, seller, seller_key, tracing, examples) -
     if tracing is not None and not tracing.one_source:
         notes.append("the examples name several copies beyond the stated error rate: one verdict per group")
     if model is not None:
-        families = ", ".join(model.card.get("attack_names", []))
+        families = ", ".join(model.card.attack_names)
         notes.append(f"attribution knows the attack families {families}: another family (a hard-label or "
                      "query attack, say) reads as the nearest of these unless it is called \"unknown attack\"")
-        victims = ", ".join(model.card.get("victim_names", []))
+        victims = ", ".join(model.card.victim_names)
         notes.append(f"attribution knows the victims {victims}; a victim of another architecture is reported as "
                      "the nearest of these")
-        if model.card.get("open_set") is None:
+        if model.card.open_set is None:
             notes.append("the attributor has no open-set rule: it cannot answer \"unknown attack\" and its "
                          "probabilities are uncalibrated")
     disagreements = sum(any(n.startswith("rules disagree") for n in e["caveats"]) for e in examples)

@@ -118,4 +118,4 @@ class Unit(Vocab):
 
 
 __all__ = ["Vocab", "Norm", "ThreatModel", "ScoreRule", "Stage", "Answer", "OpenSetScore", "Implementation",
-           "Unit"]
+           "Unit", "AttributionStage"]

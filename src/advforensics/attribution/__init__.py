@@ -10,9 +10,12 @@ Import the submodules for the full API:
     baselines SingleLabelNet, single_task_config, ablation_config
     side      pixel_histogram, VictimProbe (side features, ours: not in the paper)
     victims   load_victims, probe_settings
-    train     TrainConfig, train_attributor, save_attributor, load_attributor
+    build     build_corpus (the `attribution corpus` job from names and paths)
+    train     TrainConfig, train_attributor
+    card      AttributorCard, save_attributor, load_attributor, peek_card (the trained file)
     openset   OpenSetRule, fit_open_set ("not adversarial", "unknown attack", calibrated probabilities)
-    field     attribute (answers for images), Truth, field_metrics, field_report (metrics with intervals)
+    answers   attribute, Attribution (answers for images)
+    field     Truth, field_metrics, field_report (metrics with intervals on labelled evidence)
     evaluate  evaluate_attributor, delta_mtl, write_report (the paper's tables)
 """
 
@@ -20,13 +23,15 @@ from advforensics.attribution.attributor import Attributor
 from advforensics.attribution.corpus import load_corpus, split_by_clean_image
 from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus
 from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, write_report
-from advforensics.attribution.field import Attribution, Truth, attribute, field_metrics, field_report
+from advforensics.attribution.answers import Attribution, attribute
+from advforensics.attribution.field import Truth, field_metrics, field_report
 from advforensics.attribution.grid import AttackSpec, GridSpec, default_grid, small_grid
 from advforensics.attribution.mtaa import MTAA, MTAAConfig
-from advforensics.attribution.train import TrainConfig, load_attributor, save_attributor, train_attributor
+from advforensics.attribution.card import AttributorCard, load_attributor, save_attributor
+from advforensics.attribution.train import TrainConfig, train_attributor
 from advforensics.attribution.victims import load_victims
 
 __all__ = ["Attributor", "AttackSpec", "GridSpec", "default_grid", "small_grid", "CorpusConfig", "generate_corpus", "load_corpus",
            "split_by_clean_image", "MTAA", "MTAAConfig", "TrainConfig", "train_attributor", "save_attributor",
-           "load_attributor", "evaluate_attributor", "delta_mtl", "write_report", "load_victims", "Attribution",
+           "load_attributor", "AttributorCard", "evaluate_attributor", "delta_mtl", "write_report", "load_victims", "Attribution",
            "Truth", "attribute", "field_metrics", "field_report"]

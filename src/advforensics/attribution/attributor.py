@@ -8,25 +8,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from advforensics.attribution.field import Attribution, attribute
+from advforensics.attribution.card import AttributorCard
+from advforensics.attribution.answers import Attribution, attribute
 from advforensics.evidence.io import Evidence, load_evidence
 
 
 @dataclass
 class Attributor:
     model: nn.Module
-    card: dict[str, Any]
+    card: AttributorCard
     path: Path | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> Attributor:
         """Load and verify an attributor file (tensor hash, architecture); a bad file -> CheckpointError."""
-        from advforensics.attribution.train import load_attributor
+        from advforensics.attribution.card import load_attributor
 
         model, card = load_attributor(path)
         return cls(model=model.eval(), card=card, path=Path(path))
@@ -35,18 +35,17 @@ class Attributor:
     def read_for(path: str | Path, evidence: str | Path) -> Evidence:
         """Evidence read at the channels and size an attributor file's card states, before (and without)
         loading its weights: a bad evidence file fails first. Unverified card: `load` verifies."""
-        from advforensics.attribution.train import peek_card
+        from advforensics.attribution.card import peek_card
 
         card = peek_card(path)
         if card is None:
             return load_evidence(evidence)
-        c, h, w = (int(v) for v in card["image_shape"])
+        c, h, w = card.image_shape
         return load_evidence(evidence, channels=c, size=(h, w))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        c, h, w = (int(v) for v in self.card["image_shape"])
-        return c, h, w
+        return self.card.image_shape
 
     def read(self, evidence: Evidence | str | Path) -> Evidence:
         """Evidence at this attributor's channels and size (a path is read; an Evidence passes through)."""

@@ -18,6 +18,7 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from advforensics.attribution.card import AttributorCard
 from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.grid import CLEAN
 from advforensics.errors import CheckpointError, InputValidationError
@@ -35,9 +36,9 @@ def _confusion(true: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[
         return confusion_matrix(true, pred, labels=range(n_classes)).tolist()
 
 
-def check_input(card: dict[str, Any], x: torch.Tensor) -> None:
+def check_input(card: AttributorCard, x: torch.Tensor) -> None:
     """Images must match the attributor's channels and size (a wrong size is an error, not a resize)."""
-    c, h, w = card["image_shape"]
+    c, h, w = card.image_shape
     check_images(x, "images", channels=int(c), size=(int(h), int(w)))
 
 
@@ -58,7 +59,7 @@ def model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> di
     return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def predict_outputs(model: nn.Module, card: dict[str, Any], x: torch.Tensor, batch_size: int = 256
+def predict_outputs(model: nn.Module, card: AttributorCard, x: torch.Tensor, batch_size: int = 256
                     ) -> dict[str, np.ndarray]:
     """attack_probs (B, A), victim_probs (B, V), hyper (B,) where the model has those heads (uncalibrated)."""
     check_input(card, x)
@@ -68,9 +69,9 @@ def predict_outputs(model: nn.Module, card: dict[str, Any], x: torch.Tensor, bat
             if k != "attack_features"}
 
 
-def count_flops(model: nn.Module, card: dict[str, Any]) -> int:
+def count_flops(model: nn.Module, card: AttributorCard) -> int:
     """Forward FLOPs for one image, counted by torch.utils.flop_counter.FlopCounterMode."""
-    c, h, w = card["image_shape"]
+    c, h, w = card.image_shape
     x = torch.rand(1, int(c), int(h), int(w), device=module_device(model))
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -82,33 +83,33 @@ def _rmse(pred: np.ndarray, true: np.ndarray) -> float | None:
     return float(np.sqrt(np.mean((pred - true) ** 2))) if len(true) else None
 
 
-def evaluate_attributor(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, split: str = "test"
+def evaluate_attributor(model: nn.Module, card: AttributorCard, corpus: Corpus, *, split: str = "test"
                         ) -> dict[str, Any]:
     """Metrics of a trained attributor on the card's split of `corpus` (must be the training corpus).
 
     An attributor trained on a subset (`Corpus.subset`, recorded in its card) is evaluated on the
     same subset of its parent corpus.
     """
-    subset = card.get("subset")
+    subset = card.subset
     if subset and corpus.manifest.get("subset") is None and corpus.corpus_id == subset.get("parent"):
         corpus = corpus.subset(subset["attacks"], subset["victims"])
-    if card.get("corpus_id") != corpus.corpus_id:
-        raise CheckpointError(f"the attributor was trained on corpus {str(card.get('corpus_id'))[:12]}..., "
+    if card.corpus_id != corpus.corpus_id:
+        raise CheckpointError(f"the attributor was trained on corpus {str(card.corpus_id)[:12]}..., "
                               f"not on {corpus.path} ({corpus.corpus_id[:12]}...); evaluate it on its own corpus")
-    if list(card["image_shape"]) != list(corpus.image_shape):
-        raise InputValidationError(f"attributor expects images {card['image_shape']}, corpus has {corpus.image_shape}")
+    if list(card.image_shape) != list(corpus.image_shape):
+        raise InputValidationError(f"attributor expects images {card.image_shape}, corpus has {corpus.image_shape}")
     if split not in ("train", "test"):
         raise InputValidationError(f"split must be 'train' or 'test', got {split!r}")
-    s = card["split"]
-    train_mask, test_mask = split_by_clean_image(corpus.columns["clean_index"], s["test_fraction"], s["seed"])
+    s = card.split
+    train_mask, test_mask = split_by_clean_image(corpus.columns["clean_index"], s.test_fraction, s.seed)
     rows = np.flatnonzero(test_mask if split == "test" else train_mask)
     if len(rows) == 0:
         raise InputValidationError("the split holds no examples")
     out = predict_outputs(model, card, corpus.float_images(rows))
     attack_true, victim_true = corpus.attack_targets()[rows], corpus.victim_targets()[rows]
     hyper_true = corpus.hyper_targets()[rows]
-    attack_names, victim_names = card["attack_names"], card["victim_names"]
-    metrics: dict[str, Any] = {"kind": card["kind"], "split": split, "n": int(len(rows)),
+    attack_names, victim_names = card.attack_names, card.victim_names
+    metrics: dict[str, Any] = {"kind": card.kind, "split": split, "n": int(len(rows)),
                                "n_params": int(sum(p.numel() for p in model.parameters())),
                                "n_trainable_params": int(sum(p.numel() for p in model.parameters()
                                                              if p.requires_grad)),
@@ -239,7 +240,7 @@ def evaluate_files(corpus_dir: str | Path, model_path: str | Path, out: str | Pa
     report (field.md) on the split, its re-encodings and every held-out corpus. Every input is read and
     verified before any work."""
     from advforensics.attribution.corpus import load_corpus
-    from advforensics.attribution.train import load_attributor
+    from advforensics.attribution.card import load_attributor
     from advforensics.evidence.transforms import check_reencoding
     from advforensics.utils import resolve_device
 
@@ -260,10 +261,10 @@ def evaluate_files(corpus_dir: str | Path, model_path: str | Path, out: str | Pa
                     single[metric] = task_metrics
         metrics["delta_mtl"] = delta_mtl(metrics, single)
     write_report(metrics, out)
-    if card.get("open_set") is not None:
+    if card.open_set is not None:
         from advforensics.attribution.field import field_report, write_field_report
 
         field = field_report(model, card, corpus, split=split, reencodings=reencodings, heldout=heldout_corpora)
-        write_field_report(field, out, f"Attribution in the field ({card['kind']}, {Path(model_path).name})")
+        write_field_report(field, out, f"Attribution in the field ({card.kind}, {Path(model_path).name})")
         metrics["field"] = field
     return metrics

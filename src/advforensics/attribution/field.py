@@ -1,11 +1,9 @@
-"""Attribution answers and their metrics on any labelled evidence: a corpus split, a held-out corpus
-made by other code, re-encoded files, or a user's labels table (issue 11).
+"""Attribution metrics on any labelled evidence: a corpus split, a held-out corpus made by other code,
+re-encoded files, or a user's labels table (issue 11).
 
-`attribute` turns an attributor's outputs into answers (a family, "not adversarial" or "unknown
-attack"; a victim architecture; a strength in its family's unit) with calibrated probabilities.
-`Truth` holds what is known about each row, and `field_metrics` compares the two: every rate comes
-with its 95% Wilson interval and its count, RMSE with a bootstrap interval, and the same figures per
-group (variant, implementation, victim model, strength).
+`Truth` holds what is known about each row, and `field_metrics` compares it with the answers
+(answers.py): every rate comes with its 95% Wilson interval and its count, RMSE with a bootstrap
+interval, and the same figures per group (variant, implementation, victim model, strength).
 """
 
 from __future__ import annotations
@@ -15,98 +13,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
+from advforensics.attribution.answers import Attribution, answer
+from advforensics.attribution.card import AttributorCard
 from advforensics.attribution.corpus import Corpus
 from advforensics.attribution.grid import CLEAN, KNOWN_ATTACKS
-from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN, OpenSetRule
+from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN
 from advforensics.errors import DataFileError, InputValidationError
 from advforensics.utils import atomic_write_text, wilson_interval
 from advforensics.vocab import Unit
-
-#: strength units as a user reads them
-UNIT_NAMES = {Unit.EPS255.value: "eps (/255)", Unit.KAPPA.value: "kappa (logits)", Unit.NONE.value: ""}
-
-
-@dataclass
-class Attribution:
-    """An attributor's answers, one per image."""
-
-    attack: list[str]  # a family, NOT_ADVERSARIAL or UNKNOWN
-    attack_probability: np.ndarray  # (B,) calibrated top probability of the attack head
-    attack_probs: np.ndarray  # (B, A) calibrated, over the card's attack names
-    victim: list[str]  # architecture (or "clean")
-    victim_probability: np.ndarray  # (B,)
-    hyper: np.ndarray  # (B,) strength in the answered family's unit; NaN where it has none
-    hyper_unit: list[str]
-    attack_names: list[str] = field(default_factory=list)
-    victim_names: list[str] = field(default_factory=list)
-
-    def records(self, names: list[str] | None = None, rows: list[int] | None = None) -> list[dict[str, Any]]:
-        """One JSON-ready dict per image, with its row index (and source name where given)."""
-        out = []
-        for i in range(len(self.attack)):
-            rec: dict[str, Any] = {"row": int(rows[i]) if rows is not None else i}
-            if names is not None:
-                rec["source"] = names[i]
-            hyper = None if np.isnan(self.hyper[i]) else float(self.hyper[i])
-            rec.update({"attack": self.attack[i], "attack_probability": float(self.attack_probability[i]),
-                        "attack_probabilities": {n: float(p) for n, p in zip(self.attack_names, self.attack_probs[i])},
-                        "victim": self.victim[i] if self.attack[i] != NOT_ADVERSARIAL else None,
-                        "victim_probability": float(self.victim_probability[i]),
-                        "strength": hyper, "strength_unit": self.hyper_unit[i]})
-            out.append(rec)
-        return out
-
-
-def open_set_rule(card: dict[str, Any]) -> OpenSetRule:
-    """The card's rule; a card without one (no calibration split) abstains never, temperature 1."""
-    payload = card.get("open_set")
-    if payload is None:
-        return OpenSetRule(1.0, 1.0, 0.0, 0.0, 0.0, 0)
-    return OpenSetRule.from_dict(payload)
-
-
-def attribute(model: nn.Module, card: dict[str, Any], x: torch.Tensor, score: str | None = None) -> Attribution:
-    """Answers for images `x` (B, C, H, W) in [0, 1] of the card's channels and size; `score` overrides
-    the card's abstention score."""
-    from advforensics.attribution.evaluate import check_input, model_logits
-
-    check_input(card, x)
-    return answer(model_logits(model, x), card, score)
-
-
-def answer(out: dict[str, np.ndarray], card: dict[str, Any], score: str | None = None) -> Attribution:
-    """Answers from an attributor's outputs (`evaluate.model_logits`), by the card's open-set rule."""
-    if "attack_logits" not in out:
-        raise InputValidationError("open-set answers need an attributor with an attack head")
-    rule = open_set_rule(card)
-    if score is not None:
-        rule = rule.with_score(score)
-    attack_names, victim_names = list(card["attack_names"]), list(card["victim_names"])
-    answers = rule.answers(out["attack_logits"], attack_names, out.get("attack_features"))
-    attack_probs = rule.attack_probs(out["attack_logits"])
-    n = len(answers)
-    if "victim_logits" in out:
-        victim_probs = rule.victim_probs(out["victim_logits"])
-        victim = [victim_names[int(i)] for i in victim_probs.argmax(1)]
-        victim_p = victim_probs.max(1)
-    else:
-        victim, victim_p = ["-"] * n, np.full(n, np.nan)
-    units = card.get("hyper_units", {})
-    hyper = out["hyper"].astype(np.float64).copy() if "hyper" in out else np.full(n, np.nan)
-    unit = []
-    for i, a in enumerate(answers):
-        u = units.get(a, KNOWN_ATTACKS.get(a, Unit.NONE))
-        if a in (NOT_ADVERSARIAL, UNKNOWN) or u == Unit.NONE:
-            hyper[i] = np.nan
-            u = Unit.NONE.value
-        unit.append(UNIT_NAMES.get(u, u))
-    return Attribution(attack=answers, attack_probability=attack_probs.max(1), attack_probs=attack_probs,
-                       victim=victim, victim_probability=victim_p, hyper=hyper, hyper_unit=unit,
-                       attack_names=attack_names, victim_names=victim_names)
-
 
 @dataclass
 class Truth:
@@ -292,7 +208,7 @@ def group_rows(m: dict[str, Any], group: str) -> list[dict[str, Any]]:
             for value, g in m.get("groups", {}).get(group, {}).items()]
 
 
-def field_reports(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, split: str = "test",
+def field_reports(model: nn.Module, card: AttributorCard, corpus: Corpus, *, split: str = "test",
                   reencodings: tuple[str, ...] = (), heldout: list[tuple[str, Corpus]] = (),
                   scores: tuple[str | None, ...] = (None,)) -> dict[str | None, dict[str, dict[str, Any]]]:
     """field_metrics on the card's split of its corpus, on that split re-encoded, and on held-out
@@ -305,17 +221,17 @@ def field_reports(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, spl
     from advforensics.attribution.evaluate import model_logits
     from advforensics.evidence.transforms import reencode
 
-    parent = card.get("subset", {}) or {}
-    if card.get("corpus_id") not in (corpus.corpus_id, None) and parent.get("parent") != corpus.corpus_id:
+    parent = card.subset or {}
+    if card.corpus_id not in (corpus.corpus_id, None) and parent.get("parent") != corpus.corpus_id:
         raise InputValidationError("the attributor was not trained on this corpus; pass its held-out sets "
                                    "with --heldout instead")
     for name, other in heldout:
-        if list(other.image_shape) != list(card["image_shape"]):
+        if list(other.image_shape) != list(card.image_shape):
             raise InputValidationError(f"held-out corpus {name} has images {other.image_shape}, the attributor "
-                                       f"expects {card['image_shape']}")
-    s = card["split"]
-    masks = attribution_splits(corpus.columns["clean_index"], s["test_fraction"], s.get("calibration_fraction", 0.0),
-                               s["seed"])
+                                       f"expects {card.image_shape}")
+    s = card.split
+    masks = attribution_splits(corpus.columns["clean_index"], s.test_fraction, s.calibration_fraction,
+                               s.seed)
     rows = np.flatnonzero(masks[2] if split == "test" else masks[0])
     x = corpus.float_images(rows)
     truth = Truth.from_corpus(corpus, rows)
@@ -330,7 +246,7 @@ def field_reports(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, spl
     return results
 
 
-def field_report(model: nn.Module, card: dict[str, Any], corpus: Corpus, *, split: str = "test",
+def field_report(model: nn.Module, card: AttributorCard, corpus: Corpus, *, split: str = "test",
                  reencodings: tuple[str, ...] = (), heldout: list[tuple[str, Corpus]] = (),
                  score: str | None = None) -> dict[str, dict[str, Any]]:
     """`field_reports` for one abstention score."""
@@ -357,5 +273,5 @@ def write_field_report(results: dict[str, dict[str, Any]], out_dir: str | Path, 
     return files
 
 
-__all__ = ["Attribution", "Truth", "answer", "attribute", "field_metrics", "field_report", "field_reports", "open_set_rule", "summary_row", "group_rows",
+__all__ = ["Truth", "field_metrics", "field_report", "field_reports", "summary_row", "group_rows",
            "write_field_report"]

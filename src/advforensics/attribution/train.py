@@ -1,14 +1,12 @@
-"""Training attributors (MTAA, single-task, single-label) on a corpus, and their weights files.
+"""Training attributors (MTAA, single-task, single-label) on a corpus.
 
 Defaults follow the paper: Adam, cosine annealing, lr 1e-3, weight decay 1e-3, batch 64. The split
-is by clean image (`split_by_clean_image`) and is reproduced from the card at evaluation. Weights are
-safetensors with the card (architecture, vocabularies, corpus id, training config) in the file's
-metadata and beside it as JSON; loading never unpickles.
+is by clean image (`split_by_clean_image`) and is reproduced from the card at evaluation. The trained
+network and its card are stored by attribution/card.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Mapping
@@ -18,13 +16,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from advforensics.attribution.card import MODEL_KINDS, AttributorCard, AttributorNet, CardSplit
 from advforensics.attribution.baselines import SingleLabelConfig, SingleLabelNet, joint_vocabulary, \
     single_task_config
 from advforensics.attribution.corpus import Corpus, attribution_splits, victim_architectures
@@ -33,17 +29,12 @@ from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
 from advforensics.attribution.openset import OpenSetRule, fit_open_set
 from advforensics.attribution.side import HISTOGRAM_BINS, PROBE_FEATURES
 from advforensics.attribution.victims import probe_settings
-from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.errors import InputValidationError
 from advforensics.evidence.transforms import reencode
-from advforensics.utils import (atomic_write_bytes, check_images, check_labels, resolve_device, seed_everything,
-                                write_json)
+from advforensics.utils import check_images, check_labels, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-CARD_FORMAT = "advforensics-attributor"
-MODEL_KINDS = ("mtaa", "single-task", "single-label")
-
-AttributorNet = MTAA | SingleLabelNet
 
 
 #: Below this train accuracy the PE backbone counts as untrained (a warning says so).
@@ -136,7 +127,7 @@ class TrainConfig:
 @dataclass
 class TrainResult:
     model: AttributorNet
-    card: dict[str, Any]
+    card: AttributorCard
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -144,15 +135,6 @@ def corpus_targets(corpus: Corpus) -> dict[str, torch.Tensor]:
     """attack (M,), victim (M,) int64 and hyper (M,) float32 targets of every corpus row."""
     return {"attack": torch.from_numpy(corpus.attack_targets()), "victim": torch.from_numpy(corpus.victim_targets()),
             "hyper": torch.from_numpy(corpus.hyper_targets())}
-
-
-def build_model(kind: str, config: dict[str, Any]) -> AttributorNet:
-    """Rebuild an attributor from its card's kind and config."""
-    if kind in ("mtaa", "single-task"):
-        return MTAA(MTAAConfig.from_dict(config))
-    if kind == "single-label":
-        return SingleLabelNet(SingleLabelConfig.from_dict(config))
-    raise CheckpointError(f"unknown attributor kind {kind!r}")
 
 
 def load_backbone_data(name: str, data_dir: str | Path | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
@@ -330,21 +312,18 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     model.eval()
     open_set = _fit_open_set(model, corpus, np.flatnonzero(calibration_mask), rows, config) \
         if calibration_mask.any() and config.model != "single-label" else None
-    kind = config.model
-    card = {"format": CARD_FORMAT, "kind": kind, "config": model.config.to_dict(),
-            "attack_names": corpus.attack_names, "victim_names": corpus.victim_names,
-            "image_shape": list(corpus.image_shape), "corpus_id": corpus.corpus_id,
-            "subset": corpus.manifest.get("subset"), "train_device": str(device),
-            "hyper_units": {a.name: a.unit for a in corpus.grid.attacks},
-            "split": {"by": "clean_index", "test_fraction": config.test_fraction,
-                      "calibration_fraction": config.calibration_fraction, "seed": config.seed},
-            "open_set": None if open_set is None else open_set.to_dict(),
-            "n_calibration": int(calibration_mask.sum()),
-            "train": _config_dict(config), "n_train": int(len(rows)), "steps": step,
-            "pe_backbone_train_accuracy": backbone_acc, "pe_backbone_data": backbone_source, "history": history,
-            "n_params": int(sum(p.numel() for p in model.parameters())),
-            "probe_weights_sha256": None if probe_victims is None or not config.probe else
-            {name: probe_victims[1][name].get("weights_sha256") for name in model.config.probe_victims}}
+    card = AttributorCard(
+        kind=config.model, config=model.config.to_dict(), attack_names=corpus.attack_names,
+        victim_names=corpus.victim_names, image_shape=tuple(corpus.image_shape), corpus_id=corpus.corpus_id,
+        subset=corpus.manifest.get("subset"), train_device=str(device),
+        hyper_units={a.name: a.unit for a in corpus.grid.attacks},
+        split=CardSplit(test_fraction=config.test_fraction, calibration_fraction=config.calibration_fraction,
+                        seed=config.seed),
+        open_set=None if open_set is None else open_set.to_dict(), n_calibration=int(calibration_mask.sum()),
+        train=_config_dict(config), n_train=int(len(rows)), steps=step, pe_backbone_train_accuracy=backbone_acc,
+        pe_backbone_data=backbone_source, history=history, n_params=int(sum(p.numel() for p in model.parameters())),
+        probe_weights_sha256=None if probe_victims is None or not config.probe else
+        {name: probe_victims[1][name].get("weights_sha256") for name in model.config.probe_victims})
     return TrainResult(model=model, card=card, history=history)
 
 
@@ -410,69 +389,4 @@ def _config_dict(config: TrainConfig) -> dict[str, Any]:
     return payload
 
 
-def tensors_sha256(tensors: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order (the card carries it)."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def save_attributor(model: AttributorNet, card: dict[str, Any], path: str | Path) -> Path:
-    """Write weights as safetensors (card, with the weights' sha256, in metadata) and the card as JSON
-    beside it; returns the card path."""
-    target = Path(path)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    card = {**card, "weights_sha256": tensors_sha256(tensors)}
-    atomic_write_bytes(target, st_save(tensors, metadata={"card": json.dumps(card, default=str)}))
-    card_path = target.with_suffix(".json")
-    write_json(card_path, card)
-    return card_path
-
-
-def peek_card(path: str | Path) -> dict[str, Any] | None:
-    """The card in an attributor file's safetensors header, unverified and without loading the weights
-    (None when the file is missing or not one); `load_attributor` verifies everything."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as handle:  # the header only
-            card = json.loads((handle.metadata() or {}).get("card", "null"))
-    except (OSError, SafetensorError, ValueError):
-        return None
-    return card if isinstance(card, dict) and card.get("format") == CARD_FORMAT else None
-
-
-def load_attributor(path: str | Path) -> tuple[AttributorNet, dict[str, Any]]:
-    """Load weights and card written by `save_attributor`; mismatches raise CheckpointError."""
-    target = Path(path)
-    if not target.is_file():
-        raise CheckpointError(f"attributor weights not found: {target}")
-    data = target.read_bytes()
-    try:
-        tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
-        card = json.loads(header.get("__metadata__", {}).get("card", "null"))
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{target} is not a valid attributor safetensors file: {error}") from None
-    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
-        raise CheckpointError(f"{target} carries no advforensics attributor card")
-    if card.get("weights_sha256") != tensors_sha256(tensors):
-        raise CheckpointError(f"{target}: the weights do not match the sha256 its card records (modified, corrupt, "
-                              "or written by an older advforensics)")
-    model = build_model(str(card["kind"]), card["config"])
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as error:
-        raise CheckpointError(f"{target}: weights do not match the card's architecture: {error}") from None
-    model.eval()
-    return model, card
-
-
-__all__ = ["TrainConfig", "TrainResult", "train_attributor", "load_backbone_data", "save_attributor", "load_attributor", "build_model",
-           "corpus_targets", "tensors_sha256", "peek_card", "MODEL_KINDS"]
+__all__ = ["TrainConfig", "TrainResult", "train_attributor", "load_backbone_data", "corpus_targets"]

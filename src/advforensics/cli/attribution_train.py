@@ -97,7 +97,8 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
     import torch
 
     from advforensics.attribution.corpus import load_corpus
-    from advforensics.attribution.train import TrainConfig, load_backbone_data, save_attributor, train_attributor
+    from advforensics.attribution.card import save_attributor
+    from advforensics.attribution.train import TrainConfig, load_backbone_data, train_attributor
     from advforensics.attribution.victims import load_victims
 
     torch.set_num_threads(max(1, threads))
@@ -119,10 +120,10 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
     result = train_attributor(corpus, config, progress=progress, device=device, backbone_data=pretrain,
                               probe_victims=probe)
     seconds = time.perf_counter() - start
-    result.card["train_seconds"] = seconds
+    result.card.train_seconds = seconds
     save_attributor(result.model, result.card, out)
     last = result.history[-1] if result.history else {}
-    click.echo(f"trained {kind} on {result.card['n_train']} examples ({result.card['steps']} steps, "
+    click.echo(f"trained {kind} on {result.card.n_train} examples ({result.card.steps} steps, "
                f"{seconds:.1f}s); last epoch loss {last.get('total', float('nan')):.4f}; saved {out}")
     emit_json(json_path, {"model": str(out), "seconds": seconds, "history": result.history, "seed": seed,
-                          "n_params": result.card["n_params"], "n_train": result.card["n_train"]})
+                          "n_params": result.card.n_params, "n_train": result.card.n_train})

@@ -80,7 +80,7 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
               json_path: Path | None) -> None:
     """Train a zoo model and save weights + card; the test split is evaluated after every epoch.
 
-    A training state is written after each epoch to OUT.train-state.{safetensors,json};
+    A training state is written after each epoch to OUT.train-state.safetensors;
     with --resume an interrupted run continues from it and ends with the same weights.
 
     \b
@@ -93,9 +93,9 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
 
     from advforensics.data import load_dataset
     from advforensics.models import (
-        count_parameters, create_model, default_train_config, save_model, train_model, weights_paths,
+        count_parameters, create_model, default_train_config, read_card, save_model, train_model, weights_paths,
     )
-    from advforensics.utils import sha256_file
+    from advforensics.models.serialization import state_exists
 
     if threads is not None:
         if threads < 1:
@@ -103,7 +103,7 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
         torch.set_num_threads(threads)
     weights_path, _ = weights_paths(out)
     state_path = out.with_name(out.name + ".train-state")
-    has_state = state_path.with_name(state_path.name + ".json").is_file()
+    has_state = state_exists(state_path)
     if weights_path.exists() and not (overwrite or (resume and has_state)):
         raise UserError(f"{weights_path} exists; pass --overwrite to replace it"
                         + ("" if has_state else " (there is no training state to --resume from)"))
@@ -140,7 +140,7 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
                "test_accuracy": result.test_accuracy, "train_seconds": result.train_seconds,
                "train_cpu_seconds": result.cpu_seconds, "wall_seconds_this_session": wall, "resumed_from_epoch": result.resumed_from_epoch,
                "threads": torch.get_num_threads(), "weights": str(weights_path),
-               "weights_sha256": sha256_file(weights_path), "advforensics_version": __version__}
+               "weights_sha256": read_card(weights_path)["weights_sha256"], "advforensics_version": __version__}
     click.echo(f"{model_name} on {train.info.name}: test accuracy {result.test_accuracy:.4f} after "
                f"{config.epochs} epochs, {result.train_seconds:.0f} s training -> {weights_path}")
     emit_json(json_path, payload)

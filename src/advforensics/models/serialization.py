@@ -3,17 +3,12 @@ a path-like key, everything else to JSON with a {"__tensor__": key} placeholder.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
 
-from advforensics.errors import CheckpointError
-from advforensics.utils import atomic_write_bytes, sha256_bytes, sha256_file
+from advforensics.weights import load_weights, save_weights
 
 _TENSOR = "__tensor__"
 _INTKEYS = "__intkeys__"
@@ -49,43 +44,25 @@ def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+STATE_FORMAT = "advforensics-state/2"
+
+
+def state_file(base: Path) -> Path:
+    return base.with_name(base.name + ".safetensors")
+
+
 def save_state(base: Path, state: dict[str, Any]) -> None:
-    """Write `<base>.safetensors` then `<base>.json` (which carries the tensors file's sha256)."""
+    """Write `<base>.safetensors` (advforensics.weights): the tensors, and the rest of the tree in the card."""
     tensors: dict[str, torch.Tensor] = {}
     tree = flatten_state(state, tensors)
-    blob = st_save(tensors)
-    atomic_write_bytes(base.with_name(base.name + ".safetensors"), blob)
-    meta = {"format": "advforensics-state/1", "sha256": sha256_bytes(blob), "state": tree}
-    atomic_write_bytes(base.with_name(base.name + ".json"), json.dumps(meta).encode())
+    save_weights(state_file(base), tensors, {"format": STATE_FORMAT, "state": tree})
 
 
 def state_exists(base: Path) -> bool:
-    return base.with_name(base.name + ".json").is_file()
-
-
-def read_json(path: Path, what: str) -> Any:
-    """Parse a JSON file we wrote; a missing or damaged one is a CheckpointError naming `what`."""
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{what} {path} not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{what} {path} is not valid JSON: {error}") from None
+    return state_file(base).is_file()
 
 
 def load_state(base: Path) -> dict[str, Any]:
     """Read a state written by save_state, checking the hash; CheckpointError on any damage."""
-    json_path, st_path = base.with_name(base.name + ".json"), base.with_name(base.name + ".safetensors")
-    meta = read_json(json_path, "training state")
-    if not isinstance(meta, dict) or meta.get("format") != "advforensics-state/1":
-        raise CheckpointError(f"{json_path} is not an advforensics training state")
-    if not st_path.is_file():
-        raise CheckpointError(f"training state tensors {st_path} not found")
-    if sha256_file(st_path) != meta.get("sha256"):
-        raise CheckpointError(f"training state {st_path} does not match the hash in {json_path} "
-                              "(corrupt, truncated or tampered)")
-    try:
-        tensors = st_load(st_path.read_bytes())
-    except (SafetensorError, ValueError) as error:
-        raise CheckpointError(f"cannot read {st_path}: {error}") from None
-    return unflatten_state(meta["state"], tensors)
+    tensors, card = load_weights(state_file(base), STATE_FORMAT, "training state")
+    return unflatten_state(card["state"], tensors)

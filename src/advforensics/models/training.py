@@ -1,8 +1,8 @@
 """A small, resumable, deterministic training loop for zoo models.
 
 AdamW (or SGD with Nesterov momentum) under a OneCycle schedule. After every epoch the loop writes
-a training state -- model, optimizer, scheduler, epoch, history, RNG states -- as safetensors +
-JSON (no pickle) to `checkpoint_path`; calling train_model again with the same arguments resumes
+a training state -- model, optimizer, scheduler, epoch, history, RNG states -- as one weights file
+(advforensics.weights, no pickle) to `checkpoint_path`; calling train_model again with the same arguments resumes
 from it and ends with the same weights as an uninterrupted run.
 """
 

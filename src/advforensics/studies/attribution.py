@@ -29,8 +29,8 @@ from advforensics.attribution.build import build_corpus
 from advforensics.attribution.corpus import MANIFEST, load_corpus, split_by_clean_image
 from advforensics.attribution.evaluate import (delta_mtl, evaluate_attributor, false_alarm_table, predict_outputs,
                                               results_table, write_report)
-from advforensics.attribution.train import TrainConfig, load_attributor, load_backbone_data, save_attributor, \
-    train_attributor
+from advforensics.attribution.card import load_attributor, save_attributor
+from advforensics.attribution.train import TrainConfig, load_backbone_data, train_attributor
 from advforensics.attribution.victims import load_victims
 from advforensics.errors import InputValidationError
 from advforensics.reporting.tables import markdown_table
@@ -159,11 +159,11 @@ class AttributionStudy(Study):
             start = time.perf_counter()
             result = train_attributor(corpus, cfg.train_config(variant), progress=False, device=cfg.device,
                                       backbone_data=pretrain, probe_victims=probe_victims)
-            result.card["train_seconds"] = time.perf_counter() - start
+            result.card.train_seconds = time.perf_counter() - start
             save_attributor(result.model, result.card, weights)
             metrics = evaluate_attributor(result.model, result.card, corpus)
-            metrics.update({"name": name, "train_seconds": result.card["train_seconds"], "history": result.history,
-                            "train_config": result.card["train"]})
+            metrics.update({"name": name, "train_seconds": result.card.train_seconds, "history": result.history,
+                            "train_config": result.card.train})
             write_json(metrics_path, metrics)
             write_report(metrics, self.out_dir / "reports" / name)
             log.info("%s: attack %s victim %s rmse %s (%.0f s)", name, metrics.get("attack_accuracy"),
@@ -191,8 +191,7 @@ def model_errors(weights: Path, corpus: Any) -> dict[str, Any]:
     """Attack errors per hyperparameter value and corr(regressed, true hyperparameter), per attack, on
     the test split the model's card names."""
     model, card = load_attributor(weights)
-    _, test = split_by_clean_image(corpus.columns["clean_index"], card["split"]["test_fraction"],
-                                   card["split"]["seed"])
+    _, test = split_by_clean_image(corpus.columns["clean_index"], card.split.test_fraction, card.split.seed)
     rows = np.flatnonzero(test)
     with torch.no_grad():
         pred = predict_outputs(model, card, corpus.float_images(rows))
@@ -202,7 +201,7 @@ def model_errors(weights: Path, corpus: Any) -> dict[str, Any]:
         chosen = attack == name
         entry: dict[str, Any] = {"examples": int(chosen.sum())}
         if "attack_probs" in pred:
-            called = np.array(card["attack_names"])[pred["attack_probs"].argmax(1)]
+            called = np.array(card.attack_names)[pred["attack_probs"].argmax(1)]
             wrong = chosen & (called != name)
             entry["misattributed"] = int(wrong.sum())
             entry["misattributed_by_value"] = {f"{v:g}": int((wrong & (hyper == v)).sum())

@@ -50,7 +50,10 @@ from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.reports import trace_scores
 from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
-from advforensics.utils import atomic_write_bytes, atomic_write_text, wilson_interval
+from advforensics.utils import atomic_write_text, wilson_interval
+from advforensics.weights import load_weights, save_weights, state_tensors
+
+PEER_FORMAT = "advforensics-peer-copies/1"
 
 log = logging.getLogger(__name__)
 
@@ -361,22 +364,25 @@ class TracingStudy(Study):
 
     def peer_copies(self) -> Any:
         """Cheng et al.'s copies of C, fine-tuned once and kept in OUT/peer_copies.safetensors."""
-        from safetensors.torch import load_file, save
-
         from advforensics.tracing.peer import MaskConfig, build_masked_copies
 
         cfg = self.config
         assert self.train_data is not None
         images, labels = (t[: cfg.peer_train_images] for t in self.train_data)
-        mask_config = MaskConfig(finetune_epochs=cfg.peer_epochs, seed=cfg.seed)
         path = self.out_dir / "peer_copies.safetensors"
+        card = {"format": PEER_FORMAT, "copies": cfg.copies, "peer_epochs": cfg.peer_epochs,
+                "peer_train_images": cfg.peer_train_images, "seed": cfg.seed}
         if path.is_file():  # same structure with no fine-tuning, then the stored weights
+            tensors, stored = load_weights(path, PEER_FORMAT, "peer copies")
+            if {k: stored.get(k) for k in card} != card:
+                raise InputValidationError(f"{path} was made with other settings; use a new --out directory")
             copies = build_masked_copies(self.classifier, images[:1], labels[:1], cfg.copies,
                                          MaskConfig(finetune_epochs=1, lr=1e-12, seed=cfg.seed))
-            copies.load_state_dict(load_file(str(path)))
+            copies.load_state_dict(tensors)
             return copies.eval()
-        copies = build_masked_copies(self.classifier, images, labels, cfg.copies, mask_config)
-        atomic_write_bytes(path, save({k: v.contiguous() for k, v in copies.state_dict().items()}))
+        copies = build_masked_copies(self.classifier, images, labels, cfg.copies,
+                                     MaskConfig(finetune_epochs=cfg.peer_epochs, seed=cfg.seed))
+        save_weights(path, state_tensors(copies), card)
         return copies
 
     def stage_peer(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Tracers: networks T_0 mapping images (B, C, H, W) in [0, 1] to (B, K) outputs in [-1, 1].
 
 Every tracer kind shares one interface (`Tracer`), is registered in `TRACERS`, and is saved as
-safetensors with its kind and constructor config in the file's metadata, so that variants can be
+safetensors with its kind and constructor config in its card (advforensics.weights), so that variants can be
 compared on the same copies, attacks and examples.
 
 Kinds:
@@ -23,13 +23,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.errors import AdvForensicsError, CheckpointError, InputValidationError
 from advforensics.registry import Registry
 from advforensics.utils import check_images
+from advforensics.weights import load_weights, save_weights, state_tensors
 
 
 class Tracer(nn.Module):
@@ -246,42 +245,30 @@ def list_tracers() -> list[str]:
     return TRACERS.names()
 
 
+TRACER_FORMAT = "advforensics-tracer/2"
+
+
 def save_tracer(tracer: Tracer, path: str | Path) -> str:
-    """Write the tracer as safetensors (weights + kind/config/hash metadata); return its hash."""
+    """Write the tracer (advforensics.weights: weights + kind, config and content hash in the card);
+    return its content hash."""
     digest = tracer.content_hash()
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tracer.state_dict().items()}
-    metadata = {"kind": tracer.kind, "config": json.dumps(asdict(tracer.config)), "hash": digest}
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(target)
+    save_weights(path, state_tensors(tracer), {"format": TRACER_FORMAT, "kind": tracer.kind,
+                                               "config": asdict(tracer.config), "hash": digest})
     return digest
 
 
 def load_tracer(path: str | Path, expected_hash: str | None = None) -> Tracer:
     """Load a tracer written by `save_tracer`; a missing, corrupt or tampered file -> CheckpointError."""
-    from safetensors import safe_open
-
     source = Path(path)
-    if not source.is_file():
-        raise CheckpointError(f"tracer file not found: {source}")
+    tensors, card = load_weights(source, TRACER_FORMAT, "tracer")
     try:
-        with safe_open(str(source), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(source))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"cannot read tracer file {source}: {error}") from None
-    if "kind" not in metadata or "config" not in metadata:
-        raise CheckpointError(f"{source} is not a tracer file (no kind/config metadata)")
-    try:
-        tracer = create_tracer(metadata["kind"], **json.loads(metadata["config"]))
+        tracer = create_tracer(card["kind"], **card["config"])
         tracer.load_state_dict(tensors, strict=True)
-    except (RuntimeError, ValueError, KeyError, TypeError) as error:
+    except (RuntimeError, ValueError, KeyError, TypeError, AdvForensicsError) as error:
         raise CheckpointError(f"tracer file {source} does not match its config: {error}") from None
     tracer.eval()
     digest = tracer.content_hash()
-    if metadata.get("hash") != digest:
+    if card.get("hash") != digest:
         raise CheckpointError(f"tracer file {source} fails its content hash (tampered or corrupt)")
     if expected_hash is not None and digest != expected_hash:
         raise CheckpointError(f"tracer file {source} is not the tracer this record was made with")
