@@ -3,6 +3,8 @@ report in three forms, the chain of custody."""
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import json
 from pathlib import Path
@@ -34,6 +36,7 @@ def test_investigate_joins_attribution_and_tracing_with_custody(workspace: Path,
         assert example["attribution"]["attack"] and 0 <= example["attribution"]["attack_probability"] <= 1
         assert len(example["tracing"]["copy_confidences"]) == 3
     assert [c["copy"] for c in payload["copies"]] == [0, 1, 2]
+    assert all(c["null_confidence"] == round(1 - 0.01 / math.e, 6) for c in payload["copies"])  # 0.996321
     assert payload["summary"]["n_examples"] == len(kept) and payload["verdict"] == result.output.splitlines()[0]
     custody = {Path(f["path"]).name: f for f in payload["custody"]["files"]}
     for name in ("advs.npz", "record.json", "record.sig", "mtaa.safetensors", "seller.pub"):
@@ -100,3 +103,17 @@ def test_a_real_report_renders_in_headless_chromium(workspace: Path, tmp_path: P
     assert seen["errors"] == [] and seen["requests"] == [page.as_uri()] and seen["failed"] == {}
     assert seen["images"] and all(seen["images"])
     assert seen["screenshot"].startswith(b"\x89PNG")
+
+
+def test_null_level_holds_for_innocent_copies_under_dependence() -> None:
+    """The per-copy null level (e x the geometric mean of p-values is a p-value, Vovk and Wang 2020):
+    innocent copies' pooled confidence passes it at most 1% of the time, for independent examples and for
+    examples that are copies of one another (the worst dependence), where 0.99 alone would not hold."""
+    from advforensics.tracing.reports import LearnedReport
+
+    level = LearnedReport.null_confidence(0.01)
+    rng = np.random.default_rng(0)
+    independent = 1 - np.exp(np.log(rng.uniform(size=(20000, 10))).mean(1))
+    identical = 1 - rng.uniform(size=20000)  # ten copies of one example: the mean of equal logs
+    assert (independent >= level).mean() <= 0.01 and (identical >= level).mean() <= 0.01
+    assert (identical >= 0.99).mean() > (identical >= level).mean()

@@ -179,9 +179,9 @@ def _copies(tracing) -> list[dict[str, Any]] | None:  # type: ignore[no-untyped-
 
     if not isinstance(tracing, LearnedReport):
         return None
-    pooled, accused = tracing.copy_confidences(), tracing.accusations()
-    return [{"copy": j, "pooled_confidence": round(float(pooled[j]), 6), "accused_examples": int(accused[j])}
-            for j in range(tracing.num_copies)]
+    pooled, accused, null = tracing.copy_confidences(), tracing.accusations(), tracing.null_confidence()
+    return [{"copy": j, "pooled_confidence": round(float(pooled[j]), 6), "null_confidence": round(null, 6),
+             "accused_examples": int(accused[j])} for j in range(tracing.num_copies)]
 
 
 def _caveats(evidence: Evidence, model, seller, seller_key, tracing, examples) -> list[str]:  # type: ignore[no-untyped-def]

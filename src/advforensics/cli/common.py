@@ -185,6 +185,10 @@ json_option = click.option(
     "--json", "json_path", type=OutputFile(), default=None,
     help="Also write the measured figures as JSON to this file.",
 )
+seller_key_option = click.option(
+    "--seller-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="The seller's public key (KEY.pub from `trace keygen`): the record's signature must verify, else "
+         "nothing is traced. Without it an unsigned or unchecked record only warns.")
 seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 device_option = click.option("--device", default="auto", show_default=True,
                              help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.")

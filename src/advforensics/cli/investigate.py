@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsCommand, OutputDir, command_line, emit_json, json_option
+from advforensics.cli.common import ForensicsCommand, OutputDir, command_line, emit_json, json_option, seller_key_option
 
 
 @click.command("investigate", cls=ForensicsCommand)
@@ -15,8 +15,7 @@ from advforensics.cli.common import ForensicsCommand, OutputDir, command_line, e
               help="The seller record (`trace separate`): trace every image to the copy that made it.")
 @click.option("--attributor", "attributor_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="An attributor file (`attribution train`): name the attack, victim and strength of every image.")
-@click.option("--seller-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The seller's public key (KEY.pub): the record's signature must verify.")
+@seller_key_option
 @click.option("--threshold", type=float, default=0.99, show_default=True,
               help="Confidence at which a copy is accused.")
 @click.option("--out", "out_dir", required=True, type=OutputDir(),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsCommand, emit_json, json_option, seed_option
+from advforensics.cli.common import ForensicsCommand, emit_json, json_option, seed_option, seller_key_option
 from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, SCORE_RULES
 
@@ -22,9 +22,7 @@ from advforensics.tracing.names import DEFAULT_RULE, SCORE_RULES
                    f"formula rule, else {DEFAULT_RULE}).")
 @click.option("--threshold", type=float, default=0.99, show_default=True,
               help="learned rule: the probability at which a copy is accused.")
-@click.option("--seller-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The seller's public key (KEY.pub from `trace keygen`): the record's signature must verify, "
-                   "else nothing is traced. Without it an unsigned or unchecked record only warns.")
+@seller_key_option
 @seed_option
 @json_option
 def identify_cmd(record_dir: Path, examples_path: Path, show: int, rule: str | None, threshold: float,

@@ -155,7 +155,9 @@ def _html_copies(copies: Sequence[Payload] | None, traced: bool) -> str:
                     + (f'<td class="num">{_num(null, TRACE_DIGITS)}</td>' if has_null else "")
                     + f'<td class="num{" accused" if accused else ""}">{accused}</td></tr>')
     null_th = "<th>null</th>" if has_null else ""
-    legend = '<p class="legend">Red tick: the copy\'s null level. Shaded: copies with accused examples.</p>' \
+    legend = ('<p class="legend">Red tick: the null level, which an innocent copy\'s pooled confidence exceeds at '
+              'most 1% of the time however the examples depend on each other. Shaded: copies with accused '
+              'examples.</p>') \
         if has_null else '<p class="legend">Shaded: copies with accused examples.</p>'
     return (head + f'<table class="copies"><thead><tr><th>copy</th><th>pooled confidence</th>{null_th}'
             f"<th>accused examples</th></tr></thead><tbody>{''.join(rows)}</tbody></table>" + legend)

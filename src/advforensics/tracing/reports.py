@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,6 +260,14 @@ class LearnedReport:
         """(m,) pooled confidence of naming each copy against its null: one minus the geometric mean of
         the examples' error rates for that copy."""
         return 1.0 - self.false_alarm.clamp_min(1e-12).log().mean(0).exp()
+
+    @staticmethod
+    def null_confidence(level: float = 0.01) -> float:
+        """The pooled confidence an innocent copy exceeds with probability at most `level`, whatever the
+        dependence between the examples: e times the geometric mean of valid p-values is itself a valid
+        p-value (Vovk and Wang 2020, "Combining p-values via averaging"), so 1 - GM >= 1 - level / e
+        happens at most `level` of the time. One example alone would need only 1 - level."""
+        return 1.0 - level / math.e
 
     def groups(self) -> list[SourceGroup]:
         """One pooled group for the whole file when `one_source`, else one per named alternative."""
