@@ -148,3 +148,28 @@ def workspace(tmp_path_factory) -> Path:
     ok(["attribution", "train", "--corpus", str(root / "corpus"), "--epochs", "1", "--width", "4", "--max-steps",
         "2", "--no-progress", "--out", str(root / "mtaa.safetensors")])
     return root
+
+
+@pytest.fixture(scope="session")
+def attribution_workdir(tmp_path_factory, digits_data):
+    """Two zoo LeNets (different widths) trained briefly on digits, saved with cards, and a tiny grid."""
+    import json
+
+    from advforensics.models import create_model, save_model
+
+    root = tmp_path_factory.mktemp("attr-cli")
+    images, labels = digits_data
+    for i, width in enumerate((0.5, 1.0)):
+        model = create_model("lenet", num_classes=10, in_channels=1, image_size=8, width=width, seed=i)
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(3):
+            for batch in torch.randperm(len(images)).split(64):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
+                opt.step()
+        save_model(model.eval(), root / "zoo" / f"lenet-w{i}", {"data": "digits"})
+    grid = {"attacks": [{"name": "fgsm", "values": [40, 120]},
+                        {"name": "pgd-linf", "values": [40, 120], "params": {"steps": 3, "alpha_ratio": 0.5}}]}
+    (root / "grid.json").write_text(json.dumps(grid))
+    return root

@@ -89,7 +89,7 @@ def test_a_clean_image_folder_and_disagreement_caveats(workspace: Path, tmp_path
 def test_a_real_report_renders_in_headless_chromium(workspace: Path, tmp_path: Path) -> None:
     """The report of a real investigation (the workspace's evidence, record and attributor) in Debian's
     chromium with the network cut off: every image row shows, no console error, no request but the page."""
-    from test_investigation_report import open_in_chromium
+    from browser import open_in_chromium
 
     import advforensics as af
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from advforensics.cli.main import cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_readme_quick_start_names_the_make_targets_that_exist() -> None:

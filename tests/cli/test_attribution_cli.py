@@ -5,34 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 
 from advforensics.cli.main import cli
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory, digits_data):
-    """Two zoo LeNets (different widths) trained briefly on digits, saved with cards, and a tiny grid."""
-    from advforensics.models import create_model, save_model
-
-    root = tmp_path_factory.mktemp("attr-cli")
-    images, labels = digits_data
-    for i, width in enumerate((0.5, 1.0)):
-        model = create_model("lenet", num_classes=10, in_channels=1, image_size=8, width=width, seed=i)
-        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-        model.train()
-        for _ in range(3):
-            for batch in torch.randperm(len(images)).split(64):
-                opt.zero_grad()
-                torch.nn.functional.cross_entropy(model(images[batch]), labels[batch]).backward()
-                opt.step()
-        save_model(model.eval(), root / "zoo" / f"lenet-w{i}", {"data": "digits"})
-    grid = {"attacks": [{"name": "fgsm", "values": [40, 120]},
-                        {"name": "pgd-linf", "values": [40, 120], "params": {"steps": 3, "alpha_ratio": 0.5}}]}
-    (root / "grid.json").write_text(json.dumps(grid))
-    return root
 
 
 def _run(args):
@@ -40,8 +16,8 @@ def _run(args):
     return result
 
 
-def test_corpus_train_evaluate_predict_round_trip(workdir):
-    root = workdir
+def test_corpus_train_evaluate_predict_round_trip(attribution_workdir):
+    root = attribution_workdir
     r = _run(["attribution", "corpus", "--data", "digits", "--limit", "150", "--victims", str(root / "zoo"),
               "--grid", str(root / "grid.json"), "--out", str(root / "corpus"), "--no-progress",
               "--json", str(root / "corpus.json")])
@@ -104,7 +80,7 @@ def test_corpus_train_evaluate_predict_round_trip(workdir):
     assert r.exit_code == 2 and "cw-l2" in r.output and not (root / "x.safetensors").exists()
 
 
-def test_cli_errors(workdir, tmp_path):
+def test_cli_errors(attribution_workdir, tmp_path):
     (tmp_path / "empty").mkdir()
     r = _run(["attribution", "corpus", "--data", "digits", "--victims", str(tmp_path / "empty"), "--out", str(tmp_path / "c"),
               "--grid", "nonsense"])
@@ -113,21 +89,21 @@ def test_cli_errors(workdir, tmp_path):
               "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "manifest" in r.output
     if not torch.cuda.is_available():
-        r = _run(["attribution", "corpus", "--data", "digits", "--victims", str(workdir / "zoo"),
-                  "--grid", str(workdir / "grid.json"), "--out", str(tmp_path / "gpu"), "--device", "cuda"])
+        r = _run(["attribution", "corpus", "--data", "digits", "--victims", str(attribution_workdir / "zoo"),
+                  "--grid", str(attribution_workdir / "grid.json"), "--out", str(tmp_path / "gpu"), "--device", "cuda"])
         assert r.exit_code == 2 and "CUDA" in r.output and not (tmp_path / "gpu").exists()
     r = _run(["attribution", "--help"])
     assert r.exit_code == 0 and "Example" in r.output
 
 
-def test_side_features_train_evaluate_predict(workdir, tmp_path):
+def test_side_features_train_evaluate_predict(attribution_workdir, tmp_path):
     """--histogram --probe-victims: the model file carries the victims; other weights are refused."""
     import shutil
 
     from advforensics.attribution.corpus import load_corpus
     from advforensics.models import create_model, save_model
 
-    root = workdir
+    root = attribution_workdir
     corpus_dir = tmp_path / "corpus"
     r = _run(["attribution", "corpus", "--data", "digits", "--limit", "60", "--victims", str(root / "zoo"),
               "--grid", str(root / "grid.json"), "--out", str(corpus_dir), "--no-progress"])
@@ -168,30 +144,3 @@ def test_side_features_train_evaluate_predict(workdir, tmp_path):
               "--no-pe", "--probe-victims", str(other), "--no-progress"])
     assert r.exit_code == 2 and "not the model the corpus was made on" in r.output
     assert not (tmp_path / "bad.safetensors").exists()
-
-
-def test_experiment_runs_every_stage_then_resumes(workdir, tmp_path):
-    """The attribution study: corpus, MTAA + the single-task baselines + the control, errors, the tables;
-    a rerun reuses the corpus and every model."""
-    out = tmp_path / "exp"
-    args = ["attribution", "experiment", "--victims", str(workdir / "zoo"), "--data", "digits", "--limit", "60",
-            "--grid", str(workdir / "grid.json"), "--models", "mtaa,st-attack,st-victim,st-hyper,control",
-            "--epochs", "1", "--width", "4", "--max-steps", "3", "--out", str(out), "--json", str(tmp_path / "e.json")]
-    r = _run(args)
-    assert r.exit_code == 0, r.output
-    results = json.loads((out / "results.json").read_text())
-    assert results["study"] == "attribution" and results["corpus"]["examples"] > 0
-    assert set(results["train"]) == {"mtaa", "st-attack", "st-victim", "st-hyper", "control"}
-    assert 0.0 <= results["train"]["mtaa"]["attack_accuracy"] <= 1.0
-    assert set(results["errors"]["mtaa"]) == {"fgsm", "pgd-linf"}
-    tables = (out / "tables.md").read_text()
-    assert "Delta_MTL(mtaa vs single-task)" in tables and "fgsm: success (%)" in tables
-    for name in ("mtaa", "control"):
-        assert (out / "models" / f"{name}.safetensors").is_file() and (out / "metrics" / f"{name}.json").is_file()
-    weights = (out / "models" / "mtaa.safetensors").read_bytes()
-    r = _run(args + ["--overwrite"])
-    assert r.exit_code == 0, r.output
-    assert (out / "models" / "mtaa.safetensors").read_bytes() == weights  # reused, not retrained
-    assert json.loads((out / "results.json").read_text())["corpus"]["generated"] == 0
-    r = _run(args[:-2] + ["--models", "mtaa@9x9", "--json", str(tmp_path / "f.json")])
-    assert r.exit_code == 2 and "unknown model 'mtaa@9x9'" in r.output

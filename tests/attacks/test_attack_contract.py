@@ -1,6 +1,6 @@
 """One contract for every registered attack (timm's test_models.py habit).
 
-Parameters come from tests/attack_params_whitebox.py and tests/attack_params_hardlabel.py; an
+Parameters come from tests/attacks/attack_params_whitebox.py and tests/attacks/attack_params_hardlabel.py; an
 attack registered without an entry there fails here, so no attack goes untested.
 """
 
@@ -57,7 +57,7 @@ def test_param_files_do_not_overlap() -> None:
 
 @pytest.mark.parametrize("name", list_attacks())
 def test_every_attack_has_contract_params(name: str) -> None:
-    assert name in PARAMS, (f"attack {name!r} is registered but has no entry in tests/attack_params_*.py; "
+    assert name in PARAMS, (f"attack {name!r} is registered but has no entry in tests/attacks/attack_params_*.py; "
                             "add generous parameters there so the contract test covers it")
     unknown = set(PARAMS[name]) - set(_constructor_arguments(name))
     assert not unknown, f"{name}: PARAMS names arguments the constructor lacks: {sorted(unknown)}"
@@ -67,7 +67,7 @@ def test_every_attack_has_contract_params(name: str) -> None:
 def test_attack_contract(name: str, tiny_classifier: torch.nn.Module,
                          correct_batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     if name not in PARAMS:
-        pytest.fail(f"attack {name!r} has no entry in tests/attack_params_*.py")
+        pytest.fail(f"attack {name!r} has no entry in tests/attacks/attack_params_*.py")
     x, y = correct_batch
     x_before = x.clone()
     parameters_before = [p.detach().clone() for p in tiny_classifier.parameters()]

@@ -1,4 +1,4 @@
-"""Generous parameters of the hard-label attacks for tests/test_attack_contract.py (owned by the
+"""Generous parameters of the hard-label attacks for tests/attacks/test_attack_contract.py (owned by the
 hard-label engineer): PARAMS = {"attack-name": {"argument": value, ...}}.
 
 Budgets are small (a few hundred queries per 8x8 example) so the contract test stays fast; each still

@@ -1,4 +1,4 @@
-"""Generous parameters for the registry-driven contract test (tests/test_attack_contract.py).
+"""Generous parameters for the registry-driven contract test (tests/attacks/test_attack_contract.py).
 
 Budgets are large for the 8x8 digits so that the attacks succeed on most examples; steps are few
 so the test stays fast.
