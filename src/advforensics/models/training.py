@@ -52,6 +52,9 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
             raise InputValidationError("epochs, batch_size and eval_batch_size must be positive")
@@ -187,7 +190,6 @@ def train_model(model: nn.Module, train: ImageDatasetLike, test: ImageDatasetLik
     the same model and config is resumed (a state for another model/config raises CheckpointError).
     The model is left in eval mode.
     """
-    config.validate()
     x_train, y_train = as_tensors(train.images, train.labels)
     model_config = getattr(model, "config", None)
     _check_fits(model_config, x_train, y_train, "training")

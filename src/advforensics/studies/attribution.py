@@ -105,6 +105,9 @@ class AttributionStudyConfig:
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         for name in self.models:
             split_name(name)

@@ -1,8 +1,8 @@
 """The one shape of a study: a dataclass config, named stages in a fixed order, a cache, results.json
 and a report.
 
-A study checks its whole config before any work (`config.validate()`), runs the stages the config
-names in the study's own order, keeps every expensive intermediate (attack sets, corpora, trained
+A study's config is checked when it is made (its `__post_init__`), before any work. A study runs
+the stages the config names in the study's own order, keeps every expensive intermediate (attack sets, corpora, trained
 models) under OUT so that rerunning the same command resumes, rewrites OUT/results.json after each
 stage (an interrupted run keeps what it finished) and ends with the Markdown report (OUT/tables.md,
 plus plots) drawn from results.json alone, so a report can be rebuilt without rerunning anything.
@@ -44,7 +44,6 @@ class Study:
     stage_names: ClassVar[tuple[str, ...]]
 
     def __init__(self, config: Any, out_dir: str | Path, info: dict[str, Any] | None = None) -> None:
-        config.validate()
         unknown = set(config.stages) - set(self.stage_names)
         if unknown or not config.stages:
             raise InputValidationError(f"stages must be some of {', '.join(self.stage_names)}; got "

@@ -112,6 +112,9 @@ class TracingStudyConfig:
         for name in used:  # the attack's own checks of its budget, before any work
             create_attack(name, **{k: v for k, v in self.params_for(name).items() if k != "seed"})
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         self.check_attacks()
         if self.main_rule not in FORMULA_RULES:
@@ -119,7 +122,7 @@ class TracingStudyConfig:
         if not self.attacks:
             raise InputValidationError("no attacks given")
         for a in self.alphas + self.clean_alphas:
-            CopyParams(alpha=a, tau=self.tau).validate()
+            CopyParams(alpha=a, tau=self.tau)  # checks alpha and tau
         for name in ("per_source", "scaling_per_source", "control_examples", "calibration_images",
                      "fit_images", "peer_train_images", "peer_epochs"):
             if int(getattr(self, name)) < 1:
@@ -164,8 +167,6 @@ class TracingStudy(Study):
         the seed) calibrates the formula rules and fits the learned rule."""
         from advforensics.data import load_dataset
         from advforensics.models import load_model
-
-        config.validate()  # before any model or data loads
         model, _ = load_model(classifier)
         test = load_dataset(data, "test", data_dir=data_dir)
         train = load_dataset(data, "train", data_dir=data_dir)

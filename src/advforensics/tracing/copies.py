@@ -27,6 +27,9 @@ class CopyParams:
     alpha: float = 0.15
     tau: float = 2.0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if not (0.0 < float(self.alpha) <= 1.0):
             raise InputValidationError(f"alpha: must be in (0, 1], got {self.alpha}")
@@ -47,7 +50,6 @@ class ModelCopy(nn.Module):
     def __init__(self, classifier: nn.Module, tracer: Tracer, permutation: torch.Tensor,
                  params: CopyParams) -> None:
         super().__init__()
-        params.validate()
         perm = torch.as_tensor(permutation, dtype=torch.int64).reshape(1, -1)
         check_permutations(perm)
         if perm.shape[1] != tracer.num_outputs:
@@ -77,7 +79,6 @@ class CopySet(nn.Module):
     def __init__(self, classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor,
                  params: CopyParams) -> None:
         super().__init__()
-        params.validate()
         perms = torch.as_tensor(permutations, dtype=torch.int64)
         check_permutations(perms)
         if perms.shape[1] != tracer.num_outputs:

@@ -68,6 +68,9 @@ class MaskConfig:
     loss_weight: float = 1.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if not (0.0 < float(self.mask_fraction) < 1.0):
             raise InputValidationError(f"mask_fraction: must be in (0, 1), got {self.mask_fraction}")
@@ -143,7 +146,6 @@ class MaskedCopySet(nn.Module):
     def __init__(self, masks: torch.Tensor, fill: torch.Tensor, heads: list[nn.Module], trunk: nn.Module,
                  config: MaskConfig) -> None:
         super().__init__()
-        config.validate()
         if masks.dim() != 4 or masks.dtype != torch.bool or len(heads) != masks.shape[0]:
             raise InputValidationError("need masks (m, C, H, W) bool and one head per mask")
         if fill.shape != (masks.shape[1],):
@@ -212,7 +214,6 @@ def build_masked_copies(classifier: nn.Module, images: torch.Tensor, labels: tor
     """Make `num_copies` PEER copies of `classifier`: seeded random masks, each head fine-tuned on
     (images, labels) under its mask. `split` = (head, trunk) for networks other than the zoo LeNet
     (trunk(head(x)) must equal classifier(x)); they are deep-copied, never modified."""
-    config.validate()
     if not isinstance(num_copies, int) or num_copies < 1:
         raise InputValidationError(f"num_copies: must be an integer >= 1, got {num_copies}")
     check_images(images, "images")

@@ -85,6 +85,9 @@ class RandomTracerConfig:
     gain: float = 0.8  # g: keeps tanh out of saturation
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         _check_common(self.num_outputs, self.in_channels, self.image_size)
         if self.num_features < 1:
@@ -103,7 +106,6 @@ class RandomFeatureTracer(Tracer):
 
     def __init__(self, config: RandomTracerConfig | None = None, **kwargs: Any) -> None:
         config = config or RandomTracerConfig(**_tuple_size(kwargs))
-        config.validate()
         super().__init__(config)
         c, h, w = self.input_shape
         d = c * h * w
@@ -127,6 +129,9 @@ class VAETracerConfig:
     image_size: tuple[int, int] = (28, 28)
     width: int = 32  # channels of the first conv; later stages use 2x
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         _check_common(self.num_outputs, self.in_channels, self.image_size)
@@ -193,7 +198,6 @@ class VAETracer(Tracer):
 
     def __init__(self, config: VAETracerConfig | None = None, **kwargs: Any) -> None:
         config = config or VAETracerConfig(**_tuple_size(kwargs))
-        config.validate()
         super().__init__(config)
         torch.manual_seed(int(config.seed))
         w = config.width

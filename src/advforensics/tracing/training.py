@@ -49,6 +49,9 @@ class TraceTrainConfig:
     noise_scale: float = 0.1
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 2:
             raise InputValidationError("epochs must be >= 1 and batch_size >= 2")
@@ -101,7 +104,6 @@ def vae_loss(tracer: VAETracer, x: torch.Tensor, generator: torch.Generator) -> 
 def train_vae_tracer(tracer: VAETracer, images: torch.Tensor, config: TraceTrainConfig,
                      progress: bool = True) -> TraceTrainResult:
     """Train `tracer` in place on images (N, C, H, W) in [0, 1]; returns per-epoch loss means."""
-    config.validate()
     if not isinstance(tracer, VAETracer):
         raise InputValidationError("only the 'vae' tracer is trained; the 'random' tracer is used as drawn")
     tracer.check_input(images)
