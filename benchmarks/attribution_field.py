@@ -140,7 +140,7 @@ def cmd_delta_mtl(args: argparse.Namespace) -> None:
     import numpy as np
 
     from advforensics.attribution.corpus import attribution_splits
-    from advforensics.attribution.evaluate import predict_outputs
+    from advforensics.attribution.answers import predict_outputs
 
     corpus = load_corpus(args.corpus)
     models = Path(args.out) / "models"

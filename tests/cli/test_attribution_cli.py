@@ -42,6 +42,17 @@ def test_corpus_train_evaluate_predict_round_trip(attribution_workdir):
     metrics = json.loads((root / "eval.json").read_text())
     assert {"attack_accuracy", "victim_accuracy", "rmse", "flops_per_image"} <= set(metrics)
     assert (root / "report" / "attack_confusion.png").exists()
+    # Delta_MTL against the three single-task models
+    singles = []
+    for task in ("attack", "victim", "hyper"):
+        singles += ["--single-task", str(root / f"st-{task}.safetensors")]
+        r = _run(["attribution", "train", "--corpus", str(root / "corpus"), "--out", singles[-1], "--model",
+                  "single-task", "--task", task, "--epochs", "1", "--width", "4", "--max-steps", "2", "--no-progress"])
+        assert r.exit_code == 0, r.output
+    r = _run(["attribution", "evaluate", "--corpus", str(root / "corpus"), "--model", str(model), "--out",
+              str(root / "report-mtl"), *singles, "--json", str(root / "eval-mtl.json")])
+    assert r.exit_code == 0, r.output
+    assert isinstance(json.loads((root / "eval-mtl.json").read_text())["delta_mtl"], float)
     # predict from an npz of evidence, and the size check
     from advforensics.attribution.corpus import load_corpus
 

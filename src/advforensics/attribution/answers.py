@@ -1,6 +1,6 @@
-"""Attribution answers: an attributor's outputs turned into a family (or "not adversarial" / "unknown
-attack"), a victim architecture and a strength in its family's unit, with calibrated probabilities,
-by the open-set rule its card holds."""
+"""Attribution answers: an attributor's outputs on images (checked against its card's shape), turned
+into a family (or "not adversarial" / "unknown attack"), a victim architecture and a strength in its
+family's unit, with calibrated probabilities, by the open-set rule its card holds."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from advforensics.attribution.card import AttributorCard
 from advforensics.attribution.grid import KNOWN_ATTACKS
 from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN, OpenSetRule
 from advforensics.errors import InputValidationError
+from advforensics.utils import check_images, module_device
 from advforensics.vocab import Unit
 
 #: strength units as a user reads them
@@ -52,6 +53,39 @@ class Attribution:
         return out
 
 
+def check_input(card: AttributorCard, x: torch.Tensor) -> None:
+    """Images must match the attributor's channels and size (a wrong size is an error, not a resize)."""
+    c, h, w = card.image_shape
+    check_images(x, "images", channels=int(c), size=(int(h), int(w)))
+
+
+@torch.no_grad()
+def model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """attack_logits (B, A), victim_logits (B, V), hyper (B,), attack_features (B, F) where the model has them.
+
+    Runs on the model's device, a batch at a time; the outputs come back as CPU arrays.
+    """
+    model.eval()
+    device = module_device(model)
+    parts: dict[str, list[np.ndarray]] = {}
+    for chunk in x.split(batch_size):
+        out = model(chunk.to(device))
+        for key in ("attack_logits", "victim_logits", "hyper", "attack_features"):
+            if key in out:
+                parts.setdefault(key, []).append(out[key].float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def predict_outputs(model: nn.Module, card: AttributorCard, x: torch.Tensor, batch_size: int = 256
+                    ) -> dict[str, np.ndarray]:
+    """attack_probs (B, A), victim_probs (B, V), hyper (B,) where the model has those heads (uncalibrated)."""
+    check_input(card, x)
+    out = model_logits(model, x, batch_size)
+    probs = {"attack_logits": "attack_probs", "victim_logits": "victim_probs"}
+    return {probs.get(k, k): (torch.from_numpy(v).softmax(1).numpy() if k in probs else v) for k, v in out.items()
+            if k != "attack_features"}
+
+
 def open_set_rule(card: AttributorCard) -> OpenSetRule:
     """The card's rule; a card without one (no calibration split) abstains never, temperature 1."""
     payload = card.open_set
@@ -63,8 +97,6 @@ def open_set_rule(card: AttributorCard) -> OpenSetRule:
 def attribute(model: nn.Module, card: AttributorCard, x: torch.Tensor, score: str | None = None) -> Attribution:
     """Answers for images `x` (B, C, H, W) in [0, 1] of the card's channels and size; `score` overrides
     the card's abstention score."""
-    from advforensics.attribution.evaluate import check_input, model_logits
-
     check_input(card, x)
     return answer(model_logits(model, x), card, score)
 
@@ -100,4 +132,5 @@ def answer(out: dict[str, np.ndarray], card: AttributorCard, score: str | None =
                        attack_names=attack_names, victim_names=victim_names)
 
 
-__all__ = ["Attribution", "UNIT_NAMES", "answer", "attribute", "open_set_rule"]
+__all__ = ["Attribution", "UNIT_NAMES", "answer", "attribute", "check_input", "model_logits", "open_set_rule",
+           "predict_outputs"]

@@ -18,11 +18,12 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from advforensics.attribution.answers import check_input, model_logits, predict_outputs
 from advforensics.attribution.card import AttributorCard
 from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.grid import CLEAN
 from advforensics.errors import CheckpointError, InputValidationError
-from advforensics.utils import atomic_write_text, check_images, module_device, write_json
+from advforensics.utils import atomic_write_text, module_device, write_json
 from advforensics.reporting import markdown_table
 from advforensics.reporting.plots import plot_confusion
 
@@ -34,39 +35,6 @@ def _confusion(true: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[
     """(n_classes, n_classes) counts; a subset's split with one class is fine, so sklearn's warning is muted."""
     with warnings.catch_warnings(action="ignore", category=UserWarning):
         return confusion_matrix(true, pred, labels=range(n_classes)).tolist()
-
-
-def check_input(card: AttributorCard, x: torch.Tensor) -> None:
-    """Images must match the attributor's channels and size (a wrong size is an error, not a resize)."""
-    c, h, w = card.image_shape
-    check_images(x, "images", channels=int(c), size=(int(h), int(w)))
-
-
-@torch.no_grad()
-def model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """attack_logits (B, A), victim_logits (B, V), hyper (B,), attack_features (B, F) where the model has them.
-
-    Runs on the model's device, a batch at a time; the outputs come back as CPU arrays.
-    """
-    model.eval()
-    device = module_device(model)
-    parts: dict[str, list[np.ndarray]] = {}
-    for chunk in x.split(batch_size):
-        out = model(chunk.to(device))
-        for key in ("attack_logits", "victim_logits", "hyper", "attack_features"):
-            if key in out:
-                parts.setdefault(key, []).append(out[key].float().cpu().numpy())
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def predict_outputs(model: nn.Module, card: AttributorCard, x: torch.Tensor, batch_size: int = 256
-                    ) -> dict[str, np.ndarray]:
-    """attack_probs (B, A), victim_probs (B, V), hyper (B,) where the model has those heads (uncalibrated)."""
-    check_input(card, x)
-    out = model_logits(model, x, batch_size)
-    probs = {"attack_logits": "attack_probs", "victim_logits": "victim_probs"}
-    return {probs.get(k, k): (torch.from_numpy(v).softmax(1).numpy() if k in probs else v) for k, v in out.items()
-            if k != "attack_features"}
 
 
 def count_flops(model: nn.Module, card: AttributorCard) -> int:
@@ -228,8 +196,8 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return files
 
 
-__all__ = ["evaluate_attributor", "model_logits", "predict_outputs", "count_flops", "delta_mtl", "write_report",
-           "results_table", "false_alarm_table", "clean_class_rates", "check_input", "MTL_METRICS"]
+__all__ = ["evaluate_attributor", "count_flops", "delta_mtl", "write_report", "results_table", "false_alarm_table",
+           "clean_class_rates", "evaluate_files", "MTL_METRICS"]
 
 
 def evaluate_files(corpus_dir: str | Path, model_path: str | Path, out: str | Path, split: str = "test",
@@ -257,7 +225,7 @@ def evaluate_files(corpus_dir: str | Path, model_path: str | Path, out: str | Pa
             m, c = load_attributor(path)
             task_metrics = evaluate_attributor(m.to(target), c, corpus, split=split)
             for metric in ("attack_accuracy", "victim_accuracy", "rmse"):
-                if metric in task_metrics and len(c["config"]["tasks"]) == 1:
+                if metric in task_metrics and len(c.config["tasks"]) == 1:
                     single[metric] = task_metrics
         metrics["delta_mtl"] = delta_mtl(metrics, single)
     write_report(metrics, out)

@@ -218,7 +218,7 @@ def field_reports(model: nn.Module, card: AttributorCard, corpus: Corpus, *, spl
     (leave-one-family-out) meets the left-out family's test rows, whose right answer is "unknown".
     """
     from advforensics.attribution.corpus import attribution_splits
-    from advforensics.attribution.evaluate import model_logits
+    from advforensics.attribution.answers import model_logits
     from advforensics.evidence.transforms import reencode
 
     parent = card.subset or {}

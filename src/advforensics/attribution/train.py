@@ -330,7 +330,7 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
 def _fit_open_set(model: AttributorNet, corpus: Corpus, rows: np.ndarray, train_rows: np.ndarray, config: TrainConfig
                   ) -> OpenSetRule | None:
     """Temperatures and the abstention threshold on the calibration rows (openset.py)."""
-    from advforensics.attribution.evaluate import model_logits
+    from advforensics.attribution.answers import model_logits
 
     out = model_logits(model, corpus.float_images(rows))
     if "attack_logits" not in out:

@@ -27,8 +27,8 @@ import torch
 
 from advforensics.attribution.build import build_corpus
 from advforensics.attribution.corpus import MANIFEST, load_corpus, split_by_clean_image
-from advforensics.attribution.evaluate import (delta_mtl, evaluate_attributor, false_alarm_table, predict_outputs,
-                                              results_table, write_report)
+from advforensics.attribution.answers import predict_outputs
+from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, false_alarm_table, results_table, write_report
 from advforensics.attribution.card import load_attributor, save_attributor
 from advforensics.attribution.train import TrainConfig, load_backbone_data, train_attributor
 from advforensics.attribution.victims import load_victims
