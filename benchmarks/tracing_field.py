@@ -25,7 +25,8 @@ import torch
 from advforensics.data import load_dataset
 from advforensics.evidence.transforms import reencode
 from advforensics.tracing.calibration import Calibration
-from advforensics.tracing.field import REGIMES, control_row, control_table, regime_row, regime_table
+from advforensics.reporting.tracing_tables import control_table, regime_table
+from advforensics.tracing.field import REGIMES, control_row, regime_row
 from advforensics.tracing.learned import scorer_from_dict
 from advforensics.tracing.names import FORMULA_RULES
 from advforensics.tracing.record import load_copies

@@ -18,7 +18,8 @@ from advforensics.errors import CheckpointError, DataFileError, InputValidationE
 from advforensics.tracing.api import identify
 from advforensics.tracing.copies import CopyParams
 from advforensics.tracing.permutations import make_permutations
-from advforensics.tracing.record import load_copies, onnx_labels, read_record, separate, sign_existing_record
+from advforensics.tracing.record import load_copies, read_record, separate, sign_existing_record
+from advforensics.tracing.serving import onnx_labels
 from advforensics.tracing.signing import (fingerprint, generate_keypair, load_private_key, load_public_key,
                                           sign_record, verify_record)
 from advforensics.tracing.tracer import create_tracer

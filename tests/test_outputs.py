@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 import pytest
 
-from advforensics.cli.common import ForensicsCommand, OutputDir, OutputFile
+from advforensics.cli.common import ForensicsCommand
+from advforensics.cli.options import OutputDir, OutputFile
 from advforensics.cli.main import cli
 from advforensics.errors import InputValidationError
 from advforensics.outputs import OUTPUTS_FILE, OutputDirectory, check_not_input

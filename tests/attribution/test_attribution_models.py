@@ -11,8 +11,8 @@ import torch
 from advforensics.attribution.baselines import ablation_config, single_task_config
 from advforensics.attribution.corpus import load_corpus
 from advforensics.attribution.corpus_generation import CorpusConfig, generate_corpus
-from advforensics.attribution.evaluate import (clean_class_rates, delta_mtl, evaluate_attributor, false_alarm_table,
-                                              write_report)
+from advforensics.attribution.evaluate import clean_class_rates, delta_mtl, evaluate_attributor, write_report
+from advforensics.reporting.attribution_tables import false_alarm_table
 from advforensics.attribution.answers import attribute
 from advforensics.attribution.openset import NOT_ADVERSARIAL, UNKNOWN
 from advforensics.attribution.grid import AttackSpec, GridSpec

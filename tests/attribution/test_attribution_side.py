@@ -118,7 +118,7 @@ def test_per_attack_regression_trains_the_true_attack_and_answers_the_predicted_
 
 
 def test_results_table_separates_frozen_victims_from_trained_parameters():
-    from advforensics.attribution.evaluate import results_table
+    from advforensics.reporting.attribution_tables import results_table
 
     row = {"name": "no-pe+fx", "kind": "mtaa", "attack_accuracy": 0.5, "victim_accuracy": 0.25, "rmse": 7.0,
            "rmse_per_attack": {"fgsm": 7.0}, "n_params": 4_000_000, "n_trainable_params": 150_000,

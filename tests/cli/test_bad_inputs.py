@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from advforensics.cli.common import OutputDir, OutputFile
+from advforensics.cli.options import OutputDir, OutputFile
 from advforensics.cli.main import cli
 
 

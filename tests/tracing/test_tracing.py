@@ -22,10 +22,10 @@ from advforensics.tracing.record import (
     copyset_from_copies,
     identify_onnx,
     load_copies,
-    onnx_labels,
     read_record,
     separate,
 )
+from advforensics.tracing.serving import onnx_labels
 from advforensics.tracing.tracer import create_tracer, load_tracer, save_tracer
 
 

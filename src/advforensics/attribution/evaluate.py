@@ -18,13 +18,13 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from advforensics.attribution.answers import check_input, model_logits, predict_outputs
+from advforensics.attribution.answers import predict_outputs
 from advforensics.attribution.card import AttributorCard
 from advforensics.attribution.corpus import Corpus, split_by_clean_image
 from advforensics.attribution.grid import CLEAN
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.utils import atomic_write_text, module_device, write_json
-from advforensics.reporting import markdown_table
+from advforensics.reporting.attribution_tables import false_alarm_table, results_table
 from advforensics.reporting.plots import plot_confusion
 
 #: metric -> lower is better?
@@ -135,45 +135,6 @@ def delta_mtl(mtl: dict[str, Any], single: dict[str, dict[str, Any]]) -> float:
     return 100.0 * float(np.mean(terms))
 
 
-def results_table(rows: list[dict[str, Any]]) -> str:
-    """One row per evaluated model: name, attack %, victim %, RMSE, per-attack RMSE, params (all, and
-    trained), FLOPs."""
-
-    def percent(value: float | None) -> float | None:
-        return None if value is None else 100 * value
-
-    table = [{"model": r.get("name", r["kind"]),
-              "attack acc (%)": percent(r.get("attack_accuracy")),
-              "victim acc (%)": percent(r.get("victim_accuracy")),
-              "RMSE": r.get("rmse"),
-              "RMSE per attack": ", ".join(f"{k} {v:.2f}" for k, v in (r.get("rmse_per_attack") or {}).items()
-                                           if v is not None) or None,
-              "params": f"{r['n_params']:,}",
-              "trained params": f"{r.get('n_trainable_params', r['n_params']):,}",  # a probe's victims are frozen
-              "FLOPs/image": f"{r['flops_per_image']:,}"} for r in rows]
-    return markdown_table(table) + "\n"
-
-
-def false_alarm_table(rows: list[dict[str, Any]]) -> str:
-    """One row per model evaluated on a corpus with a clean class: clean images called attacked,
-    adversarial examples called clean (overall and per attack), next to the usual accuracies."""
-
-    def percent(value: float | None) -> str | None:
-        return None if value is None else f"{100 * value:.2f}"
-
-    table = []
-    for r in rows:
-        rates = r.get("false_alarm") or {}
-        table.append({"model": r.get("name", r["kind"]), "clean images": rates.get("n_clean"),
-                      "false alarms (%)": percent(rates.get("false_alarm_rate")),
-                      "adversarial called clean (%)": percent(rates.get("missed_rate")),
-                      "per attack": ", ".join(f"{k} {100 * v:.1f}" for k, v in
-                                              (rates.get("missed_per_attack") or {}).items() if v is not None) or None,
-                      "attack acc (%)": percent(r.get("attack_accuracy")),
-                      "victim acc (%)": percent(r.get("victim_accuracy")), "RMSE": r.get("rmse")})
-    return markdown_table(table) + "\n"
-
-
 def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
     """metrics.json, report.md and confusion PNGs in `out_dir`; returns the files written."""
     root = Path(out_dir)
@@ -196,7 +157,7 @@ def write_report(metrics: dict[str, Any], out_dir: str | Path) -> list[Path]:
     return files
 
 
-__all__ = ["evaluate_attributor", "count_flops", "delta_mtl", "write_report", "results_table", "false_alarm_table",
+__all__ = ["evaluate_attributor", "count_flops", "delta_mtl", "write_report",
            "clean_class_rates", "evaluate_files", "MTL_METRICS"]
 
 

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from advforensics.cli.common import ForensicsGroup, OutputFile, UserError, emit_json, json_option, seed_option
+from advforensics.cli.common import ForensicsGroup, UserError
+from advforensics.cli.options import OutputFile, emit_json, json_option, seed_option
 from advforensics.cli.params import attack_arguments, parse_param
 
 if TYPE_CHECKING:

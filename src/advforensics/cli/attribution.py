@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsGroup, OutputDir, device_option, emit_json, json_option, seed_option
+from advforensics.cli.common import ForensicsGroup
+from advforensics.cli.options import OutputDir, device_option, emit_json, json_option, seed_option
 
 
 @click.group("attribution", cls=ForensicsGroup)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsCommand, OutputDir, device_option, emit_json, json_option, seed_option
+from advforensics.cli.common import ForensicsCommand
+from advforensics.cli.options import OutputDir, device_option, emit_json, json_option, seed_option
 from advforensics.cli.params import comma_list
 from advforensics.vocab import AttributionStage
 

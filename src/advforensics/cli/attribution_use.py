@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsCommand, OutputDir, device_option, emit_json, json_option, seed_option
+from advforensics.cli.common import ForensicsCommand
+from advforensics.cli.options import OutputDir, device_option, emit_json, json_option, seed_option
 
 @click.command("evaluate", cls=ForensicsCommand)
 @click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False, path_type=Path))

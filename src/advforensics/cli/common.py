@@ -5,7 +5,7 @@
 - the output guard: options typed `OutputFile`/`OutputDir` are checked before the command runs (never an
   input, never an existing file without --overwrite, see advforensics.outputs), and every command that
   has one gets `--overwrite`;
-- `--json` for the measured figures.
+The option types and shared options are in options.py.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import click
 
+from advforensics.cli.options import OutputDir, OutputFile
 from advforensics.errors import AdvForensicsError
 
 
@@ -35,24 +36,6 @@ class InternalError(click.ClickException):
     """A bug, not the user's input: one line, exit code 1."""
 
     exit_code = 1
-
-
-class OutputFile(click.Path):
-    """A file the command writes (checked by the output guard). replaceable=False: never replaced, not even
-    with --overwrite (a private key)."""
-
-    def __init__(self, replaceable: bool = True) -> None:
-        super().__init__(dir_okay=False, path_type=Path)
-        self.replaceable = replaceable
-
-
-class OutputDir(click.Path):
-    """A directory the command writes into. managed: the library keeps its own manifest and lock there
-    (a corpus), so only the input overlap is checked here."""
-
-    def __init__(self, managed: bool = False) -> None:
-        super().__init__(file_okay=False, path_type=Path)
-        self.managed = managed
 
 
 def user_error(error: BaseException) -> click.ClickException:
@@ -181,19 +164,6 @@ class ForensicsGroup(click.Group):
         sys.exit(result if isinstance(result, int) else 0)
 
 
-json_option = click.option(
-    "--json", "json_path", type=OutputFile(), default=None,
-    help="Also write the measured figures as JSON to this file.",
-)
-seller_key_option = click.option(
-    "--seller-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="The seller's public key (KEY.pub from `trace keygen`): the record's signature must verify, else "
-         "nothing is traced. Without it an unsigned or unchecked record only warns.")
-seed_option = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-device_option = click.option("--device", default="auto", show_default=True,
-                             help="auto (a CUDA GPU when there is one), cpu, cuda or cuda:N.")
-
-
 def command_line(ctx: click.Context) -> str:
     """The command as a shell line, rebuilt from what click parsed (for a chain of custody)."""
     import shlex
@@ -213,13 +183,3 @@ def command_line(ctx: click.Context) -> str:
             for item in value if isinstance(value, tuple) else (value,):
                 words += [param.opts[0], str(item)]
     return shlex.join(words)
-
-
-def emit_json(json_path: Path | None, payload: dict[str, Any]) -> None:
-    if json_path is not None:
-        import logging
-
-        from advforensics.utils import write_json
-
-        write_json(json_path, payload)
-        logging.getLogger("advforensics").info("wrote %s", json_path)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsGroup, emit_json, json_option
+from advforensics.cli.common import ForensicsGroup
+from advforensics.cli.options import emit_json, json_option
 
 
 @click.group("data", cls=ForensicsGroup)

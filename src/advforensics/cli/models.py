@@ -10,7 +10,8 @@ from pathlib import Path
 import click
 
 from advforensics import __version__
-from advforensics.cli.common import ForensicsGroup, OutputFile, UserError, emit_json, json_option, seed_option
+from advforensics.cli.common import ForensicsGroup, UserError
+from advforensics.cli.options import OutputFile, emit_json, json_option, seed_option
 
 
 @click.group("models", cls=ForensicsGroup)

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from advforensics.cli.common import ForensicsGroup, OutputDir, OutputFile, emit_json, json_option, seed_option
+from advforensics.cli.common import ForensicsGroup
+from advforensics.cli.options import OutputDir, OutputFile, emit_json, json_option, seed_option
 from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES
 

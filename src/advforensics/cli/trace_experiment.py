@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsCommand, OutputDir, emit_json, json_option, seed_option
+from advforensics.cli.common import ForensicsCommand
+from advforensics.cli.options import OutputDir, emit_json, json_option, seed_option
 from advforensics.cli.params import comma_list, numbers, parse_param
 from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES

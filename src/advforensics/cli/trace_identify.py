@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from advforensics.cli.common import ForensicsCommand, emit_json, json_option, seed_option, seller_key_option
+from advforensics.cli.common import ForensicsCommand
+from advforensics.cli.options import emit_json, json_option, seed_option, seller_key_option
 from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, SCORE_RULES
 

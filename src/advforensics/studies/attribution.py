@@ -28,12 +28,12 @@ import torch
 from advforensics.attribution.build import build_corpus
 from advforensics.attribution.corpus import MANIFEST, load_corpus, split_by_clean_image
 from advforensics.attribution.answers import predict_outputs
-from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, false_alarm_table, results_table, write_report
+from advforensics.attribution.evaluate import delta_mtl, evaluate_attributor, write_report
 from advforensics.attribution.card import load_attributor, save_attributor
 from advforensics.attribution.train import TrainConfig, load_backbone_data, train_attributor
 from advforensics.attribution.victims import load_victims
 from advforensics.errors import InputValidationError
-from advforensics.reporting.tables import markdown_table
+from advforensics.reporting.attribution_tables import corpus_report, false_alarm_table, results_table
 from advforensics.studies.base import Study
 from advforensics.utils import write_json
 from advforensics.vocab import AttributionStage
@@ -232,38 +232,6 @@ def models_report(rows: dict[str, dict[str, Any]]) -> str:
     if scaled:
         text += "\n## Scalability (subsets of the corpus)\n\n" + results_table(scaled)
     return text
-
-
-def corpus_report(manifest: dict[str, Any]) -> str:
-    """Success per grid cell (victims x values, per attack; C&W also the share that reached kappa) and
-    generation throughput per victim x attack."""
-    cells, victims = manifest["cells"], manifest["victims"]
-    parts = []
-    for spec in manifest["grid"]["attacks"]:
-        cw = spec["name"] == "cw-l2"
-        rows = []
-        for victim in victims:
-            by_value = {c["hyper"]: c for c in cells if c["victim"] == victim and c["attack"] == spec["name"]}
-            row: dict[str, Any] = {"victim": victim}
-            for v in spec["values"]:
-                c = by_value.get(v)
-                if c is None:
-                    row[f"{v:g}"] = "-"
-                    continue
-                row[f"{v:g}"] = f"{100 * c['success_rate']:.0f}" + (
-                    f" ({100 * c['reached'] / c['attempted']:.0f})" if cw and c["attempted"] else "")
-            rows.append(row)
-        title = f"## {spec['name']}: success (%)" + (", reached kappa (%) in brackets" if cw else "")
-        parts.append(title + "\n\n" + markdown_table(rows))
-    names = [spec["name"] for spec in manifest["grid"]["attacks"]]
-    throughput = [{"victim": victim, **{t["attack"]: t["images_per_s"] for t in manifest["throughput"]
-                                         if t["victim"] == victim and t["attack"] in names}} for victim in victims]
-    n = sum(int(e["n_examples"]) for e in manifest["units"].values())
-    seconds = sum(float(e.get("seconds", 0.0)) for e in manifest["units"].values())
-    parts.append("## Throughput (attacked images x hyperparameter values per second, 8-bit re-check included)\n\n"
-                 + markdown_table(throughput, digits=1) + f"\n{n} examples, {seconds:.0f} s of generation summed "
-                 "over units")
-    return "\n\n".join(parts)
 
 
 __all__ = ["AttributionStudy", "AttributionStudyConfig", "SCALES", "VARIANTS", "split_name"]

@@ -416,6 +416,6 @@ class TracingStudy(Study):
         return {"robustness_cost": robustness_cost(results)}
 
     def report(self, results: dict[str, Any]) -> tuple[str, list[Path]]:
-        from advforensics.studies.tracing_report import markdown_report, write_plots
+        from advforensics.reporting.tracing_tables import markdown_report, write_plots
 
         return markdown_report(results), write_plots(results, self.out_dir / "plots")

@@ -21,8 +21,7 @@ from advforensics.tracing.behaviours import low_pass, transfer_seeking
 from advforensics.tracing.calibration import Calibration, confidence_from_false_alarm
 from advforensics.tracing.copies import CopySet
 from advforensics.tracing.reports import CONFIDENT, LearnedReport, trace_learned, trace_scores
-from advforensics.tracing.names import FORMULA_RULES, SCORE_RULES
-from advforensics.reporting.tables import markdown_table
+from advforensics.tracing.names import FORMULA_RULES
 from advforensics.tracing.scores import rule_scores
 from advforensics.utils import wilson_interval
 
@@ -194,41 +193,3 @@ def control_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[st
             hits += any(grp.source is not None and grp.confidence >= CONFIDENT for grp in report.subset(g).groups())
         row.pooled10_confident["learned"] = hits / groups
     return row
-
-
-RULES = SCORE_RULES  # the formula rules, then "learned"
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def regime_table(rows: list[dict[str, Any]], roles: dict[str, str] | None = None) -> str:
-    """Markdown: one line per evidence x regime, accuracy (%) of every rule on the traced rows, the
-    learned rule's interval, pooled-5 accuracy, accusations, "none" answers, and the accuracy on the
-    rows that still fool some copy."""
-    roles = roles or {}
-    out = []
-    for r in rows:
-        learned = r["rules"].get("learned", {})
-        tag = f" ({roles[r['evidence']]})" if r["evidence"] in roles else ""
-        out.append({
-            "evidence": r["evidence"] + tag, "regime": r["regime"], "traced / crafted": f"{r['n']}/{r['attacked']}",
-            "fools own / another": f"{_pct(r['still_fools_source'])} / {_pct(r['fools_another'])}",
-            **{rule: _pct(r["rules"][rule]["accuracy"]) if rule in r["rules"] else "-" for rule in RULES},
-            "learned 95% CI": "[{:.1f}, {:.1f}]".format(*(100 * v for v in learned["ci95"])) if learned else "-",
-            "learned pooled 5": _pct(learned.get("pooled5_accuracy")),
-            "accused >= 0.99 (wrong)": f"{_pct(learned.get('confident_share'))} ({learned.get('confident_wrong')})"
-            if learned else "-",
-            "none": _pct(r["none_share"]) if learned else "-",
-            "still fooling a copy: n, proximity / learned": f"{r['still_fooling']}: "
-            f"{_pct(r['still_fooling_accuracy'].get('proximity'))} / {_pct(r['still_fooling_accuracy'].get('learned'))}"})
-    return markdown_table(out)
-
-
-def control_table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: share of control examples accused at >= 0.99, per example and over pooled groups of 10."""
-    return markdown_table([{"control": r["evidence"], "n": r["n"],
-                            **{f"{rule} accused": _pct(r["confident"].get(rule)) for rule in RULES},
-                            **{f"{rule} pooled-10 accused": _pct(r["pooled10_confident"].get(rule)) for rule in RULES},
-                            "learned: none": _pct(r["none_share"])} for r in rows])

@@ -1,5 +1,6 @@
-"""Markdown tables and plots from a tracing study's results.json (see studies/tracing.py); the figures
-themselves are drawn by advforensics.reporting.plots."""
+"""Markdown tables and plots of tracing results: the tracing study's results.json (studies/tracing.py)
+and the field study's regime and control rows (tracing/field.py), rendered from the numbers alone; the
+figures themselves are drawn by advforensics.reporting.plots."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 from advforensics.reporting.plots import plot_accuracy_vs_copies, plot_score_histograms
 from advforensics.reporting.tables import markdown_table
-from advforensics.tracing.field import regime_table
-from advforensics.tracing.names import FORMULA_RULES
+from advforensics.vocab import ScoreRule
+
+FORMULA_RULES = tuple(r.value for r in ScoreRule if r.is_formula)
+RULES = ScoreRule.values()  # the formula rules, then "learned"
 
 
 def _pct(value: float | None) -> float | None:
@@ -159,3 +162,38 @@ def write_plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             {rule: [r["rules"][rule]["accuracy"] for r in scaling] for rule in FORMULA_RULES},
             [r["chance"] for r in scaling], out_dir / "fig4b_accuracy_vs_copies.png"))
     return written
+
+
+def _pct1(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def regime_table(rows: list[dict[str, Any]], roles: dict[str, str] | None = None) -> str:
+    """Markdown: one line per evidence x regime, accuracy (%) of every rule on the traced rows, the
+    learned rule's interval, pooled-5 accuracy, accusations, "none" answers, and the accuracy on the
+    rows that still fool some copy."""
+    roles = roles or {}
+    out = []
+    for r in rows:
+        learned = r["rules"].get("learned", {})
+        tag = f" ({roles[r['evidence']]})" if r["evidence"] in roles else ""
+        out.append({
+            "evidence": r["evidence"] + tag, "regime": r["regime"], "traced / crafted": f"{r['n']}/{r['attacked']}",
+            "fools own / another": f"{_pct1(r['still_fools_source'])} / {_pct1(r['fools_another'])}",
+            **{rule: _pct1(r["rules"][rule]["accuracy"]) if rule in r["rules"] else "-" for rule in RULES},
+            "learned 95% CI": "[{:.1f}, {:.1f}]".format(*(100 * v for v in learned["ci95"])) if learned else "-",
+            "learned pooled 5": _pct1(learned.get("pooled5_accuracy")),
+            "accused >= 0.99 (wrong)": f"{_pct1(learned.get('confident_share'))} ({learned.get('confident_wrong')})"
+            if learned else "-",
+            "none": _pct1(r["none_share"]) if learned else "-",
+            "still fooling a copy: n, proximity / learned": f"{r['still_fooling']}: "
+            f"{_pct1(r['still_fooling_accuracy'].get('proximity'))} / {_pct1(r['still_fooling_accuracy'].get('learned'))}"})
+    return markdown_table(out)
+
+
+def control_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: share of control examples accused at >= 0.99, per example and over pooled groups of 10."""
+    return markdown_table([{"control": r["evidence"], "n": r["n"],
+                            **{f"{rule} accused": _pct1(r["confident"].get(rule)) for rule in RULES},
+                            **{f"{rule} pooled-10 accused": _pct1(r["pooled10_confident"].get(rule)) for rule in RULES},
+                            "learned: none": _pct1(r["none_share"])} for r in rows])
