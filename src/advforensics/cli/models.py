@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
-import time
 from pathlib import Path
 
 import click
@@ -92,57 +90,26 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
     """
     import torch
 
-    from advforensics.data import load_dataset
-    from advforensics.models import (
-        count_parameters, create_model, default_train_config, read_card, save_model, train_model, weights_paths,
-    )
-    from advforensics.models.serialization import state_exists
+    from advforensics.models import count_parameters, read_card
+    from advforensics.models.zoo_training import train_zoo_model
 
     if threads is not None:
         if threads < 1:
             raise UserError("--threads must be >= 1")
         torch.set_num_threads(threads)
-    weights_path, _ = weights_paths(out)
-    state_path = out.with_name(out.name + ".train-state")
-    has_state = state_exists(state_path)
-    if weights_path.exists() and not (overwrite or (resume and has_state)):
-        raise UserError(f"{weights_path} exists; pass --overwrite to replace it"
-                        + ("" if has_state else " (there is no training state to --resume from)"))
-    if not resume:
-        for suffix in (".json", ".safetensors"):
-            state_path.with_name(state_path.name + suffix).unlink(missing_ok=True)
-    train = load_dataset(data_name, split="train", data_dir=data_dir, limit=limit)
-    test = load_dataset(data_name, split="test", data_dir=data_dir)
-    channels, height, _ = train.info.shape
-    model = create_model(model_name, num_classes=len(train.info.classes), in_channels=channels,
-                         image_size=height, width=width, seed=seed)
-    config = default_train_config(model_name, epochs=epochs, batch_size=batch_size, lr=lr, shift=shift,
-                                  seed=seed)
-    started = time.perf_counter()
-    result = train_model(model, train, test, config, checkpoint_path=state_path, progress=progress)
-    wall = time.perf_counter() - started
-    card = {
-        "dataset": {"name": train.info.name, "sha256": train.info.sha256, "num_train": len(train.labels),
-                    "test_sha256": test.info.sha256, "num_test": len(test.labels), "limit": limit},
-        "test_accuracy": result.test_accuracy,
-        "seed": seed,
-        "train_config": config.to_dict(),
-        "train_seconds": result.train_seconds,
-        "train_cpu_seconds": result.cpu_seconds,
-        "history": result.history,
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "machine": platform.machine(),
-    }
-    save_model(model, out, card, overwrite=overwrite or resume)
-    payload = {"model": model_name, "width": model.config.width, "data": train.info.name,
+    run = train_zoo_model(model_name, data_name, out, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
+                          width=width, shift=shift, limit=limit, resume=resume, overwrite=overwrite,
+                          progress=progress, seed=seed)
+    model, config, result, weights_path = run.model, run.config, run.result, run.weights_path
+    payload = {"model": model_name, "width": model.config.width, "data": run.card["dataset"]["name"],
                "params": count_parameters(model), "epochs": config.epochs, "shift": config.shift,
                "seed": seed, "revision": model.config.revision,
                "test_accuracy": result.test_accuracy, "train_seconds": result.train_seconds,
-               "train_cpu_seconds": result.cpu_seconds, "wall_seconds_this_session": wall, "resumed_from_epoch": result.resumed_from_epoch,
-               "threads": torch.get_num_threads(), "weights": str(weights_path),
-               "weights_sha256": read_card(weights_path)["weights_sha256"], "advforensics_version": __version__}
-    click.echo(f"{model_name} on {train.info.name}: test accuracy {result.test_accuracy:.4f} after "
+               "train_cpu_seconds": result.cpu_seconds, "wall_seconds_this_session": run.wall_seconds,
+               "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),
+               "weights": str(weights_path), "weights_sha256": read_card(weights_path)["weights_sha256"],
+               "advforensics_version": __version__}
+    click.echo(f"{model_name} on {payload['data']}: test accuracy {result.test_accuracy:.4f} after "
                f"{config.epochs} epochs, {result.train_seconds:.0f} s training -> {weights_path}")
     emit_json(json_path, payload)
 

@@ -31,10 +31,11 @@ from advforensics.models.training import (
     predict,
     train_model,
 )
+from advforensics.models.zoo_training import ZooTraining, train_zoo_model
 
 __all__ = [
     "MODELS", "ModelConfig", "ZooModel", "build_model", "count_parameters", "create_model",
     "default_width", "list_models", "load_model", "read_card", "save_model", "weights_paths",
     "DEFAULT_TRAIN_CONFIGS", "TrainConfig", "TrainResult", "default_train_config", "evaluate",
-    "predict", "train_model",
+    "predict", "train_model", "ZooTraining", "train_zoo_model",
 ]
