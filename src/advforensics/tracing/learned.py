@@ -93,6 +93,8 @@ class SimulatedSet:
     target: torch.Tensor  # (N,)
     group: torch.Tensor  # (N,) index of the clean image (for splitting without leaks)
     kind: list[str] = field(default_factory=list)  # per row: "<model>/<behaviour>/<re-encoding>"
+    copy_names: tuple[str, ...] = COPY_FEATURES  # what the columns of `features` are
+    context_names: tuple[str, ...] = CONTEXT_FEATURES
 
 
 def _behave(copies: CopySet, model: nn.Module, behaviour: str, source: torch.Tensor, x0: torch.Tensor,
@@ -192,10 +194,17 @@ def simulate(copies: CopySet, images: torch.Tensor, labels: torch.Tensor,
 
 
 class LearnedScorer(nn.Module):
-    """Scores (B, m + 1): one shared network per copy, and a "none of these copies" alternative."""
+    """Scores (B, m + 1): one shared network per copy, and a "none of these copies" alternative.
+    `copy_names` / `context_names`: the features it reads (scores.COPY_FEATURES and CONTEXT_FEATURES
+    by default; a rule stored with the 11 + 6 features of earlier records reads those alone)."""
 
-    def __init__(self, copy_inputs: int, context_inputs: int, hidden: int = 32) -> None:
+    def __init__(self, copy_inputs: int, context_inputs: int, hidden: int = 32,
+                 copy_names: tuple[str, ...] | None = None, context_names: tuple[str, ...] | None = None) -> None:
         super().__init__()
+        self.copy_names = tuple(copy_names) if copy_names is not None else COPY_FEATURES[:copy_inputs]
+        self.context_names = tuple(context_names) if context_names is not None else CONTEXT_FEATURES[:context_inputs]
+        if len(self.copy_names) != copy_inputs or len(self.context_names) != context_inputs:
+            raise InputValidationError("a learned scorer's feature names must match its input sizes")
         self.copy_net = nn.Sequential(nn.Linear(copy_inputs + context_inputs, hidden), nn.ReLU(),
                                       nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.none_net = nn.Sequential(nn.Linear(context_inputs + 3, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -229,11 +238,28 @@ class FitConfig:
     weight_decay: float = 1e-4
     holdout: float = 0.2  # share of clean images whose examples fit the temperature
     seed: int = 0
+    copy_features: tuple[str, ...] = COPY_FEATURES  # which of the simulated features the rule reads
+    context_features: tuple[str, ...] = CONTEXT_FEATURES
+
+
+def _select(data: SimulatedSet, copy_names: tuple[str, ...], context_names: tuple[str, ...]) -> SimulatedSet:
+    """The simulated set with only the named feature columns, in that order."""
+    if copy_names == data.copy_names and context_names == data.context_names:
+        return data
+    missing = [n for n in copy_names if n not in data.copy_names] + [
+        n for n in context_names if n not in data.context_names]
+    if missing:
+        raise InputValidationError(f"the simulated set has no features {missing}")
+    return SimulatedSet(features=data.features[:, :, [data.copy_names.index(n) for n in copy_names]],
+                        context=data.context[:, [data.context_names.index(n) for n in context_names]],
+                        target=data.target, group=data.group, kind=data.kind, copy_names=copy_names,
+                        context_names=context_names)
 
 
 def fit_learned_rule(data: SimulatedSet, config: FitConfig | None = None) -> LearnedScorer:
     """Train the scorer on simulated evidence, then fit its temperature on held-out images."""
     config = config or FitConfig()
+    data = _select(data, tuple(config.copy_features), tuple(config.context_features))
     gen = torch.Generator().manual_seed(config.seed)
     groups = data.group.unique()
     held = groups[torch.randperm(len(groups), generator=gen)[: max(1, int(config.holdout * len(groups)))]]
@@ -242,7 +268,8 @@ def fit_learned_rule(data: SimulatedSet, config: FitConfig | None = None) -> Lea
     if len(train) == 0 or len(tune) == 0:
         raise InputValidationError("too few simulated examples to fit the learned rule")
     torch.manual_seed(config.seed)
-    model = LearnedScorer(data.features.shape[2], data.context.shape[1], config.hidden)
+    model = LearnedScorer(data.features.shape[2], data.context.shape[1], config.hidden, data.copy_names,
+                          data.context_names)
     flat = data.features[train].flatten(0, 1)
     model.copy_mean.copy_(flat.mean(0))
     model.copy_std.copy_(flat.std(0).clamp_min(1e-3))
@@ -284,7 +311,7 @@ def fit_learned_rule(data: SimulatedSet, config: FitConfig | None = None) -> Lea
 
 def scorer_to_dict(model: LearnedScorer, info: dict[str, Any] | None = None) -> dict[str, Any]:
     """The scorer as JSON-safe numbers (stored inside the seller record)."""
-    return {"format": LEARNED_FORMAT, "copy_features": list(COPY_FEATURES), "context_features": list(CONTEXT_FEATURES),
+    return {"format": LEARNED_FORMAT, "copy_features": list(model.copy_names), "context_features": list(model.context_names),
             "hidden": int(model.copy_net[0].out_features),
             "state": {k: v.tolist() for k, v in model.state_dict().items()}, "info": dict(info or {})}
 
@@ -293,10 +320,16 @@ def scorer_from_dict(payload: dict[str, Any]) -> LearnedScorer:
     """Rebuild a stored scorer; a record from another feature set or a damaged one -> CheckpointError."""
     if payload.get("format") != LEARNED_FORMAT:
         raise CheckpointError("the record's learned rule has an unknown format")
-    if payload.get("copy_features") != list(COPY_FEATURES) or payload.get("context_features") != list(CONTEXT_FEATURES):
+    copy_names, context_names = payload.get("copy_features"), payload.get("context_features")
+    state = payload.get("state") or {}
+    if (not isinstance(copy_names, list) or not isinstance(context_names, list)
+            or any(n not in COPY_FEATURES for n in copy_names) or any(n not in CONTEXT_FEATURES for n in context_names)
+            or len(state.get("copy_mean", ())) != len(copy_names)
+            or len(state.get("context_mean", ())) != len(context_names)):
         raise CheckpointError("the record's learned rule was fitted on other features; refit it (trace separate)")
-    model = LearnedScorer(len(COPY_FEATURES), len(CONTEXT_FEATURES), int(payload["hidden"]))
     try:
+        model = LearnedScorer(len(copy_names), len(context_names), int(payload["hidden"]), tuple(copy_names),
+                              tuple(context_names))
         state = {k: torch.tensor(v, dtype=torch.float32) for k, v in payload["state"].items()}
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
