@@ -13,6 +13,11 @@ make examples of every regime itself and learn how the per-copy features combine
 - `LearnedScorer` scores each copy with one small network shared by all copies (so it is
   permutation-equivariant and takes any number of copies), and adds a "none" alternative scored
   from the shared context; a softmax over the m + 1 alternatives gives probabilities.
+  Its features (scores.py) read the one shared pass, and C's label on the contrast-stretched
+  example (`scores.squeeze`): once an example is pushed so far that C itself is fooled, that label is
+  still the clean class, so the tracer difference of the class pair the attack rode stays readable.
+  A rule stores the names of the features it reads; rules stored before the squeezed features read
+  the first 11 + 6 alone (and need no second pass of C).
 - `fit_learned_rule` trains it, then fits a temperature on held-out simulated images.
 
 An accusation needs two keys (reports.py): the learned probability, and a formula rule that names
