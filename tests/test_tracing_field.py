@@ -136,7 +136,7 @@ def test_learned_rule_traces_fresh_boundary_points_and_rejects_clean_images(copi
                                                                            digits_data) -> None:
     _, scorer = fitted
     _, x, _, sources = boundary_set
-    features, context = copy_features(copies, x)
+    features, context = copy_features(copies, x, copy_names=scorer.copy_names, context_names=scorer.context_names)
     with torch.no_grad():
         probs = scorer(features, context)
     assert torch.allclose(probs.sum(1), torch.ones(len(x)), atol=1e-5)
@@ -167,7 +167,8 @@ def test_learned_rule_round_trips_as_json_and_refuses_other_features(fitted, cop
     _, scorer = fitted
     payload = json.loads(json.dumps(scorer_to_dict(scorer)))
     again = scorer_from_dict(payload)
-    features, context = copy_features(copies, boundary_set[1])
+    features, context = copy_features(copies, boundary_set[1], copy_names=scorer.copy_names,
+                                      context_names=scorer.context_names)
     with torch.no_grad():
         assert torch.allclose(again(features, context), scorer(features, context), atol=1e-6)
     payload["copy_features"] = payload["copy_features"][:-1]
@@ -211,21 +212,25 @@ def test_squeezed_label_names_the_clean_class_of_an_example_that_fools_c(copies,
         copy_features(copies, pushed, copy_names=("no_such",))
 
 
-def test_a_rule_fitted_on_the_earlier_features_still_loads_and_reads_those_alone(copies, fitted,
-                                                                               boundary_set) -> None:
-    """Records fitted before the squeezed features (11 + 6 features) keep tracing, with no squeeze pass."""
-    data, _ = fitted
-    scorer = fit_learned_rule(data, FitConfig(epochs=5, seed=0, copy_features=BASE_COPY_FEATURES,
-                                              context_features=BASE_CONTEXT_FEATURES))
-    payload = json.loads(json.dumps(scorer_to_dict(scorer)))
-    assert payload["copy_features"] == list(BASE_COPY_FEATURES)
-    again = scorer_from_dict(payload)
-    assert again.copy_names == BASE_COPY_FEATURES and again.context_names == BASE_CONTEXT_FEATURES
+def test_the_feature_set_is_stored_with_the_rule_and_read_back(copies, fitted, boundary_set) -> None:
+    """The default rule reads the base features (the one shared pass, as records made before the choice
+    existed); a "squeezed" rule reads every feature. Each round-trips and traces with its own set."""
+    data, base = fitted
+    assert base.copy_names == BASE_COPY_FEATURES and base.context_names == BASE_CONTEXT_FEATURES
+    squeezed = fit_learned_rule(data, FitConfig(epochs=5, seed=0, features="squeezed"))
+    assert squeezed.copy_names == COPY_FEATURES and squeezed.context_names == CONTEXT_FEATURES
     x = boundary_set[1]
-    report = trace_learned(copies, again, x)
-    features, context = copy_features(copies, x, copy_names=BASE_COPY_FEATURES, context_names=BASE_CONTEXT_FEATURES)
-    with torch.no_grad():
-        assert torch.allclose(report.probabilities, scorer(features, context), atol=1e-6)
+    for scorer, (names, context_names) in ((base, (BASE_COPY_FEATURES, BASE_CONTEXT_FEATURES)),
+                                           (squeezed, (COPY_FEATURES, CONTEXT_FEATURES))):
+        payload = json.loads(json.dumps(scorer_to_dict(scorer)))
+        assert payload["copy_features"] == list(names)
+        again = scorer_from_dict(payload)
+        report = trace_learned(copies, again, x)
+        features, context = copy_features(copies, x, copy_names=names, context_names=context_names)
+        with torch.no_grad():
+            assert torch.allclose(report.probabilities, scorer(features, context), atol=1e-6)
+    with pytest.raises(InputValidationError, match="features must be one of"):
+        FitConfig(features="everything")
 
 
 def test_cli_separate_fits_the_learned_rule_and_identify_uses_it(tmp_path: Path, zoo_classifier,

@@ -13,11 +13,12 @@ make examples of every regime itself and learn how the per-copy features combine
 - `LearnedScorer` scores each copy with one small network shared by all copies (so it is
   permutation-equivariant and takes any number of copies), and adds a "none" alternative scored
   from the shared context; a softmax over the m + 1 alternatives gives probabilities.
-  Its features (scores.py) read the one shared pass, and C's label on the contrast-stretched
-  example (`scores.squeeze`): once an example is pushed so far that C itself is fooled, that label is
-  still the clean class, so the tracer difference of the class pair the attack rode stays readable.
-  A rule stores the names of the features it reads; rules stored before the squeezed features read
-  the first 11 + 6 alone (and need no second pass of C).
+  Its features (scores.py) read the one shared pass ("base", the default); the "squeezed" set
+  (`FitConfig.features`) also reads C's label on the contrast-stretched example (`scores.squeeze`):
+  once an example is pushed so far that C itself is fooled, that label is still the clean class, so
+  the tracer difference of the class pair the attack rode stays readable. It costs one more pass of
+  C per traced example. A rule stores the names of the features it reads (records made before the
+  choice existed hold the base set).
 - `fit_learned_rule` trains it, then fits a temperature on held-out simulated images.
 
 An accusation needs two keys (reports.py): the learned probability, and a formula rule that names
@@ -41,7 +42,7 @@ from advforensics.evidence.transforms import reencode
 from advforensics.tracing.behaviours import along, low_pass, transfer_seeking
 from advforensics.tracing.calibration import boundary_points, min_norm_points
 from advforensics.tracing.copies import CopySet
-from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_features
+from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, FEATURE_SETS, copy_features
 from advforensics.tracing.tracer import create_tracer
 
 log = logging.getLogger(__name__)
@@ -243,8 +244,14 @@ class FitConfig:
     weight_decay: float = 1e-4
     holdout: float = 0.2  # share of clean images whose examples fit the temperature
     seed: int = 0
-    copy_features: tuple[str, ...] = COPY_FEATURES  # which of the simulated features the rule reads
-    context_features: tuple[str, ...] = CONTEXT_FEATURES
+    # which of the simulated features the rule reads (scores.FEATURE_SETS): "base", the one shared pass;
+    # "squeezed" adds C's label on the squeezed example (transfer-to-all rows +7 to +12 points on the
+    # study's attacks, one more pass of C per example: docs/tracing.md)
+    features: str = "base"
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURE_SETS:
+            raise InputValidationError(f"features must be one of {', '.join(FEATURE_SETS)}; got {self.features!r}")
 
 
 def _select(data: SimulatedSet, copy_names: tuple[str, ...], context_names: tuple[str, ...]) -> SimulatedSet:
@@ -264,7 +271,7 @@ def _select(data: SimulatedSet, copy_names: tuple[str, ...], context_names: tupl
 def fit_learned_rule(data: SimulatedSet, config: FitConfig | None = None) -> LearnedScorer:
     """Train the scorer on simulated evidence, then fit its temperature on held-out images."""
     config = config or FitConfig()
-    data = _select(data, tuple(config.copy_features), tuple(config.context_features))
+    data = _select(data, *FEATURE_SETS[config.features])
     gen = torch.Generator().manual_seed(config.seed)
     groups = data.group.unique()
     held = groups[torch.randperm(len(groups), generator=gen)[: max(1, int(config.holdout * len(groups)))]]
@@ -347,9 +354,11 @@ def simulation_to_dict(config: SimulationConfig, fit: FitConfig) -> dict[str, An
 
 
 def fit_rule(copies: CopySet, images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
-             simulation: SimulationConfig | None = None, fit: FitConfig | None = None) -> dict[str, Any]:
+             simulation: SimulationConfig | None = None, fit: FitConfig | None = None,
+             features: str | None = None) -> dict[str, Any]:
     """Simulate attackers on the copies from clean (images, labels) and fit the learned rule; returns
-    the JSON-safe rule that `make_copies` stores in the record."""
+    the JSON-safe rule that `make_copies` stores in the record. `features`: a scores.FEATURE_SETS name
+    (overrides `fit.features`)."""
     with torch.no_grad():
         right = copies.classifier(images.float()).argmax(1) == labels
     images, labels = images[right], labels[right]
@@ -358,6 +367,8 @@ def fit_rule(copies: CopySet, images: torch.Tensor, labels: torch.Tensor, seed: 
                                    f"correctly classified images, got {len(images)}")
     simulation = simulation or SimulationConfig(seed=seed)
     fit = fit or FitConfig(seed=seed)
+    if features is not None:
+        fit = FitConfig(**{**asdict(fit), "features": features})
     data = simulate(copies, images, labels, simulation)
     scorer = fit_learned_rule(data, fit)
     return scorer_to_dict(scorer, info={"images": int(len(images)), "examples": int(len(data.target)),

@@ -101,6 +101,10 @@ COPY_FEATURES = BASE_COPY_FEATURES + SQUEEZED_COPY_FEATURES
 BASE_CONTEXT_FEATURES = ("log_c_gap", "c_gap", "share_fooled", "min_log_gap", "c_top", "all_agree")
 SQUEEZED_CONTEXT_FEATURES = ("sq_agrees", "sq_log_gap")
 CONTEXT_FEATURES = BASE_CONTEXT_FEATURES + SQUEEZED_CONTEXT_FEATURES
+#: Feature sets a learned rule can be fitted on (FitConfig.features). "squeezed" needs a second pass
+#: of C (on the squeezed examples): about one more forward pass per example, whatever the number of
+#: copies (docs/tracing.md); "base" reads the one shared pass alone.
+FEATURE_SETS = {"base": (BASE_COPY_FEATURES, BASE_CONTEXT_FEATURES), "squeezed": (COPY_FEATURES, CONTEXT_FEATURES)}
 SQUEEZE_GAIN = 3.0  # contrast stretch about mid-grey: a small perturbation falls back to 0 or 1
 
 
