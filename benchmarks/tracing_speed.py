@@ -24,7 +24,7 @@ from advforensics.tracing.names import FORMULA_RULES
 from advforensics.tracing.calibration import Calibration
 from advforensics.tracing.reports import trace_learned
 from advforensics.tracing.learned import LearnedScorer
-from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_scores
+from advforensics.tracing.scores import FEATURE_SETS, copy_scores
 from advforensics.tracing.permutations import make_permutations, max_copies
 from advforensics.tracing.tracer import create_tracer
 
@@ -72,15 +72,17 @@ def main() -> None:
             for b in batches:
                 copies.shared_pass(b)
 
-    # the learned rule's cost depends on neither the weights nor the calibration's values
-    scorer = LearnedScorer(len(COPY_FEATURES), len(CONTEXT_FEATURES)).eval()
+    # the learned rule's cost depends on neither the weights nor the calibration's values, only on its
+    # feature set: "base" (the one shared pass) or "squeezed" (one more pass of C)
+    scorers = {name: LearnedScorer(len(c), len(x), copy_names=c, context_names=x).eval()
+               for name, (c, x) in FEATURE_SETS.items()}
     null = torch.randn(200, copies.num_copies)
     calibrations = {rule: Calibration.from_scores(null, torch.zeros(200, dtype=torch.int64), rule=rule)
                     for rule in FORMULA_RULES}
 
     def full_scoring(rule: str) -> None:  # the library call users make, input checks included
-        if rule == "learned":  # one shared pass, the small per-copy network and the formula key
-            trace_learned(copies, scorer, x, calibrations=calibrations)
+        if rule.startswith("learned"):  # the shared pass(es), the small per-copy network and the formula key
+            trace_learned(copies, scorers[rule.partition(":")[2] or "base"], x, calibrations=calibrations)
         else:
             copy_scores(copies, x, rule, batch_size=args.batch_size)
 
@@ -97,7 +99,7 @@ def main() -> None:
     rows = []
     print("| rule | examples | copies | forward C+T0 (s) | score all copies (s) | ratio | naive m passes (s, est.) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for rule in (*FORMULA_RULES, "learned"):
+    for rule in (*FORMULA_RULES, "learned", "learned:squeezed"):
         t_full = _timed(lambda: full_scoring(rule), args.repeats)
         row = {"rule": rule, "examples": args.examples, "copies": args.copies, "threads": 1,
                "forward_C_T0_s": round(t_forward, 4), "scoring_all_copies_s": round(t_full, 4),

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from advforensics.cli.main import cli
-from advforensics.errors import CheckpointError
+from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.tracing.behaviours import along, smallest_push, transfer_seeking
 from advforensics.tracing.calibration import min_norm_points
 from advforensics.tracing.copies import CopyParams, CopySet
@@ -20,7 +20,8 @@ from advforensics.tracing.learned import (FitConfig, SimulationConfig, fit_learn
                                           scorer_to_dict, simulate)
 from advforensics.tracing.permutations import make_permutations
 from advforensics.tracing.record import load_copies, read_record
-from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_features
+from advforensics.tracing.scores import (BASE_CONTEXT_FEATURES, BASE_COPY_FEATURES, CONTEXT_FEATURES, COPY_FEATURES,
+                                        _others_extreme, copy_features, squeeze)
 from advforensics.tracing.tracer import create_tracer
 
 
@@ -135,7 +136,7 @@ def test_learned_rule_traces_fresh_boundary_points_and_rejects_clean_images(copi
                                                                            digits_data) -> None:
     _, scorer = fitted
     _, x, _, sources = boundary_set
-    features, context = copy_features(copies, x)
+    features, context = copy_features(copies, x, copy_names=scorer.copy_names, context_names=scorer.context_names)
     with torch.no_grad():
         probs = scorer(features, context)
     assert torch.allclose(probs.sum(1), torch.ones(len(x)), atol=1e-5)
@@ -166,12 +167,70 @@ def test_learned_rule_round_trips_as_json_and_refuses_other_features(fitted, cop
     _, scorer = fitted
     payload = json.loads(json.dumps(scorer_to_dict(scorer)))
     again = scorer_from_dict(payload)
-    features, context = copy_features(copies, boundary_set[1])
+    features, context = copy_features(copies, boundary_set[1], copy_names=scorer.copy_names,
+                                      context_names=scorer.context_names)
     with torch.no_grad():
         assert torch.allclose(again(features, context), scorer(features, context), atol=1e-6)
     payload["copy_features"] = payload["copy_features"][:-1]
     with pytest.raises(CheckpointError, match="other features"):
         scorer_from_dict(payload)
+
+
+def test_others_extreme_is_the_extreme_over_the_other_copies() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for m in (1, 2, 5, 30):
+        values = torch.randn(50, m, generator=gen)
+        values[:5, : min(2, m)] = 1.0  # ties
+        for largest in (True, False):
+            expected = torch.empty(50, m)
+            for i in range(m):
+                others = torch.cat([values[:, :i], values[:, i + 1:]], 1)
+                fill = float("-inf") if largest else float("inf")
+                expected[:, i] = (others.amax(1) if largest else others.amin(1)) if others.shape[1] else fill
+            assert torch.equal(_others_extreme(values, largest), expected)
+
+
+def test_squeezed_label_names_the_clean_class_of_an_example_that_fools_c(copies, boundary_set) -> None:
+    """Pushed on along its perturbation until C itself is fooled, the example keeps its clean class under
+    the squeeze more often than C's label does, and the "sq_" features take the class pair from it."""
+    x0, x, y, sources = boundary_set
+    assert torch.equal(squeeze(torch.tensor([0.0, 0.2, 0.5, 0.8, 1.0])), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]))
+    pushed = along(x0, x, torch.full((len(x),), 1.3))
+    with torch.no_grad():
+        fooled_c = copies.classifier(pushed).argmax(1) != y
+        squeezed = copies.classifier(squeeze(pushed)).argmax(1)
+    assert float((squeezed == y).float().mean()) > float((~fooled_c).float().mean())
+    features, context = copy_features(copies, pushed)
+    assert features.shape == (len(x), copies.num_copies, len(COPY_FEATURES))
+    assert context.shape == (len(x), len(CONTEXT_FEATURES)) and torch.isfinite(features).all()
+    # a subset in another order is the same columns
+    sub, ctx = copy_features(copies, pushed, copy_names=("sq_dir", "log_gap"), context_names=("sq_agrees",))
+    assert torch.equal(sub[:, :, 0], features[:, :, COPY_FEATURES.index("sq_dir")])
+    assert torch.equal(sub[:, :, 1], features[:, :, COPY_FEATURES.index("log_gap")])
+    assert torch.equal(ctx[:, 0], context[:, CONTEXT_FEATURES.index("sq_agrees")])
+    with pytest.raises(InputValidationError, match="unknown tracing features"):
+        copy_features(copies, pushed, copy_names=("no_such",))
+
+
+def test_the_feature_set_is_stored_with_the_rule_and_read_back(copies, fitted, boundary_set) -> None:
+    """The default rule reads the base features (the one shared pass, as records made before the choice
+    existed); a "squeezed" rule reads every feature. Each round-trips and traces with its own set."""
+    data, base = fitted
+    assert base.copy_names == BASE_COPY_FEATURES and base.context_names == BASE_CONTEXT_FEATURES
+    squeezed = fit_learned_rule(data, FitConfig(epochs=5, seed=0, features="squeezed"))
+    assert squeezed.copy_names == COPY_FEATURES and squeezed.context_names == CONTEXT_FEATURES
+    x = boundary_set[1]
+    for scorer, (names, context_names) in ((base, (BASE_COPY_FEATURES, BASE_CONTEXT_FEATURES)),
+                                           (squeezed, (COPY_FEATURES, CONTEXT_FEATURES))):
+        payload = json.loads(json.dumps(scorer_to_dict(scorer)))
+        assert payload["copy_features"] == list(names)
+        again = scorer_from_dict(payload)
+        report = trace_learned(copies, again, x)
+        features, context = copy_features(copies, x, copy_names=names, context_names=context_names)
+        with torch.no_grad():
+            assert torch.allclose(report.probabilities, scorer(features, context), atol=1e-6)
+    with pytest.raises(InputValidationError, match="features must be one of"):
+        FitConfig(features="everything")
 
 
 def test_cli_separate_fits_the_learned_rule_and_identify_uses_it(tmp_path: Path, zoo_classifier,

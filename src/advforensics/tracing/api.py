@@ -35,14 +35,17 @@ def make_copies(classifier: nn.Module | str | Path, out_dir: str | Path, copies:
                 tracer: Tracer | None = None, calibration_images: torch.Tensor | None = None,
                 fit_images: tuple[torch.Tensor, torch.Tensor] | None = None, rule: str = DEFAULT_RULE,
                 export: bool = True, seed: int = 0, info: dict[str, Any] | None = None,
-                signing_key: str | Path | None = None) -> SellerRecord:
+                signing_key: str | Path | None = None, learned_features: str = "base") -> SellerRecord:
     """Make m traceable copies of `classifier` and write the seller record into a new `out_dir`.
 
     calibration_images: clean images whose DeepFool boundary points calibrate the formula rules' null.
     fit_images: clean (images, labels), ideally other images than the calibration's, on which the
     seller simulates attackers and fits the learned rule (the default rule of the record).
     classifier: the model, or the path of a zoo checkpoint. signing_key: the seller's private key file
-    (`trace keygen`); the record is then signed (record.sig), so that investigators can verify it."""
+    (`trace keygen`); the record is then signed (record.sig), so that investigators can verify it.
+    learned_features: the learned rule's feature set, "base" (one shared pass) or "squeezed" (also C's
+    label on the contrast-stretched example: traces examples pushed to fool every copy far better, at
+    one more pass of C per traced example; see docs/tracing.md)."""
     key = load_private_key(signing_key) if signing_key is not None else None  # a bad key fails before the work
     if isinstance(classifier, (str, Path)):
         from advforensics.models import load_model
@@ -65,7 +68,8 @@ def make_copies(classifier: nn.Module | str | Path, out_dir: str | Path, copies:
         calibration = calibrations.pop(rule)
         others = calibrations
         probe = calibration_images[:64]
-    learned = fit_rule(copyset, *fit_images, seed=seed) if fit_images is not None else None
+    learned = (fit_rule(copyset, *fit_images, seed=seed, features=learned_features)
+               if fit_images is not None else None)
     record = separate(classifier, tracer, perms, params, out_dir, export=export, calibration=calibration, probe=probe,
                       info=dict(info or {}, seed=seed), other_calibrations=others, learned=learned)
     if key is not None:

@@ -13,6 +13,12 @@ make examples of every regime itself and learn how the per-copy features combine
 - `LearnedScorer` scores each copy with one small network shared by all copies (so it is
   permutation-equivariant and takes any number of copies), and adds a "none" alternative scored
   from the shared context; a softmax over the m + 1 alternatives gives probabilities.
+  Its features (scores.py) read the one shared pass ("base", the default); the "squeezed" set
+  (`FitConfig.features`) also reads C's label on the contrast-stretched example (`scores.squeeze`):
+  once an example is pushed so far that C itself is fooled, that label is still the clean class, so
+  the tracer difference of the class pair the attack rode stays readable. It costs one more pass of
+  C per traced example. A rule stores the names of the features it reads (records made before the
+  choice existed hold the base set).
 - `fit_learned_rule` trains it, then fits a temperature on held-out simulated images.
 
 An accusation needs two keys (reports.py): the learned probability, and a formula rule that names
@@ -36,7 +42,7 @@ from advforensics.evidence.transforms import reencode
 from advforensics.tracing.behaviours import along, low_pass, transfer_seeking
 from advforensics.tracing.calibration import boundary_points, min_norm_points
 from advforensics.tracing.copies import CopySet
-from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, copy_features
+from advforensics.tracing.scores import CONTEXT_FEATURES, COPY_FEATURES, FEATURE_SETS, copy_features
 from advforensics.tracing.tracer import create_tracer
 
 log = logging.getLogger(__name__)
@@ -93,6 +99,8 @@ class SimulatedSet:
     target: torch.Tensor  # (N,)
     group: torch.Tensor  # (N,) index of the clean image (for splitting without leaks)
     kind: list[str] = field(default_factory=list)  # per row: "<model>/<behaviour>/<re-encoding>"
+    copy_names: tuple[str, ...] = COPY_FEATURES  # what the columns of `features` are
+    context_names: tuple[str, ...] = CONTEXT_FEATURES
 
 
 def _behave(copies: CopySet, model: nn.Module, behaviour: str, source: torch.Tensor, x0: torch.Tensor,
@@ -192,10 +200,17 @@ def simulate(copies: CopySet, images: torch.Tensor, labels: torch.Tensor,
 
 
 class LearnedScorer(nn.Module):
-    """Scores (B, m + 1): one shared network per copy, and a "none of these copies" alternative."""
+    """Scores (B, m + 1): one shared network per copy, and a "none of these copies" alternative.
+    `copy_names` / `context_names`: the features it reads (scores.COPY_FEATURES and CONTEXT_FEATURES
+    by default; a rule stored with the 11 + 6 features of earlier records reads those alone)."""
 
-    def __init__(self, copy_inputs: int, context_inputs: int, hidden: int = 32) -> None:
+    def __init__(self, copy_inputs: int, context_inputs: int, hidden: int = 32,
+                 copy_names: tuple[str, ...] | None = None, context_names: tuple[str, ...] | None = None) -> None:
         super().__init__()
+        self.copy_names = tuple(copy_names) if copy_names is not None else COPY_FEATURES[:copy_inputs]
+        self.context_names = tuple(context_names) if context_names is not None else CONTEXT_FEATURES[:context_inputs]
+        if len(self.copy_names) != copy_inputs or len(self.context_names) != context_inputs:
+            raise InputValidationError("a learned scorer's feature names must match its input sizes")
         self.copy_net = nn.Sequential(nn.Linear(copy_inputs + context_inputs, hidden), nn.ReLU(),
                                       nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         self.none_net = nn.Sequential(nn.Linear(context_inputs + 3, hidden), nn.ReLU(), nn.Linear(hidden, 1))
@@ -229,11 +244,34 @@ class FitConfig:
     weight_decay: float = 1e-4
     holdout: float = 0.2  # share of clean images whose examples fit the temperature
     seed: int = 0
+    # which of the simulated features the rule reads (scores.FEATURE_SETS): "base", the one shared pass;
+    # "squeezed" adds C's label on the squeezed example (transfer-to-all rows +7 to +12 points on the
+    # study's attacks, one more pass of C per example: docs/tracing.md)
+    features: str = "base"
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURE_SETS:
+            raise InputValidationError(f"features must be one of {', '.join(FEATURE_SETS)}; got {self.features!r}")
+
+
+def _select(data: SimulatedSet, copy_names: tuple[str, ...], context_names: tuple[str, ...]) -> SimulatedSet:
+    """The simulated set with only the named feature columns, in that order."""
+    if copy_names == data.copy_names and context_names == data.context_names:
+        return data
+    missing = [n for n in copy_names if n not in data.copy_names] + [
+        n for n in context_names if n not in data.context_names]
+    if missing:
+        raise InputValidationError(f"the simulated set has no features {missing}")
+    return SimulatedSet(features=data.features[:, :, [data.copy_names.index(n) for n in copy_names]],
+                        context=data.context[:, [data.context_names.index(n) for n in context_names]],
+                        target=data.target, group=data.group, kind=data.kind, copy_names=copy_names,
+                        context_names=context_names)
 
 
 def fit_learned_rule(data: SimulatedSet, config: FitConfig | None = None) -> LearnedScorer:
     """Train the scorer on simulated evidence, then fit its temperature on held-out images."""
     config = config or FitConfig()
+    data = _select(data, *FEATURE_SETS[config.features])
     gen = torch.Generator().manual_seed(config.seed)
     groups = data.group.unique()
     held = groups[torch.randperm(len(groups), generator=gen)[: max(1, int(config.holdout * len(groups)))]]
@@ -242,7 +280,8 @@ def fit_learned_rule(data: SimulatedSet, config: FitConfig | None = None) -> Lea
     if len(train) == 0 or len(tune) == 0:
         raise InputValidationError("too few simulated examples to fit the learned rule")
     torch.manual_seed(config.seed)
-    model = LearnedScorer(data.features.shape[2], data.context.shape[1], config.hidden)
+    model = LearnedScorer(data.features.shape[2], data.context.shape[1], config.hidden, data.copy_names,
+                          data.context_names)
     flat = data.features[train].flatten(0, 1)
     model.copy_mean.copy_(flat.mean(0))
     model.copy_std.copy_(flat.std(0).clamp_min(1e-3))
@@ -284,7 +323,7 @@ def fit_learned_rule(data: SimulatedSet, config: FitConfig | None = None) -> Lea
 
 def scorer_to_dict(model: LearnedScorer, info: dict[str, Any] | None = None) -> dict[str, Any]:
     """The scorer as JSON-safe numbers (stored inside the seller record)."""
-    return {"format": LEARNED_FORMAT, "copy_features": list(COPY_FEATURES), "context_features": list(CONTEXT_FEATURES),
+    return {"format": LEARNED_FORMAT, "copy_features": list(model.copy_names), "context_features": list(model.context_names),
             "hidden": int(model.copy_net[0].out_features),
             "state": {k: v.tolist() for k, v in model.state_dict().items()}, "info": dict(info or {})}
 
@@ -293,10 +332,16 @@ def scorer_from_dict(payload: dict[str, Any]) -> LearnedScorer:
     """Rebuild a stored scorer; a record from another feature set or a damaged one -> CheckpointError."""
     if payload.get("format") != LEARNED_FORMAT:
         raise CheckpointError("the record's learned rule has an unknown format")
-    if payload.get("copy_features") != list(COPY_FEATURES) or payload.get("context_features") != list(CONTEXT_FEATURES):
+    copy_names, context_names = payload.get("copy_features"), payload.get("context_features")
+    state = payload.get("state") or {}
+    if (not isinstance(copy_names, list) or not isinstance(context_names, list)
+            or any(n not in COPY_FEATURES for n in copy_names) or any(n not in CONTEXT_FEATURES for n in context_names)
+            or len(state.get("copy_mean", ())) != len(copy_names)
+            or len(state.get("context_mean", ())) != len(context_names)):
         raise CheckpointError("the record's learned rule was fitted on other features; refit it (trace separate)")
-    model = LearnedScorer(len(COPY_FEATURES), len(CONTEXT_FEATURES), int(payload["hidden"]))
     try:
+        model = LearnedScorer(len(copy_names), len(context_names), int(payload["hidden"]), tuple(copy_names),
+                              tuple(context_names))
         state = {k: torch.tensor(v, dtype=torch.float32) for k, v in payload["state"].items()}
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as error:
@@ -309,9 +354,11 @@ def simulation_to_dict(config: SimulationConfig, fit: FitConfig) -> dict[str, An
 
 
 def fit_rule(copies: CopySet, images: torch.Tensor, labels: torch.Tensor, seed: int = 0,
-             simulation: SimulationConfig | None = None, fit: FitConfig | None = None) -> dict[str, Any]:
+             simulation: SimulationConfig | None = None, fit: FitConfig | None = None,
+             features: str | None = None) -> dict[str, Any]:
     """Simulate attackers on the copies from clean (images, labels) and fit the learned rule; returns
-    the JSON-safe rule that `make_copies` stores in the record."""
+    the JSON-safe rule that `make_copies` stores in the record. `features`: a scores.FEATURE_SETS name
+    (overrides `fit.features`)."""
     with torch.no_grad():
         right = copies.classifier(images.float()).argmax(1) == labels
     images, labels = images[right], labels[right]
@@ -320,6 +367,8 @@ def fit_rule(copies: CopySet, images: torch.Tensor, labels: torch.Tensor, seed: 
                                    f"correctly classified images, got {len(images)}")
     simulation = simulation or SimulationConfig(seed=seed)
     fit = fit or FitConfig(seed=seed)
+    if features is not None:
+        fit = FitConfig(**{**asdict(fit), "features": features})
     data = simulate(copies, images, labels, simulation)
     scorer = fit_learned_rule(data, fit)
     return scorer_to_dict(scorer, info={"images": int(len(images)), "examples": int(len(data.target)),

@@ -312,7 +312,8 @@ def trace_learned(copies: CopySet, scorer: torch.nn.Module, x: torch.Tensor, row
 
     if len(x) == 0:
         raise InputValidationError("no examples to trace")
-    features, context, scores = features_and_rules(copies, x)  # one shared pass for both keys
+    names = {k: tuple(getattr(scorer, k)) for k in ("copy_names", "context_names") if hasattr(scorer, k)}
+    features, context, scores = features_and_rules(copies, x, **names)  # one shared pass for both keys
     with torch.no_grad():
         probabilities = scorer(features, context)
     calibrations = calibrations or {}

@@ -91,11 +91,31 @@ def dol_scores(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> torc
 
 
 
-#: Per-copy features of `copy_features`, in order (the learned rule's inputs; see learned.py).
-COPY_FEATURES = ("log_gap", "log_gap_rel", "pair_diff", "pair_gap", "own_dir", "own_dir_rel",
-                 "fooled", "dol", "third_class", "pair_diff_above", "pair_diff_below")
+#: Per-copy features of `copy_features`, in order (the learned rule's inputs; see learned.py). The
+#: first 11 read the one shared pass; the "sq_" ones also read C's label on the squeezed example.
+BASE_COPY_FEATURES = ("log_gap", "log_gap_rel", "pair_diff", "pair_gap", "own_dir", "own_dir_rel",
+                      "fooled", "dol", "third_class", "pair_diff_above", "pair_diff_below")
+SQUEEZED_COPY_FEATURES = ("sq_dir", "sq_dir_rel", "sq_own", "sq_pair_gap")
+COPY_FEATURES = BASE_COPY_FEATURES + SQUEEZED_COPY_FEATURES
 #: Features shared by all copies of one example.
-CONTEXT_FEATURES = ("log_c_gap", "c_gap", "share_fooled", "min_log_gap", "c_top", "all_agree")
+BASE_CONTEXT_FEATURES = ("log_c_gap", "c_gap", "share_fooled", "min_log_gap", "c_top", "all_agree")
+SQUEEZED_CONTEXT_FEATURES = ("sq_agrees", "sq_log_gap")
+CONTEXT_FEATURES = BASE_CONTEXT_FEATURES + SQUEEZED_CONTEXT_FEATURES
+#: Feature sets a learned rule can be fitted on (FitConfig.features). "squeezed" needs a second pass
+#: of C (on the squeezed examples): about one more forward pass per example, whatever the number of
+#: copies (docs/tracing.md); "base" reads the one shared pass alone.
+FEATURE_SETS = {"base": (BASE_COPY_FEATURES, BASE_CONTEXT_FEATURES), "squeezed": (COPY_FEATURES, CONTEXT_FEATURES)}
+SQUEEZE_GAIN = 3.0  # contrast stretch about mid-grey: a small perturbation falls back to 0 or 1
+
+
+def squeeze(x: torch.Tensor, gain: float = SQUEEZE_GAIN) -> torch.Tensor:
+    """The example with its contrast stretched about mid-grey, ((x - 0.5) gain + 0.5) clipped to [0, 1].
+
+    A hard-label attack's perturbation is spread thin over many pixels; stretching sends most of it
+    back to black or white, so C's label on the squeezed example is the clean label far more often
+    than C's label on the example itself (on the project's ART sets pushed to fool every copy: 99-100%
+    against 2%). The investigator needs no clean image for it."""
+    return ((x - 0.5) * gain + 0.5).clamp(0, 1)
 
 
 def _log_units(gap: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -103,28 +123,41 @@ def _log_units(gap: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def _others_extreme(values: torch.Tensor, largest: bool) -> torch.Tensor:
-    """values (B, m) -> for each copy, the max (or min) over the OTHER copies (B, m)."""
-    m = values.shape[1]
-    fill = float("-inf") if largest else float("inf")
-    expanded = values.unsqueeze(1).expand(-1, m, -1).clone()  # (B, m, m)
-    expanded[:, torch.arange(m), torch.arange(m)] = fill
-    return expanded.amax(2) if largest else expanded.amin(2)
+    """values (B, m) -> for each copy, the max (or min) over the OTHER copies (B, m), in O(B m): the
+    top value, except for the copy that holds it, which gets the runner-up."""
+    b, m = values.shape
+    if m < 2:
+        return torch.full_like(values, float("-inf") if largest else float("inf"))
+    top = values.topk(2, dim=1, largest=largest)
+    holder = torch.arange(m, device=values.device).unsqueeze(0) == top.indices[:, :1]
+    return torch.where(holder, top.values[:, 1:2], top.values[:, :1])
+
+
+def _check_names(copy_names: tuple[str, ...], context_names: tuple[str, ...]) -> None:
+    unknown = [n for n in copy_names if n not in COPY_FEATURES] + [n for n in context_names if n not in CONTEXT_FEATURES]
+    if unknown:
+        raise InputValidationError(f"unknown tracing features {unknown}")
 
 
 @torch.no_grad()
-def copy_features(copies: CopySet, x: torch.Tensor, batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the learned rule reads, from ONE shared pass: x (B, C, H, W) ->
-    (per-copy features (B, m, len(COPY_FEATURES)), context (B, len(CONTEXT_FEATURES))).
+def copy_features(copies: CopySet, x: torch.Tensor, batch_size: int = 4096,
+                  copy_names: tuple[str, ...] = COPY_FEATURES,
+                  context_names: tuple[str, ...] = CONTEXT_FEATURES) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the learned rule reads: x (B, C, H, W) ->
+    (per-copy features (B, m, len(copy_names)), context (B, len(context_names))), in the names' order.
     `features_and_rules` also returns every formula rule's scores from the same pass.
 """
-    features, context, _ = features_and_rules(copies, x, batch_size)
+    features, context, _ = features_and_rules(copies, x, batch_size, copy_names, context_names)
     return features, context
 
 
 @torch.no_grad()
-def features_and_rules(copies: CopySet, x: torch.Tensor,
-                       batch_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """`copy_features` and {rule: (B, m)} of every formula rule, from one shared pass.
+def features_and_rules(copies: CopySet, x: torch.Tensor, batch_size: int = 4096,
+                       copy_names: tuple[str, ...] = COPY_FEATURES,
+                       context_names: tuple[str, ...] = CONTEXT_FEATURES,
+                       ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """`copy_features` and {rule: (B, m)} of every formula rule, from one shared pass (and one more
+    pass of C alone on the squeezed examples when a "sq_" feature is asked for).
 
     Two kinds of evidence, because attackers leave the boundary in two ways:
     - boundary-type (log_gap: how close copy i's top-2 scores are, in alpha units, log scale):
@@ -132,10 +165,17 @@ def features_and_rules(copies: CopySet, x: torch.Tensor,
     - direction-type (own_dir, pair_diff: the tracer difference of copy i between its label and
       C's best other class, or between C's top-2): what remains when the example was pushed through
       the boundary so that every copy is fooled; the source's tracer is the one the attack rode.
+      Once C itself is fooled (a push to fool every copy), C's top-2 no longer holds the clean class
+      in about 1 case in 9; the "sq_" features take the clean class from C's label on the squeezed
+      example (`squeeze`) instead: sq_dir = T_i[b] - T_i[y_s], b = C's best class other than y_s,
+      sq_own = T_i[copy i's label] - T_i[y_s], sq_pair_gap = copy i's margin of b over y_s.
     C's own top-2 gap and the share of copies fooled tell the regime apart."""
+    _check_names(copy_names, context_names)
     c, h, w = copies.tracer.input_shape
     check_images(x, "examples", channels=c, size=(h, w))
-    alpha = float(copies.params.alpha)
+    alpha, tau = float(copies.params.alpha), float(copies.params.tau)
+    squeezed = any(n in SQUEEZED_COPY_FEATURES for n in copy_names) or any(
+        n in SQUEEZED_CONTEXT_FEATURES for n in context_names)
     feats, ctxs = [], []
     rules: dict[str, list[torch.Tensor]] = {rule: [] for rule in FORMULA_RULES}
     for chunk in x.split(batch_size):
@@ -156,22 +196,39 @@ def features_and_rules(copies: CopySet, x: torch.Tensor,
         # C's best class other than copy i's label
         masked = probs.unsqueeze(1).expand(b, m, k).scatter(2, label.unsqueeze(2), float("-inf"))
         rival = masked.argmax(2)  # (B, m)
-        own_dir = traced.gather(2, label.unsqueeze(2)).squeeze(2) - traced.gather(2, rival.unsqueeze(2)).squeeze(2)
+        at_label = traced.gather(2, label.unsqueeze(2)).squeeze(2)
+        own_dir = at_label - traced.gather(2, rival.unsqueeze(2)).squeeze(2)
         dol = dol_from_scores(scores, traced)
         rules["dol"].append(dol)
         rules["margin"].append(margin_from_scores(scores, probs))
         rules["proximity"].append(-gap)
         fooled = (label != c1.unsqueeze(1)).float()
         third = ((label != c1.unsqueeze(1)) & (label != c2.unsqueeze(1))).float()
-        feats.append(torch.stack([
-            log_gap, log_gap - log_gap.amin(1, keepdim=True), pair_diff, pair_gap.clamp(-20, 20), own_dir,
-            own_dir - _others_extreme(own_dir, True), fooled, dol, third,
-            pair_diff - _others_extreme(pair_diff, True), pair_diff - _others_extreme(pair_diff, False)], dim=2))
-        ctxs.append(torch.stack([
-            _log_units(c_gap, alpha), (c_gap / alpha).clamp(max=20), fooled.mean(1), log_gap.amin(1),
-            c_top2.values[:, 0], (label == label[:, :1]).all(1).float()], dim=1))
+        named = {
+            "log_gap": log_gap, "log_gap_rel": log_gap - log_gap.amin(1, keepdim=True), "pair_diff": pair_diff,
+            "pair_gap": pair_gap.clamp(-20, 20), "own_dir": own_dir,
+            "own_dir_rel": own_dir - _others_extreme(own_dir, True), "fooled": fooled, "dol": dol,
+            "third_class": third, "pair_diff_above": pair_diff - _others_extreme(pair_diff, True),
+            "pair_diff_below": pair_diff - _others_extreme(pair_diff, False)}
+        context = {
+            "log_c_gap": _log_units(c_gap, alpha), "c_gap": (c_gap / alpha).clamp(max=20), "share_fooled": fooled.mean(1),
+            "min_log_gap": log_gap.amin(1), "c_top": c_top2.values[:, 0],
+            "all_agree": (label == label[:, :1]).all(1).float()}
+        if squeezed:
+            sq_probs = torch.softmax(copies.classifier(squeeze(chunk).float()) / tau, dim=1)  # C alone
+            sq_top2 = sq_probs.topk(2, dim=1)
+            y_s = sq_top2.indices[:, 0]  # (B,) the clean class, as far as C can tell
+            best = probs.scatter(1, y_s.unsqueeze(1), float("-inf")).argmax(1)  # C's best class other than y_s
+            sq_dir = at(best) - at(y_s)
+            p_gap = probs.gather(1, best.unsqueeze(1)) - probs.gather(1, y_s.unsqueeze(1))  # (B, 1)
+            named.update({"sq_dir": sq_dir, "sq_dir_rel": sq_dir - _others_extreme(sq_dir, True),
+                          "sq_own": at_label - at(y_s), "sq_pair_gap": ((p_gap + alpha * sq_dir) / alpha).clamp(-20, 20)})
+            context.update({"sq_agrees": (y_s == c1).float(),
+                            "sq_log_gap": _log_units(sq_top2.values[:, 0] - sq_top2.values[:, 1], alpha)})
+        feats.append(torch.stack([named[n] for n in copy_names], dim=2))
+        ctxs.append(torch.stack([context[n] for n in context_names], dim=1))
     if not feats:
         m = copies.num_copies
-        return (torch.empty(0, m, len(COPY_FEATURES)), torch.empty(0, len(CONTEXT_FEATURES)),
+        return (torch.empty(0, m, len(copy_names)), torch.empty(0, len(context_names)),
                 {rule: torch.empty(0, m) for rule in FORMULA_RULES})
     return torch.cat(feats), torch.cat(ctxs), {rule: torch.cat(parts) for rule, parts in rules.items()}
