@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from advforensics import vocab
-from advforensics.vocab import (Answer, AttributionStage, Implementation, Norm, OpenSetScore, ScoreRule, Stage, ThreatModel, Unit,
+from advforensics.vocab import (Answer, AttributionStage, Implementation, LearnedFeatures, Norm, OpenSetScore, ScoreRule, Stage, ThreatModel, Unit,
                                 Vocab)
 
 # The strings on disk and in JSON reports: a change here breaks old files, so each one is spelled out.
@@ -23,6 +23,7 @@ EXPECTED = {
     Implementation: ("advforensics", "art"),
     Unit: ("eps255", "kappa", "none"),
     AttributionStage: ("corpus", "train", "errors"),
+    LearnedFeatures: ("base", "squeezed"),
 }
 
 

@@ -64,6 +64,14 @@ class ScoreRule(Vocab):
         return self is not ScoreRule.LEARNED
 
 
+class LearnedFeatures(Vocab):
+    """The feature sets a learned tracing rule can read (tracing/scores.py FEATURE_SETS): BASE, the one
+    shared pass; SQUEEZED also C's label on the contrast-stretched example (one more pass of C)."""
+
+    BASE = "base"
+    SQUEEZED = "squeezed"
+
+
 class Stage(Vocab):
     """The stages of `trace experiment`, in the order they run (see studies/tracing.py)."""
 
@@ -118,4 +126,4 @@ class Unit(Vocab):
 
 
 __all__ = ["Vocab", "Norm", "ThreatModel", "ScoreRule", "Stage", "Answer", "OpenSetScore", "Implementation",
-           "Unit", "AttributionStage"]
+           "Unit", "AttributionStage", "LearnedFeatures"]

@@ -11,6 +11,7 @@ from advforensics.cli.common import ForensicsGroup
 from advforensics.cli.options import OutputDir, OutputFile, emit_json, json_option, seed_option
 from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES
+from advforensics.vocab import LearnedFeatures
 
 if TYPE_CHECKING:
     import torch
@@ -44,6 +45,9 @@ def trace() -> None:
 @click.option("--calibration-size", type=int, default=500, show_default=True)
 @click.option("--fit-size", type=int, default=6000, show_default=True,
               help="Train images on which attackers are simulated to fit the learned rule (0: no learned rule).")
+@click.option("--learned-features", type=click.Choice(LearnedFeatures.values()), default="base", show_default=True,
+              help="squeezed: the learned rule also reads C's label on the contrast-stretched example (traces "
+                   "examples pushed past every copy better; one more pass of C per example).")
 @click.option("--rule", type=click.Choice(FORMULA_RULES), default=DEFAULT_RULE, show_default=True,
               help="Main formula rule (every formula rule is calibrated; the learned rule, when fitted, "
                    "is the record's default).")
@@ -57,7 +61,7 @@ def trace() -> None:
 @json_option
 def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: float, tracer_kind: str,
                  length_scale: float, gain: float, calibrate_data: str | None, data_dir: str | None,
-                 calibration_size: int, fit_size: int, rule: str, no_onnx: bool, out_dir: Path,
+                 calibration_size: int, fit_size: int, learned_features: str, rule: str, no_onnx: bool, out_dir: Path,
                  signing_key: Path | None, seed: int, json_path: Path | None) -> None:
     """Make m traceable copies of a classifier and write the seller record.
 
@@ -100,7 +104,8 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
             fit = _dataset_images(calibrate_data, data_dir, "train", fit_size, seed)
     record = make_copies(classifier, out_dir, copies=num_copies, alpha=alpha, tau=tau, tracer=tracer,
                          calibration_images=calibration_images, fit_images=fit, rule=rule, export=not no_onnx,
-                         seed=seed, info={"classifier": str(classifier_path)}, signing_key=signing_key)
+                         seed=seed, info={"classifier": str(classifier_path)}, signing_key=signing_key,
+                         learned_features=learned_features)
     signer = fingerprint(key.public_key()) if key is not None else None  # make_copies signed the record
     click.echo(f"wrote {len(record.copies)} copies ({record.tracer_kind} tracer, alpha {alpha}, tau {tau}) to {out_dir}")
     for entry in record.copies:

@@ -11,6 +11,7 @@ from advforensics.cli.options import OutputDir, emit_json, json_option, seed_opt
 from advforensics.cli.params import comma_list, numbers, parse_param
 from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
+from advforensics.vocab import LearnedFeatures
 
 @click.command("experiment", cls=ForensicsCommand)
 @click.option("--classifier", "classifier_path", required=True, type=click.Path(path_type=Path),
@@ -34,6 +35,8 @@ from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
 @click.option("--calibration-images", type=int, default=200, show_default=True)
 @click.option("--fit-images", type=int, default=3000, show_default=True,
               help="Train images on which the field stage simulates attackers and fits the learned rule.")
+@click.option("--learned-features", type=click.Choice(LearnedFeatures.values()), default="base", show_default=True,
+              help="The learned rule's feature set (see `trace separate`).")
 @click.option("--rule", type=click.Choice(FORMULA_RULES), default=DEFAULT_RULE, show_default=True,
               help="Main score rule (every rule is reported).")
 @click.option("--tracer", "tracer_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
@@ -50,7 +53,7 @@ from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
 def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, attacks: str, alphas: str,
                    clean_alphas: str, tau: float, num_copies: int, per_source: int, copy_counts: str,
                    scaling_attack: str, scaling_per_source: int, control_examples: int, calibration_images: int,
-                   fit_images: int, rule: str, tracer_file: Path | None, stages: str, raw_params: tuple[str, ...], out_dir: Path,
+                   fit_images: int, learned_features: str, rule: str, tracer_file: Path | None, stages: str, raw_params: tuple[str, ...], out_dir: Path,
                    seed: int, json_path: Path | None) -> None:
     """Run the separate-and-trace tables (1, 2, 3, 5, 6, Fig. 4a/4b, controls, the peer scheme).
 
@@ -79,7 +82,8 @@ def experiment_cmd(classifier_path: Path, data_name: str, data_dir: str | None, 
                                 tau=tau, copies=num_copies, per_source=per_source,
                                 copy_counts=numbers(copy_counts, int), scaling_attack=scaling_attack,
                                 scaling_per_source=scaling_per_source, control_examples=control_examples,
-                                calibration_images=calibration_images, fit_images=fit_images, main_rule=rule,
+                                calibration_images=calibration_images, fit_images=fit_images,
+                                learned_features=learned_features, main_rule=rule,
                                 tracer_file=None if tracer_file is None else str(tracer_file),
                                 stages=comma_list(stages), attack_params=overrides, seed=seed)
     result = TracingStudy.from_files(classifier_path, data_name, config, out_dir, data_dir=data_dir).run()

@@ -51,6 +51,7 @@ from advforensics.tracing.reports import trace_scores
 from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
 from advforensics.utils import atomic_write_text, wilson_interval
+from advforensics.vocab import LearnedFeatures
 from advforensics.weights import load_weights, save_weights, state_tensors
 
 PEER_FORMAT = "advforensics-peer-copies/1"
@@ -85,6 +86,7 @@ class TracingStudyConfig:
     tracer_file: str | None = None  # a saved tracer (e.g. a trained VAE) instead of the random one
     main_rule: str = DEFAULT_RULE
     fit_images: int = 3000  # train images on which the field stage's learned rule is fitted
+    learned_features: str = "base"  # the learned rule's feature set (vocab.LearnedFeatures)
     peer_train_images: int = 10000
     peer_epochs: int = 3
     stages: list[str] = field(default_factory=lambda: list(STAGES))
@@ -121,6 +123,8 @@ class TracingStudyConfig:
             raise InputValidationError(f"unknown score rule {self.main_rule!r}")
         if not self.attacks:
             raise InputValidationError("no attacks given")
+        if self.learned_features not in LearnedFeatures.values():
+            raise InputValidationError(f"learned_features must be one of {', '.join(LearnedFeatures.values())}")
         for a in self.alphas + self.clean_alphas:
             CopyParams(alpha=a, tau=self.tau)  # checks alpha and tau
         for name in ("per_source", "scaling_per_source", "control_examples", "calibration_images",
@@ -267,12 +271,13 @@ class TracingStudy(Study):
         copies = self.copyset(alpha, cfg.copies)
         path = self.out_dir / "learned_rule.json"
         meta = {"alpha": alpha, "copies": cfg.copies, "tau": cfg.tau, "tracer": self.tracer_hash,
-                "fit_images": cfg.fit_images, "seed": cfg.seed}
+                "fit_images": cfg.fit_images, "seed": cfg.seed, "learned_features": cfg.learned_features}
         stored = json.loads(path.read_text()) if path.is_file() else None
         if stored is None or stored.get("meta") != meta:
             images, labels = self.train_data  # type: ignore[misc]
             # the last train images: the calibration uses the first ones
-            rule = fit_rule(copies, images[-cfg.fit_images:], labels[-cfg.fit_images:], seed=cfg.seed)
+            rule = fit_rule(copies, images[-cfg.fit_images:], labels[-cfg.fit_images:], seed=cfg.seed,
+                            features=cfg.learned_features)
             stored = {"meta": meta, "rule": rule}
             atomic_write_text(path, json.dumps(stored))
         scorer = scorer_from_dict(stored["rule"])

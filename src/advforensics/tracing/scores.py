@@ -22,6 +22,7 @@ from advforensics.errors import InputValidationError
 from advforensics.tracing.copies import CopySet
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES
 from advforensics.utils import check_images
+from advforensics.vocab import LearnedFeatures
 
 DOL_RANGE = (-2.0, 2.0)  # tracer outputs lie in [-1, 1]
 
@@ -104,7 +105,8 @@ CONTEXT_FEATURES = BASE_CONTEXT_FEATURES + SQUEEZED_CONTEXT_FEATURES
 #: Feature sets a learned rule can be fitted on (FitConfig.features). "squeezed" needs a second pass
 #: of C (on the squeezed examples): about one more forward pass per example, whatever the number of
 #: copies (docs/tracing.md); "base" reads the one shared pass alone.
-FEATURE_SETS = {"base": (BASE_COPY_FEATURES, BASE_CONTEXT_FEATURES), "squeezed": (COPY_FEATURES, CONTEXT_FEATURES)}
+FEATURE_SETS = {LearnedFeatures.BASE.value: (BASE_COPY_FEATURES, BASE_CONTEXT_FEATURES),
+                LearnedFeatures.SQUEEZED.value: (COPY_FEATURES, CONTEXT_FEATURES)}
 SQUEEZE_GAIN = 3.0  # contrast stretch about mid-grey: a small perturbation falls back to 0 or 1
 
 
