@@ -63,6 +63,11 @@ class ScoreRule(Vocab):
         """Read off one shared pass and calibrated by a null (every rule but LEARNED)."""
         return self is not ScoreRule.LEARNED
 
+    @classmethod
+    def formula_values(cls) -> tuple[str, ...]:
+        """The formula rules' values, in definition order."""
+        return tuple(r.value for r in cls if r.is_formula)
+
 
 class LearnedFeatures(Vocab):
     """The feature sets a learned tracing rule can read (tracing/scores.py FEATURE_SETS): BASE, the one

@@ -11,7 +11,7 @@ from advforensics.reporting.plots import plot_accuracy_vs_copies, plot_score_his
 from advforensics.reporting.tables import markdown_table
 from advforensics.vocab import ScoreRule
 
-FORMULA_RULES = tuple(r.value for r in ScoreRule if r.is_formula)
+FORMULA_RULES = ScoreRule.formula_values()
 RULES = ScoreRule.values()  # the formula rules, then "learned"
 
 

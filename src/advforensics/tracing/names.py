@@ -5,7 +5,7 @@ command runs): the score rules and the experiment's stages, as plain strings bui
 from advforensics.vocab import ScoreRule, Stage
 
 #: How a copy's score is read from its output (see tracing/scores.py for each rule).
-FORMULA_RULES = tuple(r.value for r in ScoreRule if r.is_formula)  # read off one shared pass, calibrated by a null
+FORMULA_RULES = ScoreRule.formula_values()  # read off one shared pass, calibrated by a null
 SCORE_RULES = ScoreRule.values()  # FORMULA_RULES, then learned: fitted by the seller on simulated attackers
 DEFAULT_RULE = ScoreRule.PROXIMITY.value  # for records without a fitted scorer
 
