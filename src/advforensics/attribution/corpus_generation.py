@@ -9,6 +9,12 @@ the manifest is rewritten last, so an interrupted run resumes without duplicates
 is done iff the manifest lists it and its files still hash to the recorded sha256; anything else is
 regenerated from its own deterministic seed.
 
+Under torchrun the ranks share the units (`Ranks.share`, every unit keeping its own seed, so the corpus
+is byte-identical to a one-process run). Rank 0 alone holds the lock and the manifest; every rank
+writes its units' files and then a small `<unit>.entry.json` beside them, which rank 0 folds into the
+manifest as it goes and at the end, and a resumed run adopts once the unit's files verify: a killed
+rank loses only the unit it was making.
+
 Evidence is quantised to 8 bits by default: float evidence leaks the attack (FGSM stays on the 1/255
 grid, PGD and C&W do not) and FGSM's epsilon (the most frequent pixel change). Success is re-checked
 on the quantised image; only successful examples are kept, and every grid cell's success rate is
@@ -25,7 +31,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,8 +44,9 @@ from tqdm import tqdm
 from advforensics.attribution.corpus import (CLEAN_FILE, COLUMNS, FORMAT, LOCK_FILE, MANIFEST, SHARDS, VERSION,
                                              _corpus_id, _inside, _npz_bytes, _read_manifest, _read_unit,
                                              _unit_files, _write_unit, victim_architectures)
+from advforensics import distributed
 from advforensics.attribution.grid import CLEAN, AttackSpec, GridSpec
-from advforensics.errors import DataFileError, InputValidationError
+from advforensics.errors import AdvForensicsError, DataFileError, InputValidationError
 from advforensics.utils import (atomic_write_bytes, check_images, check_labels, module_device, resolve_device,
                                 sha256_bytes, sha256_file, write_json)
 from advforensics.vocab import Implementation
@@ -454,6 +461,43 @@ def _writer_lock(root: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock; the file stays (harmless, and removing it would race a new writer)
 
 
+#: a rank's record of one finished unit, beside its files, until rank 0 folds it into the manifest
+ENTRY_SUFFIX = ".entry.json"
+
+
+def _entry_files(root: Path) -> list[Path]:
+    shards = root / SHARDS
+    return sorted(shards.glob(f"*{ENTRY_SUFFIX}")) if shards.is_dir() else []
+
+
+def _adopt_entries(root: Path, manifest: dict[str, Any], plan_ids: set[str]) -> list[str]:
+    """Fold the ranks' unit entries into `manifest` (the units of this plan not in it yet whose files
+    verify); return the ids adopted. Entries already folded, or failing a check, are removed."""
+    shape = tuple(manifest["image_shape"])
+    adopted = []
+    for path in _entry_files(root):
+        unit_id = path.name[:-len(ENTRY_SUFFIX)]
+        if unit_id in manifest["units"] or unit_id not in plan_ids:
+            path.unlink(missing_ok=True)
+            continue
+        try:
+            entry = json.loads(path.read_text())
+            _read_unit(root, unit_id, entry, shape)
+        except (OSError, ValueError, DataFileError, AttributeError) as error:
+            log.warning("unit %s: its rank's record does not match its files (%s); regenerating it", unit_id, error)
+            path.unlink(missing_ok=True)
+            continue
+        manifest["units"][unit_id] = entry
+        adopted.append(unit_id)
+    return adopted
+
+
+def _drop_entries(root: Path, unit_ids: Sequence[str]) -> None:
+    """Remove the entry files of units the manifest on disk now lists."""
+    for unit_id in unit_ids:
+        (root / SHARDS / f"{unit_id}{ENTRY_SUFFIX}").unlink(missing_ok=True)
+
+
 def _is_tmp(name: str) -> bool:
     """A leftover of an interrupted atomic write (`atomic_write_bytes` names them .<target>.<random>.tmp)."""
     return name.startswith(".") and name.endswith(".tmp")
@@ -473,15 +517,18 @@ def _holds_no_units(root: Path) -> bool:
             except DataFileError:
                 return False
         elif path.name == SHARDS and path.is_dir():
-            if not all(_is_tmp(f.name) or f.suffix in (".npz", ".parquet") for f in path.iterdir()):
+            if not all(_is_tmp(f.name) or f.suffix in (".npz", ".parquet") or f.name.endswith(ENTRY_SUFFIX)
+                       for f in path.iterdir()):
                 return False
         elif path.name not in (LOCK_FILE, CLEAN_FILE) and not _is_tmp(path.name):
             return False
     return True
 
 
-def _resume_manifest(root: Path, fresh: dict[str, Any], clean_bytes: bytes) -> tuple[dict[str, Any], list[str]]:
-    """The stored manifest, less the units whose files fail any check; (manifest, ids of the dropped units)."""
+def _resume_manifest(root: Path, fresh: dict[str, Any], clean_bytes: bytes, plan_ids: set[str]
+                     ) -> tuple[dict[str, Any], list[str]]:
+    """The stored manifest, less the units whose files fail any check, plus the units ranks finished
+    without rank 0 recording them; (manifest, ids of the dropped units)."""
     manifest = _read_manifest(root)
     for key in ("grid", "victims", "image_shape", "config", "n_clean", "clean"):
         if json.loads(json.dumps(manifest.get(key), default=str)) != json.loads(json.dumps(fresh[key], default=str)):
@@ -497,10 +544,37 @@ def _resume_manifest(root: Path, fresh: dict[str, Any], clean_bytes: bytes) -> t
             log.warning("unit %s is missing or corrupt on disk (%s); regenerating it", unit_id, error)
             del manifest["units"][unit_id]
             regenerated.append(unit_id)
+    adopted = _adopt_entries(root, manifest, plan_ids)
+    if adopted:
+        log.info("adopted %d units that ranks of an interrupted run finished", len(adopted))
+        write_json(root / MANIFEST, manifest)
+        _drop_entries(root, adopted)
     clean = root / CLEAN_FILE
     if not (clean.is_file() and _inside(root, clean) and sha256_file(clean) == manifest["clean"]["sha256"]):
         atomic_write_bytes(clean, clean_bytes)
     return manifest, regenerated
+
+
+def _made(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _open_corpus(root: Path, fresh: dict[str, Any], clean_bytes: bytes, plan_ids: set[str], resume: bool
+                 ) -> tuple[dict[str, Any], list[str]]:
+    """The manifest to continue (under the writer lock): a fresh one, or the stored one on --resume;
+    (manifest, ids of the units found corrupt, to be made again)."""
+    if _holds_no_units(root):  # empty, or what a failed first run left: start afresh
+        for stale in _entry_files(root):  # a failed first run's records: its units are made again
+            stale.unlink()
+        write_json(root / MANIFEST, fresh)  # first: a crash from here on leaves a recognisable corpus
+        atomic_write_bytes(root / CLEAN_FILE, clean_bytes)
+        return fresh, []
+    if not (root / MANIFEST).exists():
+        raise InputValidationError(f"{root} exists and is not empty; choose a new directory")
+    if not resume:
+        raise InputValidationError(f"{root} already holds a corpus; pass resume=True (--resume) to continue it")
+    return _resume_manifest(root, fresh, clean_bytes, plan_ids)
 
 
 def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping[str, nn.Module], grid: GridSpec,
@@ -517,6 +591,8 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
         verified (files, sha256, row counts); a failing one is regenerated. A folder that a failed
         first run left without any unit needs no resume. One writer at a time: a second one, while
         another holds `out_dir`'s lock, is refused at once.
+        Under torchrun every rank calls this with the same arguments and makes its share of the units
+        (see the module docstring); each returns the same report.
     runner: replaces `run_grid_attack` (tests, other attack back ends).
     max_units: stop after generating this many units (a deliberate interruption, for tests).
     device: where the victims run the attacks ("auto", "cpu", "cuda"); the victims are moved there.
@@ -552,26 +628,30 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
              "clean": {"file": CLEAN_FILE, "sha256": sha256_bytes(clean_bytes)}, "units": {}, "complete": False}
     if root.exists() and not root.is_dir():
         raise InputValidationError(f"{root} is not a directory")
-    root.mkdir(parents=True, exist_ok=True)
-    with _writer_lock(root):
-        if _holds_no_units(root):  # empty, or what a failed first run left: start afresh
-            manifest, regenerated = fresh, []
-            write_json(root / MANIFEST, manifest)  # first: a crash from here on leaves a recognisable corpus
-            atomic_write_bytes(root / CLEAN_FILE, clean_bytes)
-        elif not (root / MANIFEST).exists():
-            raise InputValidationError(f"{root} exists and is not empty; choose a new directory")
-        elif not resume:
-            raise InputValidationError(f"{root} already holds a corpus; pass resume=True (--resume) to continue it")
-        else:
-            manifest, regenerated = _resume_manifest(root, fresh, clean_bytes)
-        for model in victims.values():
-            model.to(device).eval()
-        plan = _plan_units(list(victims), grid, n_clean, config.shard_images)
-        arch = victim_architectures(manifest)
-        todo = [unit for unit in plan if unit[0] not in manifest["units"]]
-        reused = [unit[0] for unit in plan if unit[0] in manifest["units"]]
+    ranks = distributed.current()
+    plan = _plan_units(list(victims), grid, n_clean, config.shard_images)
+    plan_ids = {unit[0] for unit in plan}
+    for model in victims.values():
+        model.to(device).eval()
+    with _writer_lock(_made(root)) if ranks.is_main else nullcontext():
+        setup: dict[str, Any] = {}
+        if ranks.is_main:  # rank 0 alone checks, resumes and holds the folder; the others follow its plan
+            try:
+                manifest, regenerated = _open_corpus(root, fresh, clean_bytes, plan_ids, resume)
+                setup = {"done": sorted(manifest["units"]), "regenerated": regenerated,
+                         "arch": victim_architectures(manifest)}
+            except AdvForensicsError as error:
+                ranks.broadcast({"error": str(error)})
+                raise
+        setup = ranks.broadcast(setup)
+        if "error" in setup:
+            raise InputValidationError(f"rank 0 could not open the corpus: {setup['error']}")
+        done, arch = set(setup["done"]), setup["arch"]
+        todo = [unit for unit in plan if unit[0] not in done]
+        reused = [unit[0] for unit in plan if unit[0] in done]
+        mine = ranks.share(todo)
         generated: list[str] = []
-        for unit in tqdm(todo, desc="corpus units", disable=not progress, unit="unit"):
+        for unit in tqdm(mine, desc="corpus units", disable=not (progress and ranks.is_main), unit="unit"):
             if max_units is not None and len(generated) >= max_units:
                 break
             t0 = time.perf_counter()
@@ -580,14 +660,28 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
             seconds = time.perf_counter() - t0
             entry = _write_unit(root, unit[0], stacked, columns)
             entry.update({"cells": cells, "attack_runs": runs, "seconds": seconds})
-            manifest["units"][unit[0]] = entry
-            write_json(root / MANIFEST, manifest)  # last: the unit counts only once its files are in place
             generated.append(unit[0])
-        manifest["complete"] = all(unit[0] in manifest["units"] for unit in plan)
-        manifest["cells"] = _aggregate_cells(manifest)
-        manifest["throughput"] = _aggregate_throughput(manifest)
-        manifest["corpus_id"] = _corpus_id(manifest) if manifest["complete"] else None
-        write_json(root / MANIFEST, manifest)
+            if ranks.distributed:  # the unit's files first, its record last
+                write_json(root / SHARDS / f"{unit[0]}{ENTRY_SUFFIX}", entry)
+            if ranks.is_main:
+                manifest["units"][unit[0]] = entry
+                adopted = _adopt_entries(root, manifest, plan_ids) if ranks.distributed else []
+                write_json(root / MANIFEST, manifest)  # last: the unit counts only once its files are in place
+                _drop_entries(root, [unit[0], *adopted] if ranks.distributed else [])
+        ranks.barrier()  # every rank's units are on disk
+        if ranks.is_main:
+            adopted = _adopt_entries(root, manifest, plan_ids)
+            manifest["complete"] = all(unit[0] in manifest["units"] for unit in plan)
+            manifest["cells"] = _aggregate_cells(manifest)
+            manifest["throughput"] = _aggregate_throughput(manifest)
+            manifest["corpus_id"] = _corpus_id(manifest) if manifest["complete"] else None
+            write_json(root / MANIFEST, manifest)
+            _drop_entries(root, adopted)
+        ranks.barrier()  # the manifest is final
+    if not ranks.is_main:
+        manifest = _read_manifest(root)
+    generated = [unit_id for ids in ranks.all_gather(generated) for unit_id in ids]
+    regenerated = setup["regenerated"]
     empty = [c for c in manifest["cells"] if c["succeeded"] == 0]
     for cell in empty:
         log.warning("empty grid cell (no successful example): victim %s, attack %s, hyper %g",

@@ -24,7 +24,7 @@ def attribution() -> None:
     """
 
 
-@attribution.command("corpus")
+@attribution.command("corpus", ranks_ok=True)
 @click.option("--data", "data_name", required=True, help="Data set name (see `data list`).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Directory holding the data set files.")

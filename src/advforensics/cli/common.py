@@ -5,6 +5,8 @@
 - the output guard: options typed `OutputFile`/`OutputDir` are checked before the command runs (never an
   input, never an existing file without --overwrite, see advforensics.outputs), and every command that
   has one gets `--overwrite`;
+- ranks: under torchrun, a command made with `ranks_ok=True` runs on every rank; rank 0 alone claims the
+  outputs and prints, the others run silent; any other command refuses to start on several ranks.
 The option types and shared options are in options.py.
 """
 
@@ -74,11 +76,19 @@ def _paths(value: Any) -> Iterator[Path]:
                 yield Path(part.strip())
 
 
+def _ranks() -> Any:
+    """This process's advforensics.distributed.Ranks (torch is imported only under torchrun)."""
+    from advforensics import distributed
+
+    return distributed.current() if distributed.launched() else distributed.SINGLE
+
+
 class ForensicsCommand(click.Command):
     """A command behind the error boundary and the output guard (see the module docstring)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, ranks_ok: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.ranks_ok = ranks_ok  # the command splits its work over torchrun's ranks (advforensics.distributed)
         writes = any(isinstance(p.type, OutputDir) or (isinstance(p.type, OutputFile) and p.type.replaceable)
                      for p in self.params)
         if writes and not any(p.name == "overwrite" for p in self.params):
@@ -86,14 +96,35 @@ class ForensicsCommand(click.Command):
                                             help="Replace outputs that exist (never an input; nothing else is deleted)."))
 
     def invoke(self, ctx: click.Context) -> Any:
+        run = self._on_ranks if _ranks().distributed else self._guarded
         if os.environ.get("ADVFORENSICS_DEBUG"):
-            return self._guarded(ctx)
+            return run(ctx)
         try:
-            return self._guarded(ctx)
+            return run(ctx)
         except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as error:  # noqa: BLE001 - the boundary: every error becomes one line
-            raise user_error(error) from None
+            raised = user_error(error)
+            ranks = _ranks()
+            if ranks.distributed:  # which process said it, among the run's
+                raised.message = f"rank {ranks.rank} of {ranks.world_size}: {raised.message}"
+            raise raised from None
+
+    def _on_ranks(self, ctx: click.Context) -> Any:
+        """Run on this rank: rank 0 as usual, the others with their output guard off and stdout silent."""
+        import contextlib
+
+        ranks = _ranks()
+        if not self.ranks_ok:
+            raise UserError(f"`{ctx.command_path}` runs in one process; launch it without torchrun (the commands "
+                            "that run on several: attribution corpus, attribution train, models train)")
+        if ranks.is_main:
+            return self._guarded(ctx)
+        ctx.meta["output_directories"] = []
+        if "overwrite" in ctx.params and "overwrite" not in inspect.signature(self.callback).parameters:
+            ctx.params.pop("overwrite")
+        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+            return super().invoke(ctx)
 
     def _guarded(self, ctx: click.Context) -> Any:
         from advforensics.outputs import OutputDirectory, check_new_file, check_not_input

@@ -39,7 +39,16 @@ _register_groups()
 
 
 def main() -> None:
-    cli(prog_name="advforensics")
+    from advforensics import distributed
+
+    if not distributed.launched():
+        cli(prog_name="advforensics")
+        return
+    distributed.start()  # one process of several under torchrun: join the others first
+    try:
+        cli(prog_name="advforensics")
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":

@@ -41,7 +41,10 @@ device_option = click.option("--device", default="auto", show_default=True,
 
 
 def emit_json(json_path: Path | None, payload: dict[str, Any]) -> None:
-    if json_path is not None:
+    """Write a command's --json report (rank 0 alone under torchrun: the ranks report the same run)."""
+    from advforensics import distributed
+
+    if json_path is not None and not (distributed.launched() and not distributed.current().is_main):
         import logging
 
         from advforensics.utils import write_json
