@@ -130,3 +130,14 @@ def test_every_command_is_behind_the_boundary_and_every_writer_has_overwrite() -
                        or (isinstance(p.type, OutputFile) and p.type.replaceable)]
         if replaceable:
             assert any(p.name == "overwrite" for p in command.params), name
+
+
+@pytest.mark.parametrize("command", [["models", "train", "--model", "lenet", "--data", "digits", "--epochs", "1"],
+                                     ["attribution", "train", "--corpus", "no-corpus"]])
+@pytest.mark.parametrize("out", ["w", "w.safetensors"])
+def test_json_may_not_name_the_card_copy_of_a_weights_file(tmp_path: Path, command: list[str], out: str) -> None:
+    from click.testing import CliRunner
+
+    result = CliRunner().invoke(cli, [*command, "--out", str(tmp_path / out), "--json", str(tmp_path / "w.json")])
+    assert result.exit_code == 2 and "--out's card copy name the same path" in result.output
+    assert not list(tmp_path.iterdir())

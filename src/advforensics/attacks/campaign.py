@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from advforensics import distributed
 from advforensics.attacks.base import Attack, batched_predict
 from advforensics.errors import InputValidationError
 
@@ -69,7 +70,9 @@ def run_campaign(attack: Attack, model: nn.Module, images: torch.Tensor, labels:
                  batch_size: int = 128, shape: tuple[int, int, int] | None = None) -> Campaign:
     """Attack the first `n` images of (images, labels) that `model` classifies correctly.
 
-    shape: the (C, H, W) the model takes; images of another shape fail here in one line."""
+    shape: the (C, H, W) the model takes; images of another shape fail here in one line.
+    Under torchrun the ranks share the batches (each attack call seeds itself: the same rows as one
+    process) and every rank returns the whole campaign."""
     if shape is not None and tuple(images.shape[1:]) != tuple(shape):
         raise InputValidationError(f"the images are {tuple(images.shape[1:])}, the model expects {tuple(shape)}")
     correct = (batched_predict(model, images) == labels).nonzero().squeeze(1)
@@ -79,11 +82,13 @@ def run_campaign(attack: Attack, model: nn.Module, images: torch.Tensor, labels:
     if len(indices) < n:
         log.warning("only %d correctly classified examples", len(indices))
     x_all, y_all = images[indices], labels[indices]
-    results = []
+    batches = list(zip(x_all.split(batch_size), y_all.split(batch_size)))
+    ranks = distributed.current()
     start = time.perf_counter()
-    for x, y in tqdm(list(zip(x_all.split(batch_size), y_all.split(batch_size))), desc=attack.name,
-                     unit="batch", disable=len(x_all) <= batch_size):
-        results.append(attack(model, x, y))
+    made = {k: attack(model, *batches[k]) for k in tqdm(ranks.share(range(len(batches))), desc=attack.name,
+                                                          unit="batch", disable=len(batches) <= 1 or not ranks.is_main)}
+    made = {k: result for share in ranks.all_gather(made) for k, result in share.items()}
+    results = [made[k] for k in range(len(batches))]
     seconds = time.perf_counter() - start
     cat = {name: torch.cat([getattr(r, name) for r in results])
            for name in ("x_adv", "success", "l2", "linf", "queries", "predicted")}

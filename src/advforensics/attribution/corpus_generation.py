@@ -4,16 +4,15 @@ The corpus's on-disk format, its verification and its reader are in `advforensic
 this module makes corpora in that format.
 
 A work unit is (victim, attack, chunk of clean images); every hyperparameter value of the attack is
-run on the chunk inside the unit (FGSM from one shared gradient). Units are written atomically and
-the manifest is rewritten last, so an interrupted run resumes without duplicates or losses: a unit
-is done iff the manifest lists it and its files still hash to the recorded sha256; anything else is
-regenerated from its own deterministic seed.
+run on the chunk inside the unit (FGSM from one shared gradient). A unit's files are written
+atomically, then its record, `shards/<unit>.entry.json`; the writer folds the records into the
+manifest every COMMIT_SECONDS and at the end. An interrupted run resumes without duplicates or
+losses: a unit is done iff the manifest or its record lists it and its files still hash to the
+recorded sha256; anything else is regenerated from its own deterministic seed.
 
 Under torchrun the ranks share the units (`Ranks.share`, every unit keeping its own seed, so the corpus
-is byte-identical to a one-process run). Rank 0 alone holds the lock and the manifest; every rank
-writes its units' files and then a small `<unit>.entry.json` beside them, which rank 0 folds into the
-manifest as it goes and at the end, and a resumed run adopts once the unit's files verify: a killed
-rank loses only the unit it was making.
+is byte-identical to a one-process run). Rank 0 alone holds the lock and writes the manifest, folding
+in every rank's records; a killed rank loses only the unit it was making.
 
 Evidence is quantised to 8 bits by default: float evidence leaks the attack (FGSM stays on the 1/255
 grid, PGD and C&W do not) and FGSM's epsilon (the most frequent pixel change). Success is re-checked
@@ -463,6 +462,9 @@ def _writer_lock(root: Path) -> Iterator[None]:
 
 #: a rank's record of one finished unit, beside its files, until rank 0 folds it into the manifest
 ENTRY_SUFFIX = ".entry.json"
+#: how often rank 0 rewrites the manifest while units are made (each rewrite serialises every entry so
+#: far: once per unit made the writes grew with the square of the corpus)
+COMMIT_SECONDS = 10.0
 
 
 def _entry_files(root: Path) -> list[Path]:
@@ -470,31 +472,38 @@ def _entry_files(root: Path) -> list[Path]:
     return sorted(shards.glob(f"*{ENTRY_SUFFIX}")) if shards.is_dir() else []
 
 
-def _adopt_entries(root: Path, manifest: dict[str, Any], plan_ids: set[str]) -> list[str]:
-    """Fold the ranks' unit entries into `manifest` (the units of this plan not in it yet whose files
-    verify); return the ids adopted. Entries already folded, or failing a check, are removed."""
+def _fold_entries(root: Path, manifest: dict[str, Any], own: dict[str, dict[str, Any]], plan_ids: set[str]
+                  ) -> list[str]:
+    """Add rank 0's `own` new entries (emptied) and every other unit entry file of this plan whose files
+    verify to `manifest`; return the ids whose entry files may go once the manifest is written."""
+    manifest["units"].update(own)
+    folded = list(own)
+    own.clear()
     shape = tuple(manifest["image_shape"])
-    adopted = []
     for path in _entry_files(root):
         unit_id = path.name[:-len(ENTRY_SUFFIX)]
-        if unit_id in manifest["units"] or unit_id not in plan_ids:
-            path.unlink(missing_ok=True)
+        if unit_id in manifest["units"]:
+            folded.append(unit_id)
             continue
         try:
+            if unit_id not in plan_ids:
+                raise DataFileError("no unit of this corpus has that name")
             entry = json.loads(path.read_text())
             _read_unit(root, unit_id, entry, shape)
         except (OSError, ValueError, DataFileError, AttributeError) as error:
-            log.warning("unit %s: its rank's record does not match its files (%s); regenerating it", unit_id, error)
+            log.warning("unit %s: its record does not match its files (%s); regenerating it", unit_id, error)
             path.unlink(missing_ok=True)
             continue
         manifest["units"][unit_id] = entry
-        adopted.append(unit_id)
-    return adopted
+        folded.append(unit_id)
+    return folded
 
 
-def _drop_entries(root: Path, unit_ids: Sequence[str]) -> None:
-    """Remove the entry files of units the manifest on disk now lists."""
-    for unit_id in unit_ids:
+def _commit(root: Path, manifest: dict[str, Any], own: dict[str, dict[str, Any]], plan_ids: set[str]) -> None:
+    """Fold the finished units' entries into the manifest and write it; then the entry files go."""
+    folded = _fold_entries(root, manifest, own, plan_ids)
+    write_json(root / MANIFEST, manifest)
+    for unit_id in folded:
         (root / SHARDS / f"{unit_id}{ENTRY_SUFFIX}").unlink(missing_ok=True)
 
 
@@ -517,8 +526,7 @@ def _holds_no_units(root: Path) -> bool:
             except DataFileError:
                 return False
         elif path.name == SHARDS and path.is_dir():
-            if not all(_is_tmp(f.name) or f.suffix in (".npz", ".parquet") or f.name.endswith(ENTRY_SUFFIX)
-                       for f in path.iterdir()):
+            if not all(_is_tmp(f.name) or f.suffix in (".npz", ".parquet") for f in path.iterdir()):
                 return False
         elif path.name not in (LOCK_FILE, CLEAN_FILE) and not _is_tmp(path.name):
             return False
@@ -544,11 +552,8 @@ def _resume_manifest(root: Path, fresh: dict[str, Any], clean_bytes: bytes, plan
             log.warning("unit %s is missing or corrupt on disk (%s); regenerating it", unit_id, error)
             del manifest["units"][unit_id]
             regenerated.append(unit_id)
-    adopted = _adopt_entries(root, manifest, plan_ids)
-    if adopted:
-        log.info("adopted %d units that ranks of an interrupted run finished", len(adopted))
-        write_json(root / MANIFEST, manifest)
-        _drop_entries(root, adopted)
+    if _entry_files(root):  # units an interrupted run finished after its last manifest write
+        _commit(root, manifest, {}, plan_ids)
     clean = root / CLEAN_FILE
     if not (clean.is_file() and _inside(root, clean) and sha256_file(clean) == manifest["clean"]["sha256"]):
         atomic_write_bytes(clean, clean_bytes)
@@ -565,8 +570,6 @@ def _open_corpus(root: Path, fresh: dict[str, Any], clean_bytes: bytes, plan_ids
     """The manifest to continue (under the writer lock): a fresh one, or the stored one on --resume;
     (manifest, ids of the units found corrupt, to be made again)."""
     if _holds_no_units(root):  # empty, or what a failed first run left: start afresh
-        for stale in _entry_files(root):  # a failed first run's records: its units are made again
-            stale.unlink()
         write_json(root / MANIFEST, fresh)  # first: a crash from here on leaves a recognisable corpus
         atomic_write_bytes(root / CLEAN_FILE, clean_bytes)
         return fresh, []
@@ -651,6 +654,8 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
         reused = [unit[0] for unit in plan if unit[0] in done]
         mine = ranks.share(todo)
         generated: list[str] = []
+        own: dict[str, dict[str, Any]] = {}  # rank 0's units since the manifest was last written
+        committed = time.monotonic()
         for unit in tqdm(mine, desc="corpus units", disable=not (progress and ranks.is_main), unit="unit"):
             if max_units is not None and len(generated) >= max_units:
                 break
@@ -660,23 +665,21 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
             seconds = time.perf_counter() - t0
             entry = _write_unit(root, unit[0], stacked, columns)
             entry.update({"cells": cells, "attack_runs": runs, "seconds": seconds})
+            write_json(root / SHARDS / f"{unit[0]}{ENTRY_SUFFIX}", entry)  # the unit's files first, its record last
             generated.append(unit[0])
-            if ranks.distributed:  # the unit's files first, its record last
-                write_json(root / SHARDS / f"{unit[0]}{ENTRY_SUFFIX}", entry)
             if ranks.is_main:
-                manifest["units"][unit[0]] = entry
-                adopted = _adopt_entries(root, manifest, plan_ids) if ranks.distributed else []
-                write_json(root / MANIFEST, manifest)  # last: the unit counts only once its files are in place
-                _drop_entries(root, [unit[0], *adopted] if ranks.distributed else [])
+                own[unit[0]] = entry
+                if time.monotonic() - committed >= COMMIT_SECONDS:
+                    _commit(root, manifest, own, plan_ids)
+                    committed = time.monotonic()
         ranks.barrier()  # every rank's units are on disk
         if ranks.is_main:
-            adopted = _adopt_entries(root, manifest, plan_ids)
+            _fold_entries(root, manifest, own, plan_ids)
             manifest["complete"] = all(unit[0] in manifest["units"] for unit in plan)
             manifest["cells"] = _aggregate_cells(manifest)
             manifest["throughput"] = _aggregate_throughput(manifest)
             manifest["corpus_id"] = _corpus_id(manifest) if manifest["complete"] else None
-            write_json(root / MANIFEST, manifest)
-            _drop_entries(root, adopted)
+            _commit(root, manifest, {}, plan_ids)
         ranks.barrier()  # the manifest is final
     if not ranks.is_main:
         manifest = _read_manifest(root)

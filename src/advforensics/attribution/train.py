@@ -3,6 +3,10 @@
 Defaults follow the paper: Adam, cosine annealing, lr 1e-3, weight decay 1e-3, batch 64. The split
 is by clean image (`split_by_clean_image`) and is reproduced from the card at evaluation. The trained
 network and its card are stored by attribution/card.py.
+
+Under torchrun the ranks train one model as DistributedDataParallel: every rank draws the same batch
+order (the balanced sampler draws with replacement by weight, which DistributedSampler cannot) and
+trains on its share of each batch, so a step sees the same rows as in one process.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from advforensics import distributed
 from advforensics.attribution.card import MODEL_KINDS, AttributorCard, AttributorNet, CardSplit
 from advforensics.attribution.baselines import SingleLabelConfig, SingleLabelNet, joint_vocabulary, \
     single_task_config
@@ -263,8 +268,13 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, total_steps))
     history: list[dict[str, float]] = []
     step = 0
-    bar = tqdm(total=total_steps, desc=f"train {config.model}", disable=not progress, unit="step")
+    ranks = distributed.current()
+    bar = tqdm(total=total_steps, desc=f"train {config.model}", disable=not (progress and ranks.is_main),
+               unit="step")
     model.train()
+    step_loss = _StepLoss(model, config.pe_weight)
+    if ranks.distributed:  # the same parameters take part in every step (some may never: found at step 1)
+        step_loss = nn.parallel.DistributedDataParallel(step_loss, static_graph=True)
     sample_weights = _balance_weights(targets) if config.balance else None
     for epoch in range(config.epochs):
         sums: dict[str, float] = {}
@@ -274,11 +284,16 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         for batch in order.split(config.batch_size):
             if step >= total_steps:
                 break
+            if len(batch) < ranks.world_size:  # a last batch too small to give every rank a row
+                continue
+            share = slice(ranks.rank, None, ranks.world_size)  # this rank's share of the step's batch
+            if copies:  # drawn for the whole batch, so that every rank's generator stays in step
+                swap = (torch.rand(len(batch), generator=generator) < config.augment_share)[share]
+                which = torch.randint(len(copies), (len(batch),), generator=generator)[share]
+            batch = batch[share]
             xb = x_train[batch]
             side_b = {k: v[batch] for k, v in side_train.items()}
             if copies:
-                swap = torch.rand(len(batch), generator=generator) < config.augment_share
-                which = torch.randint(len(copies), (len(batch),), generator=generator)
                 for j, copy in enumerate(copies):
                     m = swap & (which == j)
                     xb = torch.where(m.view(-1, 1, 1, 1), copy[batch], xb)
@@ -286,17 +301,15 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
                               for k, v in side_b.items()}
             xb = xb.to(device)
             tb = {k: v[batch].to(device) for k, v in targets.items()}
-            fm_delta = model.feature_delta(xb, clean_train[batch].to(device)) if clean_train is not None else None
-            out = model(xb, {k: v.to(device) for k, v in side_b.items()}) if side_train else model(xb)
-            losses = model.losses(out, tb, fm_delta)
-            loss = model.total_loss(losses, config.pe_weight)
+            clean_b = clean_train[batch].to(device) if clean_train is not None else None
+            loss, losses = step_loss(xb, {k: v.to(device) for k, v in side_b.items()}, tb, clean_b)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             scheduler.step()
             step += 1
             bar.update(1)
-            count += 1
+            count += 1  # the epoch's means below are rank 0's share (the ranks' losses agree to noise)
             sums["total"] = sums.get("total", 0.0) + float(loss.detach())
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
@@ -325,6 +338,21 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         probe_weights_sha256=None if probe_victims is None or not config.probe else
         {name: probe_victims[1][name].get("weights_sha256") for name in model.config.probe_victims})
     return TrainResult(model=model, card=card, history=history)
+
+
+class _StepLoss(nn.Module):
+    """One training step's loss as a module, so that DistributedDataParallel sees every parameter used."""
+
+    def __init__(self, model: AttributorNet, pe_weight: float) -> None:
+        super().__init__()
+        self.model, self.pe_weight = model, pe_weight
+
+    def forward(self, xb: torch.Tensor, side: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+                clean: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        fm_delta = self.model.feature_delta(xb, clean) if clean is not None else None
+        out = self.model(xb, side) if side else self.model(xb)
+        losses = self.model.losses(out, targets, fm_delta)
+        return self.model.total_loss(losses, self.pe_weight), losses
 
 
 def _fit_open_set(model: AttributorNet, corpus: Corpus, rows: np.ndarray, train_rows: np.ndarray, config: TrainConfig

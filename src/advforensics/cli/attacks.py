@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from advforensics.cli.common import ForensicsGroup, UserError
+from advforensics.cli.boundary import UserError
+from advforensics.cli.common import ForensicsGroup
 from advforensics.cli.options import OutputFile, emit_json, json_option, seed_option
 from advforensics.cli.params import attack_arguments, parse_param
 
@@ -55,7 +56,7 @@ def list_cmd(as_json: bool) -> None:
         click.echo(f"{row['name']:<14}{row['norm']:<6}{row['threat_model']:<14}{params}")
 
 
-@attacks.command("run")
+@attacks.command("run", ranks_ok=True)
 @click.option("--attack", "attack_name", required=True, help="Attack name (see `attacks list`).")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Saved model (MODEL.safetensors with its MODEL.json card).")
@@ -102,6 +103,7 @@ def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, cop
 
     from advforensics.attacks import create_attack
     from advforensics.attacks.base import ThreatModel, batched_predict
+    from advforensics import distributed
     from advforensics.attacks.campaign import run_campaign
     from advforensics.data import load_dataset
     from advforensics.utils import seed_everything
@@ -129,7 +131,8 @@ def run_cmd(attack_name: str, weights: Path | None, copies_dir: Path | None, cop
                           f"{torch.get_num_threads()} threads"}
     if out is not None:
         meta = {key: summary[key] for key in ("attack", *provenance, "data", "split", "data_sha256", "seed")}
-        campaign.save(out, attack.params, meta, overwrite=overwrite)
+        if distributed.current().is_main:  # under torchrun every rank holds the whole campaign; one writes it
+            campaign.save(out, attack.params, meta, overwrite=overwrite)
         summary["out"] = str(out)
     _print_figures(f"{attack_name} on {data_name}/{split}", summary)
     emit_json(json_path, summary)

@@ -12,10 +12,10 @@ from advforensics.cli.options import OutputFile, device_option, emit_json, json_
 from advforensics.cli.params import comma_list
 from advforensics.vocab import OpenSetScore
 
-@click.command("train", cls=ForensicsCommand)
+@click.command("train", cls=ForensicsCommand, ranks_ok=True)
 @click.option("--corpus", "corpus_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Corpus directory.")
-@click.option("--out", required=True, type=OutputFile(),
+@click.option("--out", required=True, type=OutputFile(card_copy=True),
               help="Weights file (.safetensors); the card goes beside it as .json.")
 @click.option("--model", "kind", type=click.Choice(["mtaa", "single-task", "single-label"]), default="mtaa",
               show_default=True, help="Attributor kind.")
@@ -97,6 +97,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
     """
     import torch
 
+    from advforensics import distributed
     from advforensics.attribution.corpus import load_corpus
     from advforensics.attribution.card import save_attributor
     from advforensics.attribution.train import TrainConfig, load_backbone_data, train_attributor
@@ -122,7 +123,8 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
                               probe_victims=probe)
     seconds = time.perf_counter() - start
     result.card.train_seconds = seconds
-    save_attributor(result.model, result.card, out)
+    if distributed.current().is_main:  # under torchrun every rank holds the same model; one writes it
+        save_attributor(result.model, result.card, out)
     last = result.history[-1] if result.history else {}
     click.echo(f"trained {kind} on {result.card.n_train} examples ({result.card.steps} steps, "
                f"{seconds:.1f}s); last epoch loss {last.get('total', float('nan')):.4f}; saved {out}")

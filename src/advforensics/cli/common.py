@@ -7,7 +7,7 @@
   has one gets `--overwrite`;
 - ranks: under torchrun, a command made with `ranks_ok=True` runs on every rank; rank 0 alone claims the
   outputs and prints, the others run silent; any other command refuses to start on several ranks.
-The option types and shared options are in options.py.
+The option types and shared options are in options.py; the error types and the ranks in boundary.py.
 """
 
 from __future__ import annotations
@@ -17,49 +17,14 @@ import inspect
 import math
 import os
 import sys
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from advforensics.cli.boundary import UserError, commands_on_ranks, ranks, user_error
 from advforensics.cli.options import OutputDir, OutputFile
-from advforensics.errors import AdvForensicsError
-
-
-class UserError(click.ClickException):
-    """Printed as `Error: <message>` with exit code 2 and no traceback."""
-
-    exit_code = 2
-
-
-class InternalError(click.ClickException):
-    """A bug, not the user's input: one line, exit code 1."""
-
-    exit_code = 1
-
-
-def user_error(error: BaseException) -> click.ClickException:
-    """The one line a library error becomes."""
-    if isinstance(error, click.ClickException):
-        return error
-    if isinstance(error, AdvForensicsError):
-        return UserError(str(error))
-    if isinstance(error, FileNotFoundError):
-        return UserError(f"file not found: {error.filename or error}")
-    if isinstance(error, OSError) and error.errno is not None:  # permissions, a folder given for a file, disk full
-        where = f": {error.filename}" if error.filename else ""
-        return UserError(f"{error.strerror or os.strerror(error.errno)}{where}")
-    if isinstance(error, zipfile.BadZipFile):
-        return UserError(f"not a readable zip/.npz file: {error}")
-    if type(error).__name__ == "DecompressionBombError":  # PIL, before we cap pixels ourselves
-        return UserError(str(error).splitlines()[0])
-    if isinstance(error, MemoryError):
-        return UserError("out of memory: the input is too large for this machine")
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return InternalError(f"internal error ({type(error).__name__}: {text}); this is a bug in advforensics, please "
-                         "report it (ADVFORENSICS_DEBUG=1 shows the traceback)")
 
 
 def _paths(value: Any) -> Iterator[Path]:
@@ -76,13 +41,6 @@ def _paths(value: Any) -> Iterator[Path]:
                 yield Path(part.strip())
 
 
-def _ranks() -> Any:
-    """This process's advforensics.distributed.Ranks (torch is imported only under torchrun)."""
-    from advforensics import distributed
-
-    return distributed.current() if distributed.launched() else distributed.SINGLE
-
-
 class ForensicsCommand(click.Command):
     """A command behind the error boundary and the output guard (see the module docstring)."""
 
@@ -96,35 +54,35 @@ class ForensicsCommand(click.Command):
                                             help="Replace outputs that exist (never an input; nothing else is deleted)."))
 
     def invoke(self, ctx: click.Context) -> Any:
-        run = self._on_ranks if _ranks().distributed else self._guarded
-        if os.environ.get("ADVFORENSICS_DEBUG"):
-            return run(ctx)
+        here = ranks()
         try:
-            return run(ctx)
+            if here.distributed and not self.ranks_ok:
+                raise UserError(f"`{ctx.command_path}` runs in one process; launch it without torchrun (the "
+                                f"commands that run on several: {', '.join(commands_on_ranks(ctx))})")
+            return self._guarded(ctx) if here.is_main else self._silent(ctx)
         except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
             raise
         except Exception as error:  # noqa: BLE001 - the boundary: every error becomes one line
+            if os.environ.get("ADVFORENSICS_DEBUG"):
+                raise
             raised = user_error(error)
-            ranks = _ranks()
-            if ranks.distributed:  # which process said it, among the run's
-                raised.message = f"rank {ranks.rank} of {ranks.world_size}: {raised.message}"
+            if here.distributed:  # which process said it, among the run's
+                raised.message = f"rank {here.rank} of {here.world_size}: {raised.message}"
             raise raised from None
 
-    def _on_ranks(self, ctx: click.Context) -> Any:
-        """Run on this rank: rank 0 as usual, the others with their output guard off and stdout silent."""
+    def _silent(self, ctx: click.Context) -> Any:
+        """A rank other than 0 under torchrun: the same work, while rank 0 claims the outputs and prints."""
         import contextlib
 
-        ranks = _ranks()
-        if not self.ranks_ok:
-            raise UserError(f"`{ctx.command_path}` runs in one process; launch it without torchrun (the commands "
-                            "that run on several: attribution corpus, attribution train, models train)")
-        if ranks.is_main:
-            return self._guarded(ctx)
         ctx.meta["output_directories"] = []
-        if "overwrite" in ctx.params and "overwrite" not in inspect.signature(self.callback).parameters:
-            ctx.params.pop("overwrite")
+        self._drop_overwrite(ctx)
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             return super().invoke(ctx)
+
+    def _drop_overwrite(self, ctx: click.Context) -> None:
+        """--overwrite is the guard's own option unless the command takes it too."""
+        if "overwrite" in ctx.params and "overwrite" not in inspect.signature(self.callback).parameters:
+            ctx.params.pop("overwrite")
 
     def _guarded(self, ctx: click.Context) -> Any:
         from advforensics.outputs import OutputDirectory, check_new_file, check_not_input
@@ -143,9 +101,14 @@ class ForensicsCommand(click.Command):
         for param, value in outputs:
             flag = param.opts[0]
             check_not_input(value, inputs, what=f"{flag}")
-            if value.resolve() in seen:
-                raise UserError(f"{flag} and {seen[value.resolve()]} name the same path {value}")
-            seen[value.resolve()] = flag
+            named = [(value, flag)]
+            if isinstance(param.type, OutputFile) and param.type.card_copy:  # <base>.json, for either spelling
+                named += [(copy, f"{flag}'s card copy") for copy in
+                          {value.with_suffix(".json"), value.with_name(value.name + ".json")} if copy != value]
+            for path, what in named:
+                if path.resolve() in seen:
+                    raise UserError(f"{what} and {seen[path.resolve()]} name the same path {path}")
+                seen[path.resolve()] = what
             if isinstance(param.type, OutputFile):
                 check_new_file(value, overwrite, what=flag, replaceable=param.type.replaceable)
             elif not param.type.managed:
@@ -153,8 +116,7 @@ class ForensicsCommand(click.Command):
                 directory.claim(overwrite)
                 directories.append(directory)
         ctx.meta["output_directories"] = directories
-        if "overwrite" in ctx.params and "overwrite" not in inspect.signature(self.callback).parameters:
-            ctx.params.pop("overwrite")
+        self._drop_overwrite(ctx)
         try:
             result = super().invoke(ctx)
         except BaseException:

@@ -39,14 +39,21 @@ _register_groups()
 
 
 def main() -> None:
+    import sys
+
     from advforensics import distributed
 
+    # `torchrun ... -m advforensics -- COMMAND ...`: the "--" keeps torchrun's own parser from reading our
+    # options (it takes --start for its --start-method, and --n for nothing it can decide on)
+    args = sys.argv[1:]
+    if args[:1] == ["--"]:
+        args = args[1:]
     if not distributed.launched():
-        cli(prog_name="advforensics")
+        cli(args=args, prog_name="advforensics")
         return
     distributed.start()  # one process of several under torchrun: join the others first
     try:
-        cli(prog_name="advforensics")
+        cli(args=args, prog_name="advforensics")
     finally:
         distributed.stop()
 

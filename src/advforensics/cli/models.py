@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from advforensics import __version__
-from advforensics.cli.common import ForensicsGroup, UserError
+from advforensics.cli.boundary import UserError
+from advforensics.cli.common import ForensicsGroup
 from advforensics.cli.options import OutputFile, emit_json, json_option, seed_option
 
 
@@ -52,7 +53,7 @@ def list_cmd(as_json: bool) -> None:
                    f"{r['lr']:>9g}  {r['description']}")
 
 
-@models.command("train")
+@models.command("train", ranks_ok=True)
 @click.option("--model", "model_name", required=True, help="Zoo model name (see `models list`).")
 @click.option("--data", "data_name", required=True, help="Data set name (see `data list`).")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -65,7 +66,7 @@ def list_cmd(as_json: bool) -> None:
               help="Random-shift augmentation: +-SHIFT px per training image [model default].")
 @click.option("--limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [torch default].")
-@click.option("--out", required=True, type=OutputFile(),
+@click.option("--out", required=True, type=OutputFile(card_copy=True),
               help="Output base path: writes OUT.safetensors and OUT.json (card).")
 @click.option("--resume", is_flag=True, help="Resume from OUT.train-state.* if present.")
 @click.option("--overwrite", is_flag=True, help="Replace a different model already at OUT.")

@@ -11,11 +11,13 @@ import click
 
 class OutputFile(click.Path):
     """A file the command writes (checked by the output guard). replaceable=False: never replaced, not even
-    with --overwrite (a private key)."""
+    with --overwrite (a private key). card_copy: a weights file, written with a JSON copy of its card
+    beside it (`<base>.json`), which no other output of the command may name."""
 
-    def __init__(self, replaceable: bool = True) -> None:
+    def __init__(self, replaceable: bool = True, card_copy: bool = False) -> None:
         super().__init__(dir_okay=False, path_type=Path)
         self.replaceable = replaceable
+        self.card_copy = card_copy
 
 
 class OutputDir(click.Path):

@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from advforensics.cli.common import UserError
+from advforensics.cli.boundary import UserError
 
 _FRACTION = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?)\s*/\s*(\d+(?:\.\d*)?)\s*$")
 

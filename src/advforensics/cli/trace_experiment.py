@@ -13,7 +13,7 @@ from advforensics.errors import InputValidationError
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
 from advforensics.vocab import LearnedFeatures
 
-@click.command("experiment", cls=ForensicsCommand)
+@click.command("experiment", cls=ForensicsCommand, ranks_ok=True)
 @click.option("--classifier", "classifier_path", required=True, type=click.Path(path_type=Path),
               help="Zoo checkpoint of C.")
 @click.option("--data", "data_name", default="mnist", show_default=True,

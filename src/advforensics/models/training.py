@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from advforensics import distributed
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.models.base import ModelConfig, as_input
 from advforensics.models.serialization import load_state, save_state, state_exists
@@ -138,12 +139,15 @@ def predict(model: nn.Module, images: Any, batch_size: int = 512) -> torch.Tenso
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
-def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 512) -> float:
-    """Top-1 accuracy of `model` on (N, C, H, W) images and (N,) labels."""
+def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 512,
+             ranks: distributed.Ranks = distributed.SINGLE) -> float:
+    """Top-1 accuracy of `model` on (N, C, H, W) images and (N,) labels (each rank counts its share)."""
     x, y = as_tensors(images, labels)
     if len(y) == 0:
         raise InputValidationError("cannot evaluate on an empty data set")
-    return float((predict(model, x, batch_size) == y).float().mean())
+    share = torch.arange(ranks.rank, len(y), ranks.world_size)
+    correct, total = ranks.all_sum([float((predict(model, x[share], batch_size) == y[share]).sum()), len(share)])
+    return correct / total
 
 
 def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -181,6 +185,11 @@ def _make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int
     return optimizer, scheduler
 
 
+def _rank_seed(seed: int, epoch: int, ranks: distributed.Ranks) -> int:
+    """The seed of one rank's augmentation and dropout draws in one epoch (a resumed run repeats them)."""
+    return (seed * 1_000_003 + epoch * ranks.world_size + ranks.rank) % 2**63
+
+
 def train_model(model: nn.Module, train: ImageDatasetLike, test: ImageDatasetLike | None,
                 config: TrainConfig, checkpoint_path: Path | None = None, progress: bool = True,
                 ) -> TrainResult:
@@ -199,19 +208,29 @@ def train_model(model: nn.Module, train: ImageDatasetLike, test: ImageDatasetLik
     if test_xy is not None:
         _check_fits(model_config, *test_xy, "test")
 
-    steps_per_epoch = math.ceil(len(y_train) / config.batch_size)
+    ranks = distributed.current()
+    sampler, batch_size = None, config.batch_size
+    if ranks.distributed:
+        from torch.utils.data import DistributedSampler
+
+        sampler = DistributedSampler(range(len(y_train)), num_replicas=ranks.world_size, rank=ranks.rank,
+                                     shuffle=True, seed=config.seed)
+        batch_size = math.ceil(config.batch_size / ranks.world_size)
+    steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(y_train)) / batch_size)
     optimizer, scheduler = _make_optimizer(model, config, steps_per_epoch)
     generator = torch.Generator().manual_seed(config.seed)
     torch.manual_seed(config.seed)  # dropout draws from the global generator
     identity = {"train_config": config.to_dict(), "num_train": len(y_train),
-                "model_config": model_config.to_dict() if isinstance(model_config, ModelConfig) else None}
+                "model_config": model_config.to_dict() if isinstance(model_config, ModelConfig) else None,
+                **({"ranks": ranks.world_size} if ranks.distributed else {})}
+    step_model = nn.parallel.DistributedDataParallel(model) if ranks.distributed else model
 
     start_epoch, history, seconds, cpu_seconds = 0, [], 0.0, 0.0
     if checkpoint_path is not None and state_exists(Path(checkpoint_path)):
         state = load_state(Path(checkpoint_path))
         if state.get("identity") != identity:
             raise CheckpointError(f"training state {checkpoint_path} belongs to another model, data "
-                                  "set or training config; remove it or choose another path")
+                                  "set, training config or number of ranks; remove it or choose another path")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
@@ -227,14 +246,20 @@ def train_model(model: nn.Module, train: ImageDatasetLike, test: ImageDatasetLik
     for epoch in range(start_epoch, config.epochs):
         t0, c0 = time.perf_counter(), time.process_time()
         model.train()
-        order = torch.randperm(len(y_train), generator=generator)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(sampler))
+            generator = torch.Generator().manual_seed(_rank_seed(config.seed, epoch, ranks))
+            torch.manual_seed(_rank_seed(config.seed, epoch, ranks))
+        else:
+            order = torch.randperm(len(y_train), generator=generator)
         correct, total, loss_sum = 0, 0, 0.0
-        bar = tqdm(order.split(config.batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
-                   disable=not progress, leave=False, unit="batch")
+        bar = tqdm(order.split(batch_size), desc=f"epoch {epoch + 1}/{config.epochs}",
+                   disable=not (progress and ranks.is_main), leave=False, unit="batch")
         for idx in bar:
             xb, yb = x_train[idx], y_train[idx]  # (B, C, H, W), (B,)
             xb = random_shift(xb, config.shift, generator)
-            logits = model(xb)
+            logits = step_model(xb)
             loss = loss_fn(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -246,16 +271,17 @@ def train_model(model: nn.Module, train: ImageDatasetLike, test: ImageDatasetLik
             loss_sum += loss.item() * len(yb)
             bar.set_postfix(loss=f"{loss_sum / total:.4f}", acc=f"{correct / total:.4f}")
         bar.close()
+        correct, total, loss_sum = ranks.all_sum([correct, total, loss_sum])
         train_acc = correct / total
         record = {"epoch": epoch + 1, "loss": loss_sum / total, "train_accuracy": train_acc}
         if test_xy is not None:
-            record["test_accuracy"] = evaluate(model, *test_xy, batch_size=config.eval_batch_size)
+            record["test_accuracy"] = evaluate(model, *test_xy, batch_size=config.eval_batch_size, ranks=ranks)
         seconds += time.perf_counter() - t0
         cpu_seconds += time.process_time() - c0
         record["seconds"], record["cpu_seconds"] = seconds, cpu_seconds
         history.append(record)
         log.info("epoch %d/%d: %s", epoch + 1, config.epochs, record)
-        if checkpoint_path is not None:
+        if checkpoint_path is not None and ranks.is_main:
             save_state(Path(checkpoint_path), {
                 "identity": identity, "epoch": epoch + 1, "history": history, "seconds": seconds,
                 "cpu_seconds": cpu_seconds,

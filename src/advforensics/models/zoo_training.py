@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from advforensics import distributed
 from advforensics.errors import InputValidationError
 from advforensics.models.base import ZooModel, create_model
 from advforensics.models.checkpoint import save_model, weights_paths
@@ -38,7 +39,8 @@ def train_zoo_model(model_name: str, data: str, out: str | Path, *, data_dir: st
                     seed: int = 0) -> ZooTraining:
     """Train a zoo model on a data set's train split (None = the model's documented default), evaluating
     the test split after every epoch; the training state goes to OUT.train-state.safetensors after each
-    epoch, and `resume` continues from it to the same weights. An existing model at OUT is replaced only
+    epoch, and `resume` continues from it to the same weights. Under torchrun the ranks train one model
+    (see models.training) and rank 0 writes it. An existing model at OUT is replaced only
     with `overwrite` (or when resuming its own run)."""
     from advforensics.data import load_dataset
 
@@ -49,8 +51,10 @@ def train_zoo_model(model_name: str, data: str, out: str | Path, *, data_dir: st
     if weights_path.exists() and not (overwrite or (resume and has_state)):
         raise InputValidationError(f"{weights_path} exists; pass --overwrite to replace it"
                                    + ("" if has_state else " (there is no training state to --resume from)"))
-    if not resume:
+    ranks = distributed.current()
+    if not resume and ranks.is_main:
         state_path.with_name(state_path.name + ".safetensors").unlink(missing_ok=True)
+    ranks.barrier()  # no rank reads a state before rank 0 has removed the old one
     train = load_dataset(data, split="train", data_dir=data_dir, limit=limit)
     test = load_dataset(data, split="test", data_dir=data_dir)
     channels, height, _ = train.info.shape
@@ -65,9 +69,12 @@ def train_zoo_model(model_name: str, data: str, out: str | Path, *, data_dir: st
                     "test_sha256": test.info.sha256, "num_test": len(test.labels), "limit": limit},
         "test_accuracy": result.test_accuracy, "seed": seed, "train_config": config.to_dict(),
         "train_seconds": result.train_seconds, "train_cpu_seconds": result.cpu_seconds, "history": result.history,
-        "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__, "machine": platform.machine(),
+        "torch_threads": torch.get_num_threads(), "ranks": ranks.world_size, "torch_version": torch.__version__,
+        "machine": platform.machine(),
     }
-    save_model(model, out, card, overwrite=overwrite or resume)
+    if ranks.is_main:
+        save_model(model, out, card, overwrite=overwrite or resume)
+    ranks.barrier()  # the model file is complete on every rank's return
     return ZooTraining(model, config, result, card, weights_path, wall)
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from advforensics import distributed
 from advforensics.errors import InputValidationError
 from advforensics.utils import atomic_write_text, write_json
 
@@ -56,13 +57,17 @@ class Study:
     def run(self) -> StudyResult:
         start = time.time()
         results: dict[str, Any] = {"study": self.name, "config": asdict(self.config), "info": self.info}
+        ranks = distributed.current()  # under torchrun every rank runs the stages; rank 0 writes
         for stage in self.stage_names:
             if stage in self.config.stages:
                 log.info("%s study: stage %s", self.name, stage)
                 results[stage] = getattr(self, f"stage_{stage.replace('-', '_')}")()
-                write_json(self.out_dir / "results.json", results)
+                if ranks.is_main:
+                    write_json(self.out_dir / "results.json", results)
         results.update(self.summarise(results))
         results["elapsed_s"] = round(time.time() - start, 1)
+        if not ranks.is_main:
+            return StudyResult(results, "", [])
         write_json(self.out_dir / "results.json", results)
         text, files = self.report(results)
         atomic_write_text(self.out_dir / "tables.md", text)

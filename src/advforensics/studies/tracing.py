@@ -1,5 +1,8 @@
 """The tracing study (`advforensics trace experiment`): the separate-and-trace tables, actually run.
 
+Under torchrun the ranks share each attack set's source copies (tracing_examples.attack_sources); rank 0
+fits the learned rule and the peer copies once and writes every file, and the other ranks read them.
+
 Stages (each attack set is cached under OUT/examples/, so an interrupted run resumes):
 - Table 1, clean accuracy of C and of every copy against alpha.
 - Table 2, tracing accuracy per attack x alpha (m copies), for every score rule, with per-source
@@ -38,6 +41,7 @@ from torch import nn
 
 from advforensics.errors import InputValidationError
 from advforensics.studies.base import Study
+from advforensics import distributed
 from advforensics.studies.tracing_examples import ClassifierOracle, CollusionOracle, ExampleSet, attack_sources
 from advforensics.studies.tracing_metrics import (CONFIDENT, ks_statistics, median_or_none, robustness_cost,
                                                   tracing_metrics, transfer_matrix)
@@ -201,14 +205,18 @@ class TracingStudy(Study):
         path = self.out_dir / "examples" / f"{name}.npz"
         meta = {"attack": attack, "params": self.config.params_for(attack), "per_source": per_source,
                 "sources": source_ids, "seed": self.config.seed, "tracer": self.tracer_hash, **meta}
-        cached = ExampleSet.load(path, meta)
-        if cached is not None:
+        ranks = distributed.current()
+        cached = ExampleSet.load(path, meta) if ranks.is_main else None
+        if ranks.broadcast(cached is not None):  # rank 0 decides, so that every rank attacks or none does
+            cached = cached or ExampleSet.load(path, meta)
+            assert cached is not None  # rank 0 read it from disk
             log.info("reusing %s (%d examples)", path, len(cached.sources))
             return cached
         seed = self.config.seed + sum(map(ord, name))  # fresh images per set
         result = attack_sources(attack, self.config.params_for(attack), models, source_ids, per_source,
-                                self.images, self.labels, seed)
-        result.save(path, meta)
+                                self.images, self.labels, seed, ranks)
+        if ranks.is_main:
+            result.save(path, meta)
         return result
 
     # ------------------------------------------------------------------ stages
@@ -272,14 +280,17 @@ class TracingStudy(Study):
         path = self.out_dir / "learned_rule.json"
         meta = {"alpha": alpha, "copies": cfg.copies, "tau": cfg.tau, "tracer": self.tracer_hash,
                 "fit_images": cfg.fit_images, "seed": cfg.seed, "learned_features": cfg.learned_features}
-        stored = json.loads(path.read_text()) if path.is_file() else None
-        if stored is None or stored.get("meta") != meta:
+        ranks = distributed.current()
+        stored = json.loads(path.read_text()) if path.is_file() and ranks.is_main else None
+        if ranks.is_main and (stored is None or stored.get("meta") != meta):  # rank 0 fits, the others read it
             images, labels = self.train_data  # type: ignore[misc]
             # the last train images: the calibration uses the first ones
             rule = fit_rule(copies, images[-cfg.fit_images:], labels[-cfg.fit_images:], seed=cfg.seed,
                             features=cfg.learned_features)
             stored = {"meta": meta, "rule": rule}
             atomic_write_text(path, json.dumps(stored))
+        ranks.barrier()
+        stored = stored or json.loads(path.read_text())
         scorer = scorer_from_dict(stored["rule"])
         calibrations = {rule: self.calibration(alpha, cfg.copies, rule) for rule in FORMULA_RULES}
         rows = []
@@ -378,6 +389,14 @@ class TracingStudy(Study):
         path = self.out_dir / "peer_copies.safetensors"
         card = {"format": PEER_FORMAT, "copies": cfg.copies, "peer_epochs": cfg.peer_epochs,
                 "peer_train_images": cfg.peer_train_images, "seed": cfg.seed}
+        ranks = distributed.current()
+        if ranks.is_main and not path.is_file():  # rank 0 fine-tunes them once; every rank reads them
+            copies = build_masked_copies(self.classifier, images, labels, cfg.copies,
+                                         MaskConfig(finetune_epochs=cfg.peer_epochs, seed=cfg.seed))
+            save_weights(path, state_tensors(copies), card)
+            if not ranks.distributed:
+                return copies
+        ranks.barrier()
         if path.is_file():  # same structure with no fine-tuning, then the stored weights
             tensors, stored = load_weights(path, PEER_FORMAT, "peer copies")
             if {k: stored.get(k) for k in card} != card:
@@ -386,10 +405,7 @@ class TracingStudy(Study):
                                          MaskConfig(finetune_epochs=1, lr=1e-12, seed=cfg.seed))
             copies.load_state_dict(tensors)
             return copies.eval()
-        copies = build_masked_copies(self.classifier, images, labels, cfg.copies,
-                                     MaskConfig(finetune_epochs=cfg.peer_epochs, seed=cfg.seed))
-        save_weights(path, state_tensors(copies), card)
-        return copies
+        raise InputValidationError(f"{path} is missing: rank 0 did not write the peer copies")
 
     def stage_peer(self) -> dict[str, Any]:
         from advforensics.tracing.peer import peer_scores

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from advforensics import distributed
 from advforensics.attacks import create_attack
 from advforensics.errors import InputValidationError
 from advforensics.utils import atomic_target
@@ -83,13 +84,17 @@ class CollusionOracle(nn.Module):
 
 
 def attack_sources(attack_name: str, params: dict[str, Any], models: list[nn.Module], source_ids: list[int],
-                   per_source: int, images: torch.Tensor, labels: torch.Tensor, seed: int) -> ExampleSet:
-    """Attack each model on `per_source` fresh test images it classifies correctly; keep successes."""
+                   per_source: int, images: torch.Tensor, labels: torch.Tensor, seed: int,
+                   ranks: distributed.Ranks = distributed.SINGLE) -> ExampleSet:
+    """Attack each model on `per_source` fresh test images it classifies correctly; keep successes.
+
+    Under torchrun the ranks share the models (each attack call seeds itself, so the set is the one a
+    single process makes) and every rank returns the whole set."""
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     attack = create_attack(attack_name, seed=seed, **params)
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("x_adv", "clean", "labels", "sources", "l2", "queries")}
-    cursor, attacked = 0, 0
-    for model, source in zip(models, source_ids):
+    picked: list[torch.Tensor] = []  # each source's images: cheap, and the same on every rank
+    cursor = 0
+    for model in models:
         chosen: list[int] = []
         while len(chosen) < per_source:
             if cursor >= len(order):
@@ -99,16 +104,19 @@ def attack_sources(attack_name: str, params: dict[str, Any], models: list[nn.Mod
             with torch.no_grad():
                 right = model(images[batch]).argmax(1) == labels[batch]
             chosen += batch[right].tolist()[: per_source - len(chosen)]
-        idx = torch.tensor(chosen)
+        picked.append(torch.tensor(chosen))
+    made: dict[int, dict[str, torch.Tensor]] = {}
+    for k in ranks.share(range(len(models))):
+        idx, source = picked[k], source_ids[k]
         start = time.time()
-        result = attack(model, images[idx], labels[idx])
+        result = attack(models[k], images[idx], labels[idx])
         ok = result.success
         log.info("%s on source %d: %d/%d successful (%.0f s)", attack_name, source, int(ok.sum()), len(idx),
                  time.time() - start)
-        attacked += len(idx)
-        parts["x_adv"].append(result.x_adv[ok]); parts["clean"].append(images[idx][ok])
-        parts["labels"].append(labels[idx][ok]); parts["sources"].append(torch.full((int(ok.sum()),), source))
-        parts["l2"].append(result.l2[ok]); parts["queries"].append(result.queries[ok])
-    return ExampleSet(attacked=attacked, **{k: torch.cat(v) for k, v in parts.items()})
-
-
+        made[k] = {"x_adv": result.x_adv[ok], "clean": images[idx][ok], "labels": labels[idx][ok],
+                   "sources": torch.full((int(ok.sum()),), source), "l2": result.l2[ok],
+                   "queries": result.queries[ok]}
+    made = {k: part for share in ranks.all_gather(made) for k, part in share.items()}
+    parts = [made[k] for k in range(len(models))]
+    return ExampleSet(attacked=sum(len(idx) for idx in picked),
+                      **{name: torch.cat([part[name] for part in parts]) for name in parts[0]})
