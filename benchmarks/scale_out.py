@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-train", action="store_true", help="Measure the corpus generation only.")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = ["--data", args.data, *(["--data-dir", args.data_dir] if args.data_dir else [])]
@@ -79,6 +80,10 @@ def main() -> None:
         print(f"| {r} | {seconds[r]:.1f} | {attacked / seconds[r]:.1f} | {seconds[1] / seconds[r]:.2f}x | "
               f"{reports[r]['corpus_id'][:12]} | {'yes' if same or r == 1 else 'NO'} |")
 
+    if args.no_train:
+        if args.json:
+            args.json.write_text(json.dumps({"corpus": rows, "identical": same}, indent=2))
+        raise SystemExit(0 if same else "the corpora differ")
     train_args = ["attribution", "train", "--corpus", str(corpora[1]), "--epochs", str(args.epochs), "--threads", "1",
                   "--no-progress", "--seed", str(args.seed), "--device", "cpu"]
     results = []

@@ -2,7 +2,8 @@
 
 torchrun (or SLURM around it) starts one process per rank and sets RANK, WORLD_SIZE, LOCAL_RANK and
 the rendezvous address in each one's environment; `start` joins them into one process group. A
-command that supports ranks splits its work with `Ranks.share` and meets the others at collectives
+command that supports ranks splits its work with `Ranks.share` (a fixed split) or `Ranks.take`
+(on demand, through torchrun's key-value store) and meets the others at collectives
 (`barrier`, `broadcast`, `all_gather`, `all_sum`). Without torchrun (or with one process), `current`
 is the single rank 0 of 1 and every collective is the identity, so library code has one path.
 
@@ -13,7 +14,7 @@ command leaves behind resumes (see attribution.corpus_generation and models.trai
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -80,6 +81,24 @@ class Ranks:
         tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)  # CPU tensors travel over gloo
         dist.all_reduce(tensor)
         return [float(v) for v in tensor]
+
+
+    def take(self, items: Sequence[T]) -> Iterator[T]:
+        """`items` dealt out on demand: each rank takes the next one nobody has taken yet (units of
+        uneven cost then keep every rank busy to the end). Every rank must call it, in the same order,
+        with the same items; one process takes them all, in order."""
+        if not self.distributed:
+            yield from items
+            return
+        import secrets
+
+        import torch.distributed as dist
+
+        key = f"advforensics/take/{self.broadcast(secrets.token_hex(8))}"  # one counter per call
+        store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=COLLECTIVE_TIMEOUT)  # torchrun's store, which every rank reaches
+        while (index := store.add(key, 1) - 1) < len(items):
+            yield items[index]
 
 
 SINGLE = Ranks()

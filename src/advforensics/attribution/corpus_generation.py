@@ -10,8 +10,8 @@ manifest every COMMIT_SECONDS and at the end. An interrupted run resumes without
 losses: a unit is done iff the manifest or its record lists it and its files still hash to the
 recorded sha256; anything else is regenerated from its own deterministic seed.
 
-Under torchrun the ranks share the units (`Ranks.share`, every unit keeping its own seed, so the corpus
-is byte-identical to a one-process run). Rank 0 alone holds the lock and writes the manifest, folding
+Under torchrun the ranks take the units on demand (`Ranks.take`; every unit keeps its own seed, so the
+corpus is byte-identical to a one-process run whoever makes which unit). Rank 0 alone holds the lock and writes the manifest, folding
 in every rank's records; a killed rank loses only the unit it was making.
 
 Evidence is quantised to 8 bits by default: float evidence leaks the attack (FGSM stays on the 1/255
@@ -652,11 +652,12 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
         done, arch = set(setup["done"]), setup["arch"]
         todo = [unit for unit in plan if unit[0] not in done]
         reused = [unit[0] for unit in plan if unit[0] in done]
-        mine = ranks.share(todo)
+        mine = ranks.take(todo)  # on demand: units differ in cost (victims, attacks), so no rank idles
         generated: list[str] = []
         own: dict[str, dict[str, Any]] = {}  # rank 0's units since the manifest was last written
         committed = time.monotonic()
-        for unit in tqdm(mine, desc="corpus units", disable=not (progress and ranks.is_main), unit="unit"):
+        for unit in tqdm(mine, desc="corpus units", disable=not (progress and ranks.is_main), unit="unit",
+                         total=len(todo) if not ranks.distributed else None):
             if max_units is not None and len(generated) >= max_units:
                 break
             t0 = time.perf_counter()
