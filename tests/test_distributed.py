@@ -96,29 +96,34 @@ def _workers(launcher: int) -> dict[int, int]:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds torchrun's workers through /proc")
-def test_a_rank_killed_mid_corpus_resumes_with_nothing_lost_or_duplicated(attribution_workdir, tmp_path):
+@pytest.mark.parametrize("kills", [1, pytest.param(5, marks=pytest.mark.slow)])
+def test_a_rank_killed_mid_corpus_resumes_with_nothing_lost_or_duplicated(attribution_workdir, tmp_path, kills):
     # slow units (PGD, 400 steps) so that the kill lands while both ranks are working
     (attribution_workdir / "slow-grid.json").write_text(json.dumps(
         {"attacks": [{"name": "pgd-linf", "values": [40, 120], "params": {"steps": 400, "alpha_ratio": 0.05}}]}))
-    out = tmp_path / "killed"
-    launcher = torchrun(corpus_args(attribution_workdir, out, "slow-grid.json"))
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((out / "shards").glob("*.parquet"))) < 4:
-        time.sleep(0.02)
-    workers = _workers(launcher.pid)
-    assert 1 in workers, "torchrun's rank 1 was not found (or the corpus finished before the kill)"
-    os.kill(workers[1], signal.SIGKILL)
-    code, _, err = finished(launcher)
-    assert code != 0  # the run fails; torchrun names the rank and its signal
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert not manifest["complete"]
-    code, _, err = finished(torchrun([*corpus_args(attribution_workdir, out, "slow-grid.json"), "--resume"]))
-    assert code == 0, err[-2000:]
     ok(corpus_args(attribution_workdir, tmp_path / "one", "slow-grid.json"))
-    resumed, one = (json.loads((path / "manifest.json").read_text()) for path in (out, tmp_path / "one"))
-    assert resumed["complete"] and resumed["corpus_id"] == one["corpus_id"]
-    assert shard_hashes(out) == shard_hashes(tmp_path / "one")
-    assert sum(e["n_examples"] for e in resumed["units"].values()) == sum(e["n_examples"] for e in one["units"].values())
+    one = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    for trial in range(kills):
+        out = tmp_path / f"killed-{trial}"
+        rank = trial % 2 if kills > 1 else 1  # rank 0 (the manifest's writer) too
+        units_before_kill = 4 + 3 * trial  # of 18
+        launcher = torchrun(corpus_args(attribution_workdir, out, "slow-grid.json"))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(list((out / "shards").glob("*.parquet"))) < units_before_kill:
+            time.sleep(0.02)
+        workers = _workers(launcher.pid)
+        assert rank in workers, "torchrun's worker was not found (or the corpus finished before the kill)"
+        os.kill(workers[rank], signal.SIGKILL)
+        code, _, err = finished(launcher)
+        assert code != 0  # the run fails; torchrun names the rank and its signal
+        assert not json.loads((out / "manifest.json").read_text())["complete"]
+        code, _, err = finished(torchrun([*corpus_args(attribution_workdir, out, "slow-grid.json"), "--resume"]))
+        assert code == 0, err[-2000:]
+        resumed = json.loads((out / "manifest.json").read_text())
+        assert resumed["complete"] and resumed["corpus_id"] == one["corpus_id"]
+        assert shard_hashes(out) == shard_hashes(tmp_path / "one")  # and no record is left over
+        assert sum(e["n_examples"] for e in resumed["units"].values()) == \
+            sum(e["n_examples"] for e in one["units"].values())
 
 
 def test_models_train_on_two_ranks_writes_one_model_and_resumes(tmp_path):
@@ -153,6 +158,10 @@ def test_attribution_train_on_two_ranks_learns_like_one_process(workspace, tmp_p
     # same batches, gradients averaged over the ranks' halves: the losses follow one process's closely
     loss_one, loss_two = one.history[-1]["total"], two.history[-1]["total"]
     assert abs(loss_one - loss_two) < 0.25 * abs(loss_one) + 0.05, (one.history, two.history)
+    assert (tmp_path / "two.train-state.safetensors").is_file()  # rank 0's state after every epoch
+    code, _, err = finished(torchrun([*args, "--out", str(tmp_path / "two.safetensors"), "--resume", "--overwrite"]))
+    assert code == 0, err[-2000:]  # every epoch was done: the resumed run trains no step and writes the same model
+    assert load_attributor(tmp_path / "two.safetensors")[1].history == two.history
 
 
 def test_attacks_run_on_two_ranks_is_the_one_process_campaign(workspace, tmp_path):

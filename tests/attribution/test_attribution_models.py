@@ -213,3 +213,31 @@ def test_pe_backbone_can_pretrain_on_a_labelled_data_set(tiny_corpus, digits_dat
     with pytest.raises(InputValidationError, match="backbone images"):
         train_attributor(tiny_corpus, _cfg(), progress=False, backbone_data=(torch.rand(4, 1, 28, 28),
                                                                              torch.zeros(4, dtype=torch.long), "x"))
+
+
+def test_training_interrupted_after_an_epoch_resumes_to_the_uninterrupted_weights(tiny_corpus, tmp_path,
+                                                                                 monkeypatch):
+    from advforensics.attribution import train as train_module
+
+    config = _cfg(epochs=3, max_steps=None, batch_size=64, augment=("jpeg:90",))
+    whole = train_attributor(tiny_corpus, config, progress=False)
+    real_save = train_module.save_state
+
+    def save_then_die(path, state):  # the process dies just after the first epoch's state is written
+        real_save(path, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_state", save_then_die)
+    state = tmp_path / "mtaa.train-state"
+    with pytest.raises(KeyboardInterrupt):
+        train_attributor(tiny_corpus, config, progress=False, checkpoint_path=state)
+    monkeypatch.setattr(train_module, "save_state", real_save)
+    resumed = train_attributor(tiny_corpus, config, progress=False, checkpoint_path=state)
+    assert resumed.card.steps == whole.card.steps and resumed.history == whole.history
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    # a state of another config is refused in one line
+    with pytest.raises(CheckpointError, match="another corpus, training config"):
+        train_attributor(tiny_corpus, _cfg(epochs=2, max_steps=None, batch_size=64), progress=False,
+                         checkpoint_path=state)

@@ -11,6 +11,7 @@ trains on its share of each batch, so a step sees the same rows as in one proces
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -34,8 +35,9 @@ from advforensics.attribution.mtaa import MTAA, TASKS, MTAAConfig
 from advforensics.attribution.openset import OpenSetRule, fit_open_set
 from advforensics.attribution.side import HISTOGRAM_BINS, PROBE_FEATURES
 from advforensics.attribution.victims import probe_settings
-from advforensics.errors import InputValidationError
+from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.evidence.transforms import reencode
+from advforensics.models.serialization import load_state, save_state, state_exists
 from advforensics.utils import check_images, check_labels, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -175,8 +177,8 @@ def _pretrain_pe_backbone(model: MTAA, images: torch.Tensor, labels: torch.Tenso
 def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progress: bool = True,
                      device: str | torch.device = "cpu",
                      backbone_data: tuple[torch.Tensor, torch.Tensor, str] | None = None,
-                     probe_victims: tuple[Mapping[str, nn.Module], Mapping[str, Mapping[str, Any]]] | None = None
-                     ) -> TrainResult:
+                     probe_victims: tuple[Mapping[str, nn.Module], Mapping[str, Mapping[str, Any]]] | None = None,
+                     checkpoint_path: Path | None = None) -> TrainResult:
     """Train an attributor on the training split of `corpus` (split by clean image).
 
     device: where the model trains ("auto", "cpu", "cuda"); the data stay on the CPU and travel a
@@ -186,12 +188,22 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         backbone learns from the corpus's training clean images, which are few in a small corpus.
     probe_victims: (models, info) from `victims.load_victims`, for `config.probe`: exactly the
         corpus's victims, with the weights the corpus recorded.
+    checkpoint_path: a training state is written there (`<path>.safetensors`, models.serialization)
+        after every epoch, and one of the same corpus, config and number of ranks is resumed: in one
+        process, to the weights of an uninterrupted run.
     """
     config = config or TrainConfig()
     device = resolve_device(device)
     if not corpus.manifest.get("complete"):
         raise InputValidationError("cannot train on an incomplete corpus")
     generator = seed_everything(config.seed)
+    ranks = distributed.current()
+    identity = {"train": _config_dict(config), "corpus_id": corpus.corpus_id, "subset": corpus.manifest.get("subset"),
+                **({"ranks": ranks.world_size} if ranks.distributed else {})}
+    resumed = load_state(checkpoint_path) if checkpoint_path is not None and state_exists(checkpoint_path) else None
+    if resumed is not None and resumed.get("identity") != json.loads(json.dumps(identity, default=str)):
+        raise CheckpointError(f"training state {checkpoint_path} belongs to another corpus, training config or "
+                              "number of ranks; remove it or choose another --out")
     train_mask, calibration_mask, _ = attribution_splits(corpus.columns["clean_index"], config.test_fraction,
                                                          config.calibration_fraction, config.seed)
     rows = np.flatnonzero(train_mask)
@@ -239,8 +251,9 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
             clean_x, clean_y, backbone_source = backbone_data
             check_images(clean_x, "backbone images", channels=c, size=(h, w))
             check_labels(clean_y, clean_x.shape[0])
-        backbone_acc = _pretrain_pe_backbone(model, clean_x, clean_y.long(), config.backbone_epochs,
-                                             config.batch_size, generator, device)
+        backbone_acc = resumed["backbone_accuracy"] if resumed is not None else \
+            _pretrain_pe_backbone(model, clean_x, clean_y.long(), config.backbone_epochs, config.batch_size,
+                                  generator, device)  # a resumed run's backbone comes with its weights
         if backbone_acc < WEAK_BACKBONE:
             log.warning("the PE backbone reached only %.1f%% train accuracy on %s: its feature maps carry "
                         "little, so perturbation extraction adds cost and no signal; pretrain it on a labelled "
@@ -267,16 +280,25 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
         total_steps = min(total_steps, config.max_steps)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, total_steps))
     history: list[dict[str, float]] = []
-    step = 0
-    ranks = distributed.current()
-    bar = tqdm(total=total_steps, desc=f"train {config.model}", disable=not (progress and ranks.is_main),
-               unit="step")
+    step, start_epoch = 0, 0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimiser.load_state_dict(resumed["optimiser"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        generator.set_state(resumed["rng"]["generator"])
+        torch.set_rng_state(resumed["rng"]["torch"])
+        step, start_epoch, history = int(resumed["step"]), int(resumed["epoch"]), list(resumed["history"])
+        log.info("resuming %s from epoch %d (step %d)", checkpoint_path, start_epoch, step)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {config.model}",
+               disable=not (progress and ranks.is_main), unit="step")
     model.train()
     step_loss = _StepLoss(model, config.pe_weight)
     if ranks.distributed:  # the same parameters take part in every step (some may never: found at step 1)
         step_loss = nn.parallel.DistributedDataParallel(step_loss, static_graph=True)
     sample_weights = _balance_weights(targets) if config.balance else None
-    for epoch in range(config.epochs):
+    for epoch in range(start_epoch, config.epochs):
+        if step >= total_steps:
+            break
         sums: dict[str, float] = {}
         count = 0
         order = torch.randperm(len(rows), generator=generator) if sample_weights is None else \
@@ -319,8 +341,12 @@ def train_attributor(corpus: Corpus, config: TrainConfig | None = None, *, progr
                 record.update({f"weight_{k}": v for k, v in model.weighting.weights().items()})
             history.append(record)
             log.info("epoch %d: %s", epoch + 1, record)
-        if step >= total_steps:
-            break
+        if checkpoint_path is not None and ranks.is_main:
+            save_state(checkpoint_path, {
+                "identity": identity, "epoch": epoch + 1, "step": step, "history": history,
+                "backbone_accuracy": backbone_acc, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()}})
     bar.close()
     model.eval()
     open_set = _fit_open_set(model, corpus, np.flatnonzero(calibration_mask), rows, config) \

@@ -71,6 +71,9 @@ from advforensics.vocab import OpenSetScore
 @click.option("--attacks", default=None, help="Train on these attacks only (comma list; scalability tables).")
 @click.option("--only-victims", "only_victims", default=None,
               help="Train on these victims only (comma list; scalability tables).")
+@click.option("--resume", is_flag=True,
+              help="Continue from <OUT base>.train-state.safetensors (written after every epoch) after an "
+                   "interruption.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @device_option
 @seed_option
@@ -82,7 +85,7 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
               open_set_score: str, target_clean_recall: float | None, threads: int,
               backbone_data: str | None, data_dir: Path | None, backbone_epochs: int, histogram: bool,
               probe_victims: str | None, attacks: str | None, only_victims: str | None, progress: bool, device: str,
-              seed: int, hyper_per_attack: bool, probe_siblings: bool, json_path: Path | None) -> None:
+              seed: int, hyper_per_attack: bool, probe_siblings: bool, resume: bool, json_path: Path | None) -> None:
     """Train an attributor on a corpus's training split (split by clean image) and save it.
 
     \b
@@ -119,8 +122,13 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
     pretrain = None if backbone_data is None else load_backbone_data(backbone_data, data_dir)
     probe = None if probe_victims is None else load_victims(probe_victims)
     start = time.perf_counter()
+    base = out.with_suffix("") if out.suffix == ".safetensors" else out
+    state = base.with_name(base.name + ".train-state")  # <base>.train-state.safetensors
+    if not resume and distributed.current().is_main:  # a fresh run: an old state is not continued
+        state.with_name(state.name + ".safetensors").unlink(missing_ok=True)
+    distributed.current().barrier()
     result = train_attributor(corpus, config, progress=progress, device=device, backbone_data=pretrain,
-                              probe_victims=probe)
+                              probe_victims=probe, checkpoint_path=state)
     seconds = time.perf_counter() - start
     result.card.train_seconds = seconds
     if distributed.current().is_main:  # under torchrun every rank holds the same model; one writes it
