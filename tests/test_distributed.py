@@ -195,3 +195,10 @@ def test_trace_experiment_on_two_ranks_is_the_one_process_study(tmp_path, zoo_cl
         assert two[stage] == one[stage], stage
     made = sorted(p.name for p in (tmp_path / "two").rglob("*") if p.is_file())
     assert made == sorted(p.name for p in (tmp_path / "one").rglob("*") if p.is_file())
+
+
+def test_the_slurm_example_is_valid_bash_and_separates_the_command_from_torchrun():
+    script = Path(__file__).parents[1] / "scripts" / "slurm-corpus.sbatch"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    assert "-m advforensics -- attribution corpus" in text and "--rdzv-backend=c10d" in text
