@@ -499,9 +499,16 @@ def _fold_entries(root: Path, manifest: dict[str, Any], own: dict[str, dict[str,
     return folded
 
 
-def _commit(root: Path, manifest: dict[str, Any], own: dict[str, dict[str, Any]], plan_ids: set[str]) -> None:
-    """Fold the finished units' entries into the manifest and write it; then the entry files go."""
+def _commit(root: Path, manifest: dict[str, Any], own: dict[str, dict[str, Any]], plan_ids: set[str],
+            last: bool = False) -> None:
+    """Fold the finished units' entries into the manifest and write it; then the entry files go.
+    last: the run's final write, with its completeness, cell totals, throughput and corpus id."""
     folded = _fold_entries(root, manifest, own, plan_ids)
+    if last:
+        manifest["complete"] = all(unit_id in manifest["units"] for unit_id in plan_ids)
+        manifest["cells"] = _aggregate_cells(manifest)
+        manifest["throughput"] = _aggregate_throughput(manifest)
+        manifest["corpus_id"] = _corpus_id(manifest) if manifest["complete"] else None
     write_json(root / MANIFEST, manifest)
     for unit_id in folded:
         (root / SHARDS / f"{unit_id}{ENTRY_SUFFIX}").unlink(missing_ok=True)
@@ -675,12 +682,7 @@ def generate_corpus(images: torch.Tensor, labels: torch.Tensor, victims: Mapping
                     committed = time.monotonic()
         ranks.barrier()  # every rank's units are on disk
         if ranks.is_main:
-            _fold_entries(root, manifest, own, plan_ids)
-            manifest["complete"] = all(unit[0] in manifest["units"] for unit in plan)
-            manifest["cells"] = _aggregate_cells(manifest)
-            manifest["throughput"] = _aggregate_throughput(manifest)
-            manifest["corpus_id"] = _corpus_id(manifest) if manifest["complete"] else None
-            _commit(root, manifest, {}, plan_ids)
+            _commit(root, manifest, own, plan_ids, last=True)
         ranks.barrier()  # the manifest is final
     if not ranks.is_main:
         manifest = _read_manifest(root)

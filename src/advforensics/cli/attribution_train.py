@@ -124,14 +124,15 @@ def train_cmd(corpus_dir: Path, out: Path, kind: str, task: str | None, label_mo
     start = time.perf_counter()
     base = out.with_suffix("") if out.suffix == ".safetensors" else out
     state = base.with_name(base.name + ".train-state")  # <base>.train-state.safetensors
-    if not resume and distributed.current().is_main:  # a fresh run: an old state is not continued
+    ranks = distributed.current()
+    if not resume and ranks.is_main:  # a fresh run: an old state is not continued
         state.with_name(state.name + ".safetensors").unlink(missing_ok=True)
-    distributed.current().barrier()
+    ranks.barrier()
     result = train_attributor(corpus, config, progress=progress, device=device, backbone_data=pretrain,
                               probe_victims=probe, checkpoint_path=state)
     seconds = time.perf_counter() - start
     result.card.train_seconds = seconds
-    if distributed.current().is_main:  # under torchrun every rank holds the same model; one writes it
+    if ranks.is_main:  # under torchrun every rank holds the same model; one writes it
         save_attributor(result.model, result.card, out)
     last = result.history[-1] if result.history else {}
     click.echo(f"trained {kind} on {result.card.n_train} examples ({result.card.steps} steps, "

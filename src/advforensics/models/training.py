@@ -145,8 +145,10 @@ def evaluate(model: nn.Module, images: Any, labels: Any, batch_size: int = 512,
     x, y = as_tensors(images, labels)
     if len(y) == 0:
         raise InputValidationError("cannot evaluate on an empty data set")
-    share = torch.arange(ranks.rank, len(y), ranks.world_size)
-    correct, total = ranks.all_sum([float((predict(model, x[share], batch_size) == y[share]).sum()), len(share)])
+    if ranks.distributed:  # each rank counts its share of the images
+        share = torch.arange(ranks.rank, len(y), ranks.world_size)
+        x, y = x[share], y[share]
+    correct, total = ranks.all_sum([float((predict(model, x, batch_size) == y).sum()), len(y)])
     return correct / total
 
 
