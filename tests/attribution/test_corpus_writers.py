@@ -212,6 +212,22 @@ def test_resume_regenerates_a_unit_whose_count_was_edited(tmp_path, setup, refer
     assert load_corpus(root).corpus_id == reference.corpus_id
 
 
+def test_resume_removes_what_writes_cut_short_left(tmp_path, setup, reference):
+    # a SIGKILL inside atomic_write_bytes leaves .<target>.<random>.tmp beside its target
+    root = _copy(reference, tmp_path)
+    unit = _unit_with_examples(root)
+    _edit_manifest(root, lambda m: m["units"].pop(unit))
+    leftovers = [root / "shards" / f".{unit}.entry.json.k1ll3d.tmp", root / ".manifest.json.x8a2q.tmp"]
+    for path in leftovers:
+        path.write_bytes(b"")
+    report = _generate(root, setup, resume=True)
+    assert report.units_generated == [unit]
+    assert not any(path.exists() for path in leftovers)
+    assert sorted(p.name for p in (root / "shards").iterdir()) == \
+        sorted(p.name for p in (reference.path / "shards").iterdir())
+    assert load_corpus(root, verify=True).corpus_id == reference.corpus_id
+
+
 def _point_outside(root: Path, unit: str, how: str) -> tuple[str, Path]:
     """Make the manifest (or a symlink) lead unit `unit`'s images outside the corpus, to a faithful copy
     of the shard (so only the location is wrong); (the unit id as the manifest now names it, the copy)."""

@@ -519,6 +519,15 @@ def _is_tmp(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+def _remove_tmp_leftovers(root: Path) -> None:
+    """Drop what writes cut short by a kill left (under the writer lock, no one else is writing)."""
+    for folder in (root, root / SHARDS):
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if _is_tmp(path.name) and path.is_file():
+                log.info("removing %s, left by an interrupted write", path)
+                path.unlink()
+
+
 def _holds_no_units(root: Path) -> bool:
     """Whether `root` holds nothing but what a writer makes before its first unit is recorded.
 
@@ -561,6 +570,7 @@ def _resume_manifest(root: Path, fresh: dict[str, Any], clean_bytes: bytes, plan
             regenerated.append(unit_id)
     if _entry_files(root):  # units an interrupted run finished after its last manifest write
         _commit(root, manifest, {}, plan_ids)
+    _remove_tmp_leftovers(root)
     clean = root / CLEAN_FILE
     if not (clean.is_file() and _inside(root, clean) and sha256_file(clean) == manifest["clean"]["sha256"]):
         atomic_write_bytes(clean, clean_bytes)
@@ -577,6 +587,7 @@ def _open_corpus(root: Path, fresh: dict[str, Any], clean_bytes: bytes, plan_ids
     """The manifest to continue (under the writer lock): a fresh one, or the stored one on --resume;
     (manifest, ids of the units found corrupt, to be made again)."""
     if _holds_no_units(root):  # empty, or what a failed first run left: start afresh
+        _remove_tmp_leftovers(root)
         write_json(root / MANIFEST, fresh)  # first: a crash from here on leaves a recognisable corpus
         atomic_write_bytes(root / CLEAN_FILE, clean_bytes)
         return fresh, []
