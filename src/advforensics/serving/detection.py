@@ -1,0 +1,108 @@
+"""Stateful detection of a query-based attack in progress (after Chen, Carlini and Wagner, 2020).
+
+A hard-label attack walks along the decision boundary: its queries crowd around a few points (binary
+searches, gradient-estimation probes, small steps), which a buyer sending their own images never
+does. For each query of a buyer, the detector takes the mean L2 distance, in the log's 16x16 sketch
+space, to its k nearest neighbours among that buyer's earlier queries (the last `history`). A query
+is a hit when that distance is below `threshold`; a buyer is flagged at their `hits_to_flag`-th hit.
+
+The threshold comes from benign traffic alone (`calibrate`: the seller's own images, augmented, sent
+as buyers would), at a per-query false-hit rate; no attack is used to set it, so every attack the
+detector is measured on is held out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from advforensics.errors import InputValidationError
+from advforensics.serving.querylog import LoggedQueries
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """k: neighbours averaged; threshold: sketch-space mean distance (sketch values in [0, 1]) below which
+    a query is a hit; hits_to_flag: hits that flag a buyer; history: earlier queries compared."""
+
+    threshold: float
+    k: int = 20
+    hits_to_flag: int = 5
+    history: int = 10_000
+
+    def checked(self) -> DetectorConfig:
+        if not (self.threshold > 0 and self.k >= 1 and self.hits_to_flag >= 1 and self.history >= self.k):
+            raise InputValidationError(f"detector config {asdict(self)}: need threshold > 0, k >= 1, "
+                                       "hits_to_flag >= 1, history >= k")
+        return self
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def knn_distances(sketches: np.ndarray, k: int, history: int, chunk: int = 512) -> np.ndarray:
+    """(N,) mean distance of each query to its k nearest earlier queries (NaN for the first k)."""
+    flat = sketches.reshape(len(sketches), -1).astype(np.float32) / 255.0
+    norms = (flat ** 2).sum(axis=1)
+    out = np.full(len(flat), np.nan, dtype=np.float64)
+    for start in range(k, len(flat), chunk):
+        stop = min(start + chunk, len(flat))
+        lo = max(0, start - history)
+        block = flat[start:stop]
+        # squared distances from each query in the block to every candidate earlier one
+        d2 = norms[start:stop, None] + norms[None, lo:stop] - 2.0 * block @ flat[lo:stop].T
+        rows = np.arange(start, stop)[:, None]
+        cols = np.arange(lo, stop)[None, :]
+        d2[(cols >= rows) | (cols < rows - history)] = np.inf  # only earlier queries within the history
+        nearest = np.partition(np.maximum(d2, 0.0), k - 1, axis=1)[:, :k]
+        out[start:stop] = np.sqrt(nearest).mean(axis=1)
+    return out
+
+
+@dataclass(frozen=True)
+class BuyerVerdict:
+    """One buyer's detection: queries seen, hits, and the query (0-based, in the buyer's order) at which
+    the buyer was flagged (None: not flagged)."""
+
+    buyer: str
+    queries: int
+    hits: int
+    flagged_at: int | None
+    min_distance: float
+
+    @property
+    def flagged(self) -> bool:
+        return self.flagged_at is not None
+
+
+def detect_buyer(buyer: str, sketches: np.ndarray, config: DetectorConfig) -> BuyerVerdict:
+    distances = knn_distances(sketches, config.k, config.history)
+    hit = np.nan_to_num(distances, nan=np.inf) < config.threshold
+    hits = np.flatnonzero(hit)
+    flagged_at = int(hits[config.hits_to_flag - 1]) if len(hits) >= config.hits_to_flag else None
+    finite = distances[np.isfinite(distances)]
+    return BuyerVerdict(buyer=buyer, queries=len(sketches), hits=int(hit.sum()), flagged_at=flagged_at,
+                        min_distance=float(finite.min()) if len(finite) else float("nan"))
+
+
+def detect(log: LoggedQueries, config: DetectorConfig) -> list[BuyerVerdict]:
+    """Every buyer of the log, in name order."""
+    config.checked()
+    return [detect_buyer(name, log.of(name).sketches, config) for name in sorted(set(log.buyers.tolist()))]
+
+
+def calibrate(benign_streams: list[np.ndarray], false_hit_rate: float = 1e-3, k: int = 20,
+              hits_to_flag: int = 5, history: int = 10_000) -> DetectorConfig:
+    """The threshold at which a `false_hit_rate` share of benign queries (sketch streams, one per simulated
+    buyer) would be hits."""
+    distances = np.concatenate([knn_distances(s, k, history) for s in benign_streams])
+    distances = distances[np.isfinite(distances)]
+    if len(distances) < 1 / false_hit_rate:
+        raise InputValidationError(f"{len(distances)} benign queries cannot set a {false_hit_rate} false-hit "
+                                   "rate; simulate more benign traffic")
+    return DetectorConfig(threshold=float(np.quantile(distances, false_hit_rate)), k=k,
+                          hits_to_flag=hits_to_flag, history=history).checked()
+
+
+__all__ = ["BuyerVerdict", "DetectorConfig", "calibrate", "detect", "detect_buyer", "knn_distances"]
