@@ -29,20 +29,9 @@ import numpy as np
 import orjson
 
 from advforensics.serving.keys import BuyerKeys, write_keys
+from advforensics.serving.local import LocalServer
 from advforensics.serving.querylog import QueryLog
 from advforensics.tracing.record import read_record
-
-
-def start_server(record: Path, keys: Path, log: Path, extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
-    """`advforensics serve` on a free loopback port; (the process, its URL) once it listens."""
-    process = subprocess.Popen([sys.executable, "-m", "advforensics", "serve", "--record", str(record), "--keys",
-                                str(keys), "--log", str(log), "--port", "0", *extra],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = process.stdout.readline()
-    if "http://" not in line:
-        process.kill()
-        raise RuntimeError(f"the server did not start: {line}{process.stderr.read()[-2000:]}")
-    return process, line.split(" on ")[1].split()[0]
 
 
 async def _python_load(url: str, key: str, body: bytes, seconds: float, concurrency: int) -> tuple[int, list[float]]:
@@ -110,7 +99,8 @@ def main() -> None:
         keys, key = BuyerKeys().add("load", 0, record)
         write_keys(Path(tmp) / "keys.json", keys)
         log = Path(tmp) / "queries.sqlite"
-        server, url = start_server(args.record, Path(tmp) / "keys.json", log, ["--rate-limit", "1000000/second"])
+        server = LocalServer(args.record, Path(tmp) / "keys.json", log, "--rate-limit", "1000000/second").start()
+        url = server.url
         try:
             asyncio.run(_python_load(url, key, body, 1.0, 2))  # warm-up
             warm = QueryLog(log, create=False).count()
@@ -124,8 +114,7 @@ def main() -> None:
                        "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                        "max_ms": float(ms.max())}
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
         logged = QueryLog(log, create=False).count() - warm
     row.update(client=args.client, concurrency=args.concurrency, seconds=args.seconds, logged=logged)
     print("| client | concurrency | seconds | requests | requests/s | p50 ms | p99 ms | max ms | logged |")

@@ -164,6 +164,7 @@ class Endpoint:
         self.sketch = Sketcher(self.shape[1], self.shape[2])
         self.limit: RateLimitItem = parse(self.config.rate_limit)
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        query_log.claim_shape(self.shape)
         self.query_log = query_log
         self.writer = LogWriter(query_log)
 
@@ -191,13 +192,15 @@ class Endpoint:
             raise ClientError(400, 'send a JSON object {"images": [...]} of shape (B, C, H, W)') from None
         except ValueError:
             raise ClientError(400, "images must be a rectangular array of numbers") from None
+        if images.size == 0:
+            raise ClientError(422, f"no image: send 1 to {self.config.max_batch} per request")
         if images.ndim == len(self.shape):
             images = images[None]
         if images.ndim != len(self.shape) + 1 or tuple(images.shape[1:]) != self.shape:
             raise ClientError(422, f"images of shape {list(images.shape)}: this copy takes (B, {', '.join(map(str, self.shape))})"
                               " in NCHW order")
-        if not 1 <= len(images) <= self.config.max_batch:
-            raise ClientError(413 if len(images) else 422, f"{len(images)} images: send 1 to {self.config.max_batch} per request")
+        if len(images) > self.config.max_batch:
+            raise ClientError(413, f"{len(images)} images: send 1 to {self.config.max_batch} per request")
         if not np.isfinite(images).all():
             raise ClientError(422, "images hold NaN or infinity")
         if images.min() < 0.0 or images.max() > 1.0:

@@ -13,12 +13,19 @@ detector is measured on is held out.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
-from advforensics.errors import InputValidationError
-from advforensics.serving.querylog import LoggedQueries
+from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.serving.querylog import LoggedQueries, Sketcher
+from advforensics.serving.traffic import benign_stream
+from advforensics.utils import write_json
 
 
 @dataclass(frozen=True)
@@ -105,4 +112,50 @@ def calibrate(benign_streams: list[np.ndarray], false_hit_rate: float = 1e-3, k:
                           hits_to_flag=hits_to_flag, history=history).checked()
 
 
-__all__ = ["BuyerVerdict", "DetectorConfig", "calibrate", "detect", "detect_buyer", "knn_distances"]
+DETECTOR_FORMAT = "advforensics-query-detector/1"
+
+
+@dataclass(frozen=True)
+class QueryDetector:
+    """A calibrated detector as saved: its config, the image shape it was calibrated for, and how."""
+
+    config: DetectorConfig
+    image_shape: tuple[int, int, int]
+    calibration: dict[str, Any]
+
+    def save(self, path: str | Path) -> None:
+        body = {"format": DETECTOR_FORMAT, "config": self.config.to_dict(), "image_shape": list(self.image_shape),
+                "calibration": self.calibration}
+        write_json(path, {**body, "sha256": _digest(body)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> QueryDetector:
+        try:
+            payload = json.loads(Path(path).read_bytes())
+            body = {k: v for k, v in payload.items() if k != "sha256"}
+            if payload.get("format") != DETECTOR_FORMAT:
+                raise CheckpointError(f"{path} is not an advforensics query detector")
+            if payload.get("sha256") != _digest(body):
+                raise CheckpointError(f"{path} fails its hash: the detector was edited or corrupted")
+            return cls(DetectorConfig(**payload["config"]).checked(), tuple(payload["image_shape"]),
+                       dict(payload["calibration"]))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{path} is not a valid query detector ({error})") from None
+
+
+def _digest(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def calibrate_on_images(pool: torch.Tensor, buyers: int = 40, queries: int = 1000, false_hit_rate: float = 1e-3,
+                        seed: int = 0, **config: int) -> QueryDetector:
+    """A detector calibrated on `buyers` simulated benign buyers sending `queries` each from `pool`."""
+    shape = tuple(int(v) for v in pool.shape[1:])
+    sketcher = Sketcher(shape[1], shape[2])
+    streams = [sketcher(benign_stream(pool, queries, seed=seed * 100_003 + b).numpy()) for b in range(buyers)]
+    detector_config = calibrate(streams, false_hit_rate=false_hit_rate, **config)
+    return QueryDetector(detector_config, shape, {"buyers": buyers, "queries": queries, "false_hit_rate": false_hit_rate,
+                                                  "seed": seed, "pool": len(pool)})
+
+
+__all__ = ["BuyerVerdict", "DetectorConfig", "QueryDetector", "calibrate_on_images", "calibrate", "detect", "detect_buyer", "knn_distances"]

@@ -13,6 +13,7 @@ SQLite runs in WAL mode with synchronous=FULL, so a kill -9 (or a power cut) los
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,29 @@ class QueryLog:
             raise DataFileError(f"{target} is not a query log ({error.orig})") from None
         if found != LOG_FORMAT:
             raise DataFileError(f"{target} is not an advforensics query log")
+        if self.engine.dialect.name == "sqlite":  # ours, so now it may change the file's journal mode
+            with self.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA journal_mode=WAL")  # readers never block the writer
+
+    def _info(self, name: str) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.execute(sa.select(log_info.c.value).where(log_info.c.name == name)).scalar()
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        """The (C, H, W) of the copies served into this log (None: nothing served yet)."""
+        value = self._info("image_shape")
+        return tuple(json.loads(value)) if value is not None else None
+
+    def claim_shape(self, shape: tuple[int, ...]) -> None:
+        """Bind the log to the served images' shape; a log of other images is refused."""
+        stored = self.image_shape
+        if stored is None:
+            with self.engine.begin() as connection:
+                connection.execute(sa.insert(log_info).values(name="image_shape", value=json.dumps(list(shape))))
+        elif stored != tuple(shape):
+            raise InputValidationError(f"the query log holds images of shape {list(stored)}, these copies take "
+                                       f"{list(shape)}; use another log")
 
     def append(self, rows: list[dict[str, Any]]) -> None:
         """Write rows (dicts of the `queries` columns, no id) in one committed transaction."""
@@ -177,7 +201,6 @@ class QueryLog:
 
 def _sqlite_durable(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers (investigators) never block the server's writes
     cursor.execute("PRAGMA synchronous=FULL")  # a commit is on disk before the answer leaves
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
