@@ -39,6 +39,7 @@ def ws(workspace: Path) -> Path:
     """The shared workspace of valid artifacts (conftest.py), with one file per kind of bad input beside it."""
     if not (workspace / "bad").exists():
         _make_bad_files(workspace / "bad")
+        _make_serving_files(workspace)
     return workspace
 
 
@@ -87,6 +88,16 @@ def _make_bad_files(bad: Path) -> None:
     (bad / "grid_nan.json").write_text(json.dumps({"attacks": [{"name": "cw-l2", "values": [float("nan")],
                                                                 "implementation": "art"}]}))
     (bad / "grid_values.json").write_text(json.dumps({"attacks": [{"name": "fgsm", "values": ["a lot"]}]}))
+
+
+def _make_serving_files(ws: Path) -> None:
+    """A servable record (ONNX copies), a valid keys file for it and a valid detector: the cases reach the bad file."""
+    _ok(["trace", "separate", "--classifier", str(ws / "zoo" / "lenet"), "--copies", "2", "--fit-size", "0",
+         "--out", str(ws / "served")])
+    _ok(["buyers", "add", "--record", str(ws / "served"), "--keys", str(ws / "bad" / "keys.json"), "--buyer",
+         "alice", "--copy", "1"])
+    _ok(["queries", "calibrate", "--data", "digits", "--buyers", "2", "--queries", "40", "--false-hit-rate", "0.05", "--out",
+         str(ws / "bad" / "detector.json")])
 
 
 def _inflate_declared_size(path: Path, size: int) -> None:
@@ -287,6 +298,55 @@ def _cases() -> list[tuple[str, Callable[[Path], list[str]]]]:
         ("corpus-into-victims", lambda ws: ["attribution", "corpus", "--data", "digits", "--victims", str(ws / "zoo"),
                                             "--out", str(ws / "zoo" / "corpus")]),
     ]
+    cases += _serving_cases()
+    return cases
+
+
+def _serving_cases() -> list[tuple[str, Callable[[Path], list[str]]]]:
+    """serve, buyers and queries: a bad keys file, record, log or detector; none is made or changed."""
+    def serve(ws: Path, record: Path, keys: str) -> list[str]:
+        return ["serve", "--record", str(record), "--keys", str(ws / "bad" / keys), "--log",
+                str(ws / "new-log.sqlite"), "--port", "0"]
+
+    def detect(ws: Path, log: Path, detector: str) -> list[str]:
+        return ["queries", "detect", "--log", str(log), "--detector", str(ws / "bad" / detector)]
+
+    cases: list[tuple[str, Callable[[Path], list[str]]]] = [
+        (f"serve-keys-{kind}", lambda ws, k=kind: serve(ws, ws / "served", k))
+        for kind in ("missing.json", "garbage.json", "list.json", "detector.json")]
+    cases += [
+        ("serve-edited-record", lambda ws: serve(ws, _copy_of(ws, "served", _edit_record_json), "keys.json")),
+        ("serve-keys-of-another-record", lambda ws: serve(ws, ws / "copies", "keys.json")),
+        ("serve-bad-rate-limit", lambda ws: [*serve(ws, ws / "served", "keys.json"), "--rate-limit", "lots"]),
+        ("serve-log-not-a-log", lambda ws: [*serve(ws, ws / "served", "keys.json")[:-4], "--log",
+                                            str(ws / "bad" / "garbage.json")]),
+        ("serve-log-is-an-npz", lambda ws: [*serve(ws, ws / "served", "keys.json")[:-4], "--log",
+                                            str(ws / "advs.npz")]),
+        ("buyers-add-keys-garbage", lambda ws: ["buyers", "add", "--record", str(ws / "served"), "--keys",
+                                                str(ws / "bad" / "garbage.json"), "--buyer", "bob", "--copy", "0"]),
+        ("buyers-add-edited-record", lambda ws: ["buyers", "add", "--record",
+                                                 str(_copy_of(ws, "served", _edit_record_json)), "--keys",
+                                                 str(ws / "new-keys.json"), "--buyer", "bob", "--copy", "0"]),
+        ("buyers-add-copies-without-onnx", lambda ws: ["buyers", "add", "--record", str(ws / "copies"), "--keys",
+                                                       str(ws / "new-keys.json"), "--buyer", "bob", "--copy", "0"]),
+        ("buyers-add-no-such-copy", lambda ws: ["buyers", "add", "--record", str(ws / "served"), "--keys",
+                                                str(ws / "new-keys.json"), "--buyer", "bob", "--copy", "9"]),
+        ("buyers-add-twice", lambda ws: ["buyers", "add", "--record", str(ws / "served"), "--keys",
+                                         str(ws / "bad" / "keys.json"), "--buyer", "alice", "--copy", "0"]),
+        ("buyers-revoke-keys-list", lambda ws: ["buyers", "revoke", "--keys", str(ws / "bad" / "list.json"),
+                                                "--buyer", "alice"]),
+        ("buyers-revoke-unknown-buyer", lambda ws: ["buyers", "revoke", "--keys", str(ws / "bad" / "keys.json"),
+                                                    "--buyer", "mallory"]),
+        ("buyers-list-keys-missing", lambda ws: ["buyers", "list", "--keys", str(ws / "new-keys.json")]),
+        ("buyers-list-keys-garbage", lambda ws: ["buyers", "list", "--keys", str(ws / "bad" / "garbage.json")]),
+        ("detect-log-missing", lambda ws: detect(ws, ws / "new-log.sqlite", "detector.json")),
+        ("detect-log-not-a-log", lambda ws: detect(ws, ws / "bad" / "garbage.json", "detector.json")),
+        ("detect-log-is-an-npz", lambda ws: detect(ws, ws / "advs.npz", "detector.json")),
+        ("detect-detector-garbage", lambda ws: detect(ws, ws / "bad" / "garbage.json", "garbage.json")),
+        ("detect-detector-is-keys", lambda ws: detect(ws, ws / "bad" / "garbage.json", "keys.json")),
+        ("calibrate-false-hit-rate", lambda ws: ["queries", "calibrate", "--data", "digits", "--false-hit-rate", "1",
+                                                 "--out", str(ws / "new-detector.json")]),
+    ]
     return cases
 
 
@@ -308,7 +368,8 @@ def test_bad_input_gives_one_line_and_changes_nothing(ws: Path, name: str, make_
     assert len(lines) == 1 and lines[0].startswith("Error: "), f"{name}: {result.stderr}"
     assert "Traceback" not in result.output and "internal error" not in lines[0], result.output
     assert _tree_digest(ws) == before, f"{name} changed files in the workspace"
-    for new in ("new-copies", "new-exp", "new-report", "new-corpus", "new.safetensors"):
+    for new in ("new-copies", "new-exp", "new-report", "new-corpus", "new.safetensors", "new-log.sqlite",
+                "new-keys.json", "new-detector.json"):
         assert not (ws / new).exists(), f"{name} left {new} behind"
 
 

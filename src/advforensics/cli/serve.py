@@ -38,10 +38,9 @@ def serve(record_dir: Path, keys_path: Path, log_target: str, seller_key: Path |
       curl -H "Authorization: Bearer $KEY" -d '{"images": [...]}' http://127.0.0.1:8000/v1/labels
     """
     from advforensics.serving.app import Endpoint, ServeConfig, serve as run
-    from advforensics.serving.querylog import QueryLog
 
     config = ServeConfig(max_batch=max_batch, rate_limit=rate_limit, log_images=log_images).checked()
-    endpoint = Endpoint(record_dir, keys_path, QueryLog(log_target), config, public_key=seller_key)
+    endpoint = Endpoint(record_dir, keys_path, log_target, config, public_key=seller_key)
     active = [b for b in endpoint.keys.keys.buyers if b.active]
     run(endpoint, host=host, port=port,
         announce=lambda url: click.echo(f"serving {len(active)} buyer key(s) on {url} (log: {log_target})"))
@@ -107,7 +106,6 @@ def list_buyers(keys_path: Path) -> None:
         state = "active" if buyer.active else \
             f"revoked {datetime.datetime.fromtimestamp(buyer.revoked, datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
         click.echo(f"{buyer.name}\tcopy {buyer.copy_index}\t{state}")
-
 
 
 @click.group("queries", cls=ForensicsGroup)

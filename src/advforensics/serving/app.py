@@ -148,7 +148,7 @@ class LogWriter:
 class Endpoint:
     """The state behind the routes: the record, the keys, the copies, the limiter and the log."""
 
-    def __init__(self, record_dir: str | Path, keys_path: str | Path, query_log: QueryLog,
+    def __init__(self, record_dir: str | Path, keys_path: str | Path, query_log: QueryLog | str,
                  config: ServeConfig = ServeConfig(), public_key: str | Path | None = None) -> None:
         self.record_dir = Path(record_dir)
         self.record = read_record(self.record_dir, public_key=public_key)
@@ -164,6 +164,8 @@ class Endpoint:
         self.sketch = Sketcher(self.shape[1], self.shape[2])
         self.limit: RateLimitItem = parse(self.config.rate_limit)
         self.limiter = MovingWindowRateLimiter(MemoryStorage())
+        # a log target is opened (and a new SQLite file made) only once the record and keys have passed
+        query_log = QueryLog(query_log) if isinstance(query_log, str) else query_log
         query_log.claim_shape(self.shape)
         self.query_log = query_log
         self.writer = LogWriter(query_log)
