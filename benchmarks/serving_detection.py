@@ -176,8 +176,10 @@ def main() -> None:
                         "median_flagged_at": float(np.median(at)) if at else None})
         print(f"| {row} | {len(mine)} | {np.median([v.queries for v in mine]):.0f} | {100 * hits / len(mine):.1f} "
               f"[{100 * low:.1f}, {100 * high:.1f}] | {np.median(at) if at else '-'} |")
+    # the buyer -> row map lets benchmarks/serving_families.py read the same log afterwards
     (args.out / "detection.json").write_text(json.dumps({"detector": detector.config.to_dict(), "rows": results,
-                                                          "seed": args.seed, "seconds": time.time() - started}, indent=2))
+                                                          "buyers": {b: r for r, b, _ in plan}, "seed": args.seed,
+                                                          "seconds": time.time() - started}, indent=2))
 
 
 if __name__ == "__main__":

@@ -13,3 +13,12 @@ def served(workspace, tmp_path_factory) -> Served:
             "--out", str(root / "copies")])
     keys = make_keys(root / "copies", root / "keys.json", {"alice": 1, "bob": 2})
     return Served(root / "copies", root / "keys.json", keys["alice"], keys["bob"])
+
+
+@pytest.fixture(scope="session")
+def families_file(served, tmp_path_factory):
+    """`queries families` on copy 1 of the served record, a few simulated sequences per family (digits)."""
+    path = tmp_path_factory.mktemp("families") / "families.json"
+    run_ok(["queries", "families", "--record", str(served.record), "--copy", "1", "--data", "digits",
+            "--per-family", "3", "--out", str(path)])
+    return path

@@ -24,7 +24,7 @@ from advforensics.serving.querylog import QueryLog
 from advforensics.serving.traffic import benign_stream
 
 
-def test_hopskipjump_through_http_works_on_labels_alone_is_logged_and_flagged(served, tmp_path):
+def test_hopskipjump_through_http_works_on_labels_alone_is_logged_and_flagged(served, families_file, tmp_path):
     log = tmp_path / "queries.sqlite"
     test = load_dataset("digits", split="test")
     with LocalServer(served.record, served.keys, log, "--rate-limit", "1000000/second") as server:
@@ -48,12 +48,13 @@ def test_hopskipjump_through_http_works_on_labels_alone_is_logged_and_flagged(se
 
     detector = tmp_path / "detector.json"
     run_ok(["queries", "calibrate", "--data", "digits", "--buyers", "10", "--queries", "200", "--out", str(detector)])
-    table = run_ok(["queries", "detect", "--log", str(log), "--detector", str(detector), "--json",
-                    str(tmp_path / "detect.json")])
+    table = run_ok(["queries", "detect", "--log", str(log), "--detector", str(detector), "--families",
+                    str(families_file), "--json", str(tmp_path / "detect.json")])
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| a") or line.startswith("| b")}
     assert "ATTACK IN PROGRESS" in rows["alice"] and "benign" in rows["bob"]
-    alice = next(b for b in orjson.loads((tmp_path / "detect.json").read_bytes())["buyers"] if b["buyer"] == "alice")
-    assert alice["flagged_at"] < 1000
+    found = {b["buyer"]: b for b in orjson.loads((tmp_path / "detect.json").read_bytes())["buyers"]}
+    assert found["alice"]["flagged_at"] < 1000 and found["alice"]["copy"] == 1
+    assert found["alice"]["family"] is not None and found["bob"]["family"] is None  # named only when flagged
 
 
 def test_kill_9_loses_no_answered_query(served, tmp_path):

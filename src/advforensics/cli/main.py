@@ -29,7 +29,7 @@ def _register_groups() -> None:
     # One module per command group; each keeps its heavy imports inside its commands.
     from importlib import import_module
 
-    for module_name in ("data", "models", "attacks", "trace", "attribution", "investigate", "serve", "demo"):
+    for module_name in ("data", "models", "attacks", "trace", "attribution", "investigate", "serve", "queries", "demo"):
         module = import_module(f"advforensics.cli.{module_name}")
         for command in module.COMMANDS:
             cli.add_command(command)

@@ -1,4 +1,5 @@
-"""`advforensics serve` and `advforensics buyers`: the seller's hard-label endpoint and its API keys."""
+"""`advforensics serve` and `advforensics buyers`: the seller's hard-label endpoint and its API keys
+(`advforensics queries`, in cli/queries.py, reads the log it writes)."""
 
 from __future__ import annotations
 
@@ -108,72 +109,4 @@ def list_buyers(keys_path: Path) -> None:
         click.echo(f"{buyer.name}\tcopy {buyer.copy_index}\t{state}")
 
 
-@click.group("queries", cls=ForensicsGroup)
-def queries() -> None:
-    """Query forensics on a served copy's log: calibrate the detector, find attacks in progress.
-
-    \b
-    Example:
-      advforensics queries calibrate --data mnist --out runs/detector.json
-      advforensics queries detect --log runs/queries.sqlite --detector runs/detector.json
-    """
-
-
-@queries.command("calibrate")
-@click.option("--data", "data_name", required=True, help="The seller's own images (a data set name, e.g. mnist).")
-@click.option("--data-dir", default=None, help="Directory of the data set.")
-@click.option("--split", default="train", show_default=True, help="Split the benign buyers draw from.")
-@click.option("--buyers", "n_buyers", type=int, default=40, show_default=True, help="Simulated benign buyers.")
-@click.option("--queries", "n_queries", type=int, default=1000, show_default=True, help="Queries per benign buyer.")
-@click.option("--false-hit-rate", type=float, default=1e-3, show_default=True,
-              help="Share of benign queries that may count as hits.")
-@click.option("--hits", "hits_to_flag", type=int, default=5, show_default=True, help="Hits that flag a buyer.")
-@seed_option
-@click.option("--out", "out_path", required=True, type=OutputFile(), help="The detector file (JSON) to write.")
-def calibrate(data_name: str, data_dir: str | None, split: str, n_buyers: int, n_queries: int, false_hit_rate: float,
-              hits_to_flag: int, seed: int, out_path: Path) -> None:
-    """Set the detector's threshold on simulated benign buyers (the seller's images, augmented); no attack."""
-    from advforensics.data import load_dataset
-    from advforensics.errors import InputValidationError
-    from advforensics.serving.detection import calibrate_on_images
-
-    if not 0 < false_hit_rate < 0.5 or n_buyers < 1 or n_queries < 2:
-        raise InputValidationError("need 0 < --false-hit-rate < 0.5, --buyers >= 1 and --queries >= 2")
-    pool = load_dataset(data_name, split=split, data_dir=data_dir).images
-    detector = calibrate_on_images(pool, buyers=n_buyers, queries=n_queries, false_hit_rate=false_hit_rate,
-                                   seed=seed, hits_to_flag=hits_to_flag)
-    detector.calibration.update(data=data_name, split=split)
-    detector.save(out_path)
-    click.echo(f"threshold {detector.config.threshold:.4f} (k {detector.config.k}, {hits_to_flag} hits flag a buyer) "
-               f"from {n_buyers} x {n_queries} benign queries -> {out_path}")
-
-
-@queries.command("detect")
-@click.option("--log", "log_target", required=True, help="The query log of `serve` (a SQLite file or database URL).")
-@click.option("--detector", "detector_path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="The detector file of `queries calibrate`.")
-@json_option
-def detect(log_target: str, detector_path: Path, json_path: Path | None) -> None:
-    """Per buyer: queries, hits and whether (and at which query) an attack in progress was flagged."""
-    from dataclasses import asdict
-
-    from advforensics.serving.detection import QueryDetector, detect as run
-    from advforensics.serving.querylog import QueryLog
-
-    detector = QueryDetector.load(detector_path)
-    query_log = QueryLog(log_target, create=False)
-    if query_log.image_shape is not None and query_log.image_shape != detector.image_shape:
-        from advforensics.errors import InputValidationError
-
-        raise InputValidationError(f"the detector was calibrated on images {list(detector.image_shape)}, the log "
-                                   f"holds {list(query_log.image_shape)}; calibrate on the served data")
-    verdicts = run(query_log.read(), detector.config)
-    click.echo("| buyer | queries | hits | flagged at query | verdict |")
-    click.echo("| --- | --- | --- | --- | --- |")
-    for v in verdicts:
-        verdict = "ATTACK IN PROGRESS" if v.flagged else "benign"
-        click.echo(f"| {v.buyer} | {v.queries} | {v.hits} | {v.flagged_at if v.flagged else '-'} | {verdict} |")
-    emit_json(json_path, {"detector": detector.config.to_dict(), "buyers": [asdict(v) for v in verdicts]})
-
-
-COMMANDS = [serve, buyers, queries]
+COMMANDS = [serve, buyers]

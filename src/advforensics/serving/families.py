@@ -103,17 +103,13 @@ class QueryRecorder(nn.Module):
         out = []
         for start in range(0, len(x), self.max_batch):
             chunk = x[start:start + self.max_batch].float()
-            labels = self.model(chunk).argmax(1)
+            scores = self.model(chunk)  # one request; its labels are all the log keeps
+            labels = scores.argmax(1)
             self.sketches.append(self.sketch(chunk.numpy()))
             self.labels.append(labels.numpy())
             self.sizes.append(len(chunk))
-            out.append(nn.functional.one_hot(labels, self.num_classes(chunk)).float())
+            out.append(nn.functional.one_hot(labels, scores.shape[1]).float())
         return torch.cat(out)
-
-    def num_classes(self, chunk: torch.Tensor) -> int:
-        if not hasattr(self, "_k"):
-            self._k = int(self.model(chunk[:1]).shape[1])
-        return self._k
 
     def sequence(self) -> QuerySequence:
         return QuerySequence(np.concatenate(self.sketches), np.concatenate(self.labels), np.array(self.sizes))
