@@ -65,22 +65,33 @@ class Investigation:
 
 def investigate(evidence: str | Path | Evidence, record: str | Path | None = None,
                 attributor: str | Path | None = None, seller_key: str | Path | None = None,
-                threshold: float = 0.99, command: str | None = None) -> Investigation:
-    """Attribute every image (with an attributor file), trace them (with a seller record), join the two.
+                threshold: float = 0.99, command: str | None = None, query_log: str | Path | None = None,
+                detector: str | Path | None = None, families: str | Path | None = None) -> Investigation:
+    """Attribute every image (with an attributor file), trace them (with a seller record), join the two;
+    with the seller's query log (and its detector), name the buyers whose queries show an attack.
 
     Evidence is read once, at the shape both models take (they must agree). A record is verified
     (hashes, ONNX copies, and its signature when `seller_key` is given) before anything is traced."""
     from advforensics.attribution.attributor import Attributor
 
-    if record is None and attributor is None:
-        raise InputValidationError("give a seller record (--record), an attributor (--attributor) or both")
+    if record is None and attributor is None and query_log is None:
+        raise InputValidationError("give a seller record (--record), an attributor (--attributor), a query log "
+                                   "(--query-log) or several")
+    if (query_log is None) != (detector is None) or (families is not None and query_log is None):
+        raise InputValidationError("a query log needs its detector (--query-log with --detector, and --families "
+                                   "only with both)")
+    findings = None
+    if query_log is not None:
+        from advforensics.serving.forensics import examine_log
+
+        findings = examine_log(query_log, detector, families)
     model = Attributor.load(attributor) if attributor is not None else None
     seller = None
     if record is not None:
         from advforensics.tracing.record import read_record
 
         seller = read_record(record, public_key=seller_key, warn=False)
-    shape = _common_shape(model, seller)
+    shape = _common_shape(model, seller) or (findings.image_shape if findings is not None else None)
     if not isinstance(evidence, Evidence):
         evidence = load_evidence(evidence, channels=shape[0], size=shape[1:])
     attribution = model.predict(evidence) if model is not None else None
@@ -91,13 +102,19 @@ def investigate(evidence: str | Path | Evidence, record: str | Path | None = Non
         tracing = identify(record, evidence, threshold=threshold, public_key=seller_key)
     examples = _examples(evidence, attribution, tracing)
     caveats = _caveats(evidence, model, seller, seller_key, tracing, examples)
+    queries = _queries(findings, tracing) if findings is not None else None
+    if queries is not None:
+        caveats += queries.pop("caveats")
     payload = {
         "format": FORMAT, "title": f"Investigation of {Path(evidence.source).name}",
         "summary": _summary(examples, tracing), "examples": examples,
-        "copies": _copies(tracing), "caveats": caveats,
-        "custody": _custody(evidence, record, attributor, seller_key, command),
+        "copies": _copies(tracing), "queries": queries, "caveats": caveats,
+        "custody": _custody(evidence, record, attributor, seller_key, command,
+                            [(query_log, "query log"), (detector, "query detector"), (families, "query families")]),
     }
     payload["verdict"] = _verdict(payload["summary"], tracing is not None, attribution is not None, threshold)
+    if queries is not None:
+        payload["verdict"] += " " + queries["verdict"]
     return Investigation(payload=payload, images=[_pictures(x) for x in evidence.x])
 
 
@@ -184,6 +201,31 @@ def _copies(tracing) -> list[dict[str, Any]] | None:  # type: ignore[no-untyped-
              "accused_examples": int(accused[j])} for j in range(tracing.num_copies)]
 
 
+def _queries(findings, tracing) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """The log's part: every buyer's finding, the flagged ones named, and whether the log bears out the
+    copy that tracing accuses (a buyer of that copy flagged) or not."""
+    flagged = findings.flagged
+    named = ", ".join(f"{b.verdict.buyer} (copy {b.copy_index}, at query {b.verdict.flagged_at}"
+                      + (f", {b.family}" if b.family else "") + ")" for b in flagged)
+    verdict = (f"The query log flags {len(flagged)} of {len(findings.buyers)} buyers: {named}."
+               if flagged else f"The query log flags none of its {len(findings.buyers)} buyers.")
+    caveats = [f"the query log ({findings.log}) holds only what reached the endpoint: an attack run offline "
+               "(on a leaked copy, a surrogate) or before the log began leaves nothing in it"]
+    corroborated = None
+    if tracing is not None and tracing.accused and tracing.source is not None:
+        holders = [b.verdict.buyer for b in flagged if b.copy_index == tracing.source]
+        corroborated = bool(holders)
+        verdict += (f" It bears out the traced copy {tracing.source}: its buyer {', '.join(holders)} was flagged."
+                    if holders else f" No buyer of the traced copy {tracing.source} was flagged in the log.")
+        if not holders:
+            caveats.append(f"tracing accuses copy {tracing.source} but the log shows no attack by its buyer: "
+                           "an offline attack, or a copy passed on")
+    if any(b.family == "unknown" for b in flagged):
+        caveats.append("a flagged buyer's query pattern fits none of the known families: unknown attack family")
+    return {**findings.to_dict(), "flagged": [b.verdict.buyer for b in flagged], "corroborates_trace": corroborated,
+            "verdict": verdict, "caveats": caveats}
+
+
 def _caveats(evidence: Evidence, model, seller, seller_key, tracing, examples) -> list[str]:  # type: ignore[no-untyped-def]
     notes = []
     if evidence.dropped:
@@ -230,17 +272,22 @@ def _verdict(summary: dict[str, Any], traced: bool, attributed: bool, threshold:
         if not summary["one_source"]:
             parts.append("They were crafted on several copies: see the per-group verdicts.")
         elif copy is None:
-            parts.append(f"They match none of the seller's copies (confidence {confidence:.4f}).")
+            stated = "no calibrated confidence" if confidence is None else f"confidence {confidence:.4f}"
+            parts.append(f"They match none of the seller's copies ({stated}).")
         elif summary["trace_accused"]:
             parts.append(f"They were crafted on copy {copy}, accused at confidence {confidence:.4f} "
                          f"(threshold {threshold}).")
+        elif confidence is None:  # a record separated without calibration: a copy, no stated confidence
+            parts.append(f"They point to copy {copy}, with no confidence (the record was not calibrated: "
+                         "`trace separate --calibrate-data`), so no one is accused.")
         else:
             parts.append(f"They point to copy {copy}, at confidence {confidence:.4f}: below the accusation "
                          f"threshold {threshold}, undecided.")
     return " ".join(parts)
 
 
-def _custody(evidence: Evidence, record, attributor, seller_key, command: str | None) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def _custody(evidence: Evidence, record, attributor, seller_key, command: str | None,  # type: ignore[no-untyped-def]
+             others: list[tuple[str | Path | None, str]] = ()) -> dict[str, Any]:
     source = Path(evidence.source)
     files = [(p, "evidence") for p in (sorted(Path(n) for n in evidence.names) if source.is_dir() else [source])]
     if record is not None:
@@ -250,6 +297,7 @@ def _custody(evidence: Evidence, record, attributor, seller_key, command: str | 
         files.append((Path(attributor), "attributor"))
     if seller_key is not None:
         files.append((Path(seller_key), "seller public key"))
+    files += [(Path(path), role) for path, role in others if path is not None and Path(path).is_file()]
     return {"tool": f"advforensics {__version__}", "command": command or shlex.join(sys.argv),
             "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "files": [{"path": str(p), "role": role, "sha256": sha256_file(p)} for p, role in files]}

@@ -56,6 +56,21 @@ def test_hopskipjump_through_http_works_on_labels_alone_is_logged_and_flagged(se
     assert found["alice"]["flagged_at"] < 1000 and found["alice"]["copy"] == 1
     assert found["alice"]["family"] is not None and found["bob"]["family"] is None  # named only when flagged
 
+    # the investigation takes the log beside the adversarial images: the flagged buyer is named with its copy
+    np.savez(tmp_path / "advs.npz", x_adv=result.x_adv.numpy())
+    run_ok(["investigate", str(tmp_path / "advs.npz"), "--record", str(served.record), "--query-log", str(log),
+            "--detector", str(detector), "--families", str(families_file), "--out", str(tmp_path / "report")])
+    payload = orjson.loads((tmp_path / "report" / "report.json").read_bytes())
+    assert payload["queries"]["flagged"] == ["alice"]
+    assert "flags 1 of 2 buyers: alice (copy 1" in payload["verdict"]
+    summary = payload["summary"]
+    if summary["trace_accused"]:  # then the log bears the accusation out exactly when it names copy 1
+        assert payload["queries"]["corroborates_trace"] == (summary["traced_copy"] == 1)
+    assert "## Query log" in (tmp_path / "report" / "report.md").read_text()
+    assert 'class="queries"' in (tmp_path / "report" / "report.html").read_text()
+    roles = {f["role"] for f in payload["custody"]["files"]}
+    assert {"query log", "query detector", "query families"} <= roles
+
 
 def test_kill_9_loses_no_answered_query(served, tmp_path):
     log = tmp_path / "queries.sqlite"

@@ -231,6 +231,37 @@ def _html_examples(examples: Sequence[Payload], images: Sequence[ImagePair]) -> 
             + f"<tbody>{body}</tbody></table>")
 
 
+def _queries_rows(queries: Payload) -> list[dict[str, Any]]:
+    """One row per buyer of the query log, flagged ones first (the same rows in HTML and Markdown)."""
+    buyers = sorted(queries.get("buyers") or [], key=lambda b: (b.get("flagged_at") is None, str(b["buyer"])))
+    return [{"buyer": b["buyer"], "copy": b.get("copy"), "queries": b.get("queries"), "hits": b.get("hits"),
+             "flagged at query": b.get("flagged_at"),
+             "verdict": "attack in progress" if b.get("flagged_at") is not None else "benign",
+             "attack family": None if b.get("family") is None else
+             f"{b['family']} ({_num(b.get('family_probability'))})"} for b in buyers]
+
+
+QUERY_COLUMNS = ["buyer", "copy", "queries", "hits", "flagged at query", "verdict", "attack family"]
+
+
+def _html_queries(queries: Payload | None) -> str:
+    if queries is None:
+        return ""
+    rows = "".join("<tr" + (' class="hit"' if r["verdict"] != "benign" else "") + ">"
+                   + "".join(f"<td>{_e('-' if r[c] is None else r[c])}</td>" for c in QUERY_COLUMNS) + "</tr>"
+                   for r in _queries_rows(queries))
+    head = "".join(f"<th>{_e(c)}</th>" for c in QUERY_COLUMNS)
+    return (f'<h2>Query log</h2><p>{_e(queries.get("verdict", ""))}</p>'
+            f'<table class="queries"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+
+
+def _md_queries(queries: Payload | None) -> str:
+    if queries is None:
+        return ""
+    rows = [{c: _md(v) if isinstance(v, str) else v for c, v in r.items()} for r in _queries_rows(queries)]
+    return f"## Query log\n\n{_md(queries.get('verdict', ''))}\n\n{markdown_table(rows, QUERY_COLUMNS)}\n\n"
+
+
 def _html_custody(custody: Payload) -> str:
     files = "".join(f'<tr><td class="hash">{_e(f["path"])}</td><td>{_e(f["role"])}</td>'
                     f'<td class="hash">{_e(f["sha256"])}</td></tr>' for f in custody.get("files") or [])
@@ -259,6 +290,7 @@ def render_html(payload: Payload, images: Sequence[ImagePair]) -> str:
             + _html_summary(payload.get("summary") or {})
             + _html_caveats(payload.get("caveats") or [])
             + _html_copies(payload.get("copies"), _traced(payload))
+            + _html_queries(payload.get("queries"))
             + _html_examples(examples, images)
             + _html_custody(payload.get("custody") or {})
             + f'<footer class="none">{_e(payload.get("format", FORMAT))}</footer></body></html>\n')
@@ -349,5 +381,6 @@ def render_markdown(payload: Payload) -> str:
     return (f"# {_md(payload.get('title') or 'Investigation report')}\n\n{_md(payload.get('verdict', ''))}\n\n"
             f"{_md_summary(payload.get('summary') or {})}\n\n## Caveats\n\n{caveats}\n\n"
             f"## Tracing: copies\n\n{_md_copies(payload.get('copies'), _traced(payload))}\n\n"
+            f"{_md_queries(payload.get('queries'))}"
             f"## Examples ({len(examples)})\n\n{notes}{markdown_table(rows, columns)}\n\n"
             f"## Chain of custody\n\n{_md_custody(payload.get('custody') or {})}\n")

@@ -30,6 +30,7 @@ class LogFindings:
     log: str
     detector: DetectorConfig
     buyers: list[BuyerFinding]
+    image_shape: tuple[int, ...]  # what the detector was calibrated on (and the log holds)
     families_model: str | None = None
 
     @property
@@ -71,7 +72,7 @@ def examine_log(log_target: str | Path, detector: QueryDetector | str | Path,
         if families is not None and verdict.flagged and verdict.queries >= 3:
             family, probability = families.predict(QuerySequence.from_log(mine))
         findings.append(BuyerFinding(verdict, int(mine.copy_indices[-1]), family, probability))
-    return LogFindings(str(log_target), detector.config, findings, families_path)
+    return LogFindings(str(log_target), detector.config, findings, tuple(detector.image_shape), families_path)
 
 
 __all__ = ["BuyerFinding", "LogFindings", "examine_log"]
