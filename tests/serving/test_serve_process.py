@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
+import pytest
 import torch
 from click.testing import CliRunner
 from serving_helpers import make_keys, run_ok
@@ -72,8 +73,11 @@ def test_hopskipjump_through_http_works_on_labels_alone_is_logged_and_flagged(se
     assert {"query log", "query detector", "query families"} <= roles
 
 
-def test_kill_9_loses_no_answered_query(served, tmp_path):
+@pytest.mark.parametrize("round_", [0] + [pytest.param(i, marks=pytest.mark.slow) for i in range(1, 20)])
+def test_kill_9_loses_no_answered_query(served, tmp_path, round_):
+    """SIGKILL after 300 + 53 * round_ answered requests (20 rounds under -m slow: 20 kill moments)."""
     log = tmp_path / "queries.sqlite"
+    kill_after = 300 + 53 * round_
     server = LocalServer(served.record, served.keys, log, "--rate-limit", "1000000/second").start()
     answered: list[tuple[str, int]] = []  # (request id, images)
     stop = threading.Event()
@@ -95,7 +99,7 @@ def test_kill_9_loses_no_answered_query(served, tmp_path):
     threads = [threading.Thread(target=client, args=(seed,)) for seed in range(4)]
     for thread in threads:
         thread.start()
-    while len(answered) < 300:
+    while len(answered) < kill_after:
         threading.Event().wait(0.01)
     server.stop(kill=True)  # SIGKILL while requests are in flight
     stop.set()
@@ -105,7 +109,7 @@ def test_kill_9_loses_no_answered_query(served, tmp_path):
     per_request: dict[str, int] = {}
     for request_id in logged.request_ids.tolist():
         per_request[request_id] = per_request.get(request_id, 0) + 1
-    assert len(answered) >= 300
+    assert len(answered) >= kill_after
     assert all(per_request.get(request_id) == n for request_id, n in answered)  # every answered image is there
 
 
