@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from advforensics.cli.common import ForensicsCommand, ForensicsGroup
-from advforensics.cli.options import OutputFile, emit_json, json_option, seed_option, seller_key_option
+from advforensics.cli.options import seller_key_option
 
 record_option = click.option("--record", "record_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                              help="The seller record (`trace separate`, with its ONNX copies).")

@@ -13,8 +13,6 @@ detector is measured on is held out.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +21,9 @@ import numpy as np
 import torch
 
 from advforensics.errors import CheckpointError, InputValidationError
+from advforensics.serving.sealed import read_sealed, write_sealed
 from advforensics.serving.querylog import LoggedQueries, Sketcher
 from advforensics.serving.traffic import benign_stream
-from advforensics.utils import write_json
 
 
 @dataclass(frozen=True)
@@ -124,27 +122,17 @@ class QueryDetector:
     calibration: dict[str, Any]
 
     def save(self, path: str | Path) -> None:
-        body = {"format": DETECTOR_FORMAT, "config": self.config.to_dict(), "image_shape": list(self.image_shape),
-                "calibration": self.calibration}
-        write_json(path, {**body, "sha256": _digest(body)})
+        write_sealed(path, DETECTOR_FORMAT, {"config": self.config.to_dict(), "image_shape": list(self.image_shape),
+                                             "calibration": self.calibration})
 
     @classmethod
     def load(cls, path: str | Path) -> QueryDetector:
+        body = read_sealed(path, DETECTOR_FORMAT, "query detector")
         try:
-            payload = json.loads(Path(path).read_bytes())
-            body = {k: v for k, v in payload.items() if k != "sha256"}
-            if payload.get("format") != DETECTOR_FORMAT:
-                raise CheckpointError(f"{path} is not an advforensics query detector")
-            if payload.get("sha256") != _digest(body):
-                raise CheckpointError(f"{path} fails its hash: the detector was edited or corrupted")
-            return cls(DetectorConfig(**payload["config"]).checked(), tuple(payload["image_shape"]),
-                       dict(payload["calibration"]))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError) as error:
+            return cls(DetectorConfig(**body["config"]).checked(), tuple(body["image_shape"]),
+                       dict(body["calibration"]))
+        except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{path} is not a valid query detector ({error})") from None
-
-
-def _digest(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def calibrate_on_images(pool: torch.Tensor, buyers: int = 40, queries: int = 1000, false_hit_rate: float = 1e-3,

@@ -14,8 +14,6 @@ them); its weights are saved as JSON. An answer below `min_confidence` is "unkno
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from torch import nn
 
 from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.serving.querylog import LoggedQueries, Sketcher
-from advforensics.utils import write_json
+from advforensics.serving.sealed import read_sealed, write_sealed
 
 FAMILIES_FORMAT = "advforensics-query-families/1"
 UNKNOWN = "unknown"
@@ -141,33 +139,24 @@ class FamilyModel:
         return (self.families[best] if p[best] >= self.min_confidence else UNKNOWN), float(p[best])
 
     def save(self, path: str | Path) -> None:
-        body = {"format": FAMILIES_FORMAT, "families": self.families, "mean": self.mean.tolist(),
-                "scale": self.scale.tolist(), "coef": self.coef.tolist(), "intercept": self.intercept.tolist(),
-                "window": self.window, "min_confidence": self.min_confidence, "info": self.info}
-        write_json(path, {**body, "sha256": _digest(body)})
+        write_sealed(path, FAMILIES_FORMAT, {
+            "families": self.families, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
+            "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "window": self.window,
+            "min_confidence": self.min_confidence, "info": self.info})
 
     @classmethod
     def load(cls, path: str | Path) -> FamilyModel:
+        body = read_sealed(path, FAMILIES_FORMAT, "query-family model")
         try:
-            payload = json.loads(Path(path).read_bytes())
-            body = {k: v for k, v in payload.items() if k != "sha256"}
-            if payload.get("format") != FAMILIES_FORMAT:
-                raise CheckpointError(f"{path} is not an advforensics query-family model")
-            if payload.get("sha256") != _digest(body):
-                raise CheckpointError(f"{path} fails its hash: the family model was edited or corrupted")
-            model = cls(list(body["families"]), np.array(body["mean"]), np.array(body["scale"]),
-                        np.array(body["coef"]), np.array(body["intercept"]), int(body["window"]),
+            model = cls(list(body["families"]), np.array(body["mean"], dtype=np.float64),
+                        np.array(body["scale"], dtype=np.float64), np.array(body["coef"], dtype=np.float64),
+                        np.array(body["intercept"], dtype=np.float64), int(body["window"]),
                         float(body["min_confidence"]), dict(body["info"]))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError,
-                ValueError) as error:
+        except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{path} is not a valid query-family model ({error})") from None
         if model.coef.shape != (len(model.families), len(model.mean)) or model.intercept.shape != (len(model.families),):
             raise CheckpointError(f"{path}: the family model's weights do not fit together")
         return model
-
-
-def _digest(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def fit_families(features: np.ndarray, families: list[str], window: int = 1000, min_confidence: float = 0.5,
