@@ -4,7 +4,7 @@
 
 Starts `advforensics serve` (one process, a fresh SQLite log in a temp folder, synchronous=FULL) and
 sends single-image requests (a random image in [0, 1] of the record's shape) over --concurrency
-keep-alive connections, for --seconds, then prints requests/s and latency percentiles as a Markdown
+keep-alive connections, for --seconds (and at most --max-requests, with the python client), then prints requests/s and latency percentiles as a Markdown
 table, and checks that the log holds one row per answered request.
 
 The load comes from wrk (`apt-get install wrk`, a C load generator): a Python client (httpx) tops out
@@ -34,14 +34,15 @@ from advforensics.serving.querylog import QueryLog
 from advforensics.tracing.record import read_record
 
 
-async def _python_load(url: str, key: str, body: bytes, seconds: float, concurrency: int) -> tuple[int, list[float]]:
+async def _python_load(url: str, key: str, body: bytes, seconds: float, concurrency: int,
+                       max_requests: int | None = None) -> tuple[int, list[float]]:
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     deadline = time.perf_counter() + seconds
 
     async def worker(client: httpx.AsyncClient) -> None:
-        while time.perf_counter() < deadline:
+        while time.perf_counter() < deadline and (max_requests is None or len(latencies) < max_requests):
             start = time.perf_counter()
             response = await client.post(f"{url}/v1/labels", content=body, headers=headers)
             latencies.append(time.perf_counter() - start)
@@ -88,6 +89,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--client", choices=["wrk", "python"], default="wrk" if shutil.which("wrk") else "python")
+    parser.add_argument("--max-requests", type=int, default=None, help="python client: stop after this many too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -108,7 +110,8 @@ def main() -> None:
                 row = _wrk_load(url, key, body, args.seconds, args.concurrency, Path(tmp))
             else:
                 start = time.perf_counter()
-                count, latencies = asyncio.run(_python_load(url, key, body, args.seconds, args.concurrency))
+                count, latencies = asyncio.run(_python_load(url, key, body, args.seconds, args.concurrency,
+                                                            args.max_requests))
                 ms = np.array(latencies) * 1000
                 row = {"requests": count, "requests_per_s": count / (time.perf_counter() - start),
                        "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
