@@ -60,11 +60,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--record", type=Path, required=True)
     parser.add_argument("--families", type=Path, required=True)
-    parser.add_argument("--detection", type=Path, required=True, help="the --out folder of serving_detection.py")
+    parser.add_argument("--detection", type=Path, default=None,
+                        help="the --out folder of serving_detection.py (without it: the simulations only)")
     parser.add_argument("--data", default="mnist")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--copy", type=int, default=1, help="the copy the held-out simulations attack")
-    parser.add_argument("--per-family", type=int, default=20)
+    parser.add_argument("--per-family", type=int, default=20, help="held-out simulations per family (0: none)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="JSON of both tables (default: beside --families)")
     args = parser.parse_args()
@@ -72,15 +73,22 @@ def main() -> None:
     print(f"Family model {args.families}: {', '.join(model.families)}; window {model.window}, "
           f"min confidence {model.min_confidence}; fitted with {model.info}")
 
-    _, copies = load_copies(args.record, warn=False)
-    test = load_dataset(args.data, split="test", data_dir=args.data_dir)
-    features, names = simulate_families(copies.copy(args.copy), test.images, test.labels, args.per_family,
-                                        seed=args.seed, window=model.window)
-    p = model.probabilities(features)
-    answers = [model.families[i] if p[j, i] >= model.min_confidence else UNKNOWN for j, i in enumerate(p.argmax(1))]
-    simulated = _table(f"Held out: simulated on {args.data} test images, copy {args.copy}, seed {args.seed}",
-                       {f: (f, [a for a, n in zip(answers, names) if n == f]) for f in sorted(set(names))})
+    simulated = []
+    if args.per_family > 0:
+        _, copies = load_copies(args.record, warn=False)
+        test = load_dataset(args.data, split="test", data_dir=args.data_dir)
+        features, names = simulate_families(copies.copy(args.copy), test.images, test.labels, args.per_family,
+                                            seed=args.seed, window=model.window)
+        p = model.probabilities(features)
+        answers = [model.families[i] if p[j, i] >= model.min_confidence else UNKNOWN
+                   for j, i in enumerate(p.argmax(1))]
+        simulated = _table(f"Held out: simulated on {args.data} test images, copy {args.copy}, seed {args.seed}",
+                           {f: (f, [a for a, n in zip(answers, names) if n == f]) for f in sorted(set(names))})
 
+    out = args.out or args.families.with_name("families-benchmark.json")
+    if args.detection is None:
+        out.write_text(json.dumps({"simulated": simulated, "seed": args.seed}, indent=2))
+        return
     plan = json.loads((args.detection / "detection.json").read_text())["buyers"]
     logged = QueryLog(args.detection / "queries.sqlite", create=False).read()
     by_row: dict[str, tuple[str, list[str]]] = {}
@@ -89,7 +97,6 @@ def main() -> None:
         if len(mine) >= 3:
             by_row.setdefault(row, (EXPECTED[row], []))[1].append(model.predict(QuerySequence.from_log(mine))[0])
     real = _table("Held out: every buyer of the detection benchmark's log (through HTTP)", by_row)
-    out = args.out or args.families.with_name("families-benchmark.json")
     out.write_text(json.dumps({"simulated": simulated, "log": real, "seed": args.seed}, indent=2))
 
 
