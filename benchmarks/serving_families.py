@@ -33,7 +33,7 @@ from advforensics.utils import wilson_interval
 EXPECTED = {
     "hopskipjump (ART, ours)": "hopskipjump", "boundary (ART, ours)": "boundary", "signopt (ART, ours)": "signopt",
     "qeba (ours)": "qeba", "surfree (ours)": "surfree", "hopskipjump (foolbox)": "hopskipjump",
-    "boundary (foolbox)": "boundary", "random search": UNKNOWN,
+    "boundary (foolbox)": "boundary", "hopskipjump (foolbox Linf 8 steps)": "hopskipjump", "random search": UNKNOWN,
     "hopskipjump, noise-averaged queries": "hopskipjump", "hopskipjump, padded with benign images": "hopskipjump",
     "benign": BENIGN, "benign, heavy repeats": BENIGN,
 }
