@@ -3,6 +3,7 @@ is verified when loaded, and it names attacks it was not fitted on (held-out see
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -66,9 +67,18 @@ def test_an_unsure_model_says_unknown(families_file):
     sequence = QuerySequence(rng.integers(0, 256, (60, 16, 16), dtype=np.uint8), rng.integers(0, 10, 60),
                              np.full(6, 10))
     _, probability = model.predict(sequence)
-    strict = FamilyModel(model.families, model.mean, model.scale, model.coef, model.intercept, model.window,
-                         min_confidence=min(1.0, probability + 1e-6))
+    strict = dataclasses.replace(model, min_confidence=min(1.0, probability + 1e-6))
     assert strict.predict(sequence)[0] == UNKNOWN
+
+
+def test_a_sequence_unlike_any_fitted_one_is_unknown_however_confident(families_file):
+    model = FamilyModel.load(families_file)
+    inside = model.mean + model.scale * model.centres  # each family's centre, in raw features
+    assert [name for name, _ in model.name(inside)] == model.families
+    direction = model.coef[0] / np.linalg.norm(model.coef[0])  # far out where the softmax is surest of family 0
+    far = model.mean + model.scale * (model.centres[0] + 10 * model.radii[0] * direction)
+    (name, probability), = model.name(far)
+    assert probability > 0.99 and name == UNKNOWN
 
 
 @pytest.mark.slow
@@ -82,8 +92,6 @@ def test_held_out_attacks_are_named(served):
 
     model = fit_families(fit_x, fit_names)
     test_x, test_names = simulate_families(model_of_copy, test.images, test.labels, 4, seed=1)
-    probabilities = model.probabilities(test_x)
-    named = [model.families[i] if p[i] >= model.min_confidence else UNKNOWN
-             for p, i in zip(probabilities, probabilities.argmax(1))]
+    named = [name for name, _ in model.name(test_x)]
     accuracy = np.mean([a == b for a, b in zip(named, test_names)])
     assert accuracy >= 0.8, list(zip(test_names, named))

@@ -27,7 +27,7 @@ from advforensics.errors import CheckpointError, InputValidationError
 from advforensics.serving.querylog import LoggedQueries, Sketcher
 from advforensics.serving.sealed import read_sealed, write_sealed
 
-FAMILIES_FORMAT = "advforensics-query-families/2"  # /2: no request-size features
+FAMILIES_FORMAT = "advforensics-query-families/2"  # /2: no request-size features; centres and radii
 UNKNOWN = "unknown"
 _QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -121,6 +121,8 @@ class FamilyModel:
     scale: np.ndarray
     coef: np.ndarray  # (families, F)
     intercept: np.ndarray  # (families,)
+    centres: np.ndarray  # (families, F): each family's mean standardised features
+    radii: np.ndarray  # (families,): the farthest any of its fitted sequences lay from that centre
     window: int = 1000
     min_confidence: float = 0.5
     info: dict[str, Any] = field(default_factory=dict)
@@ -131,16 +133,26 @@ class FamilyModel:
         p = np.exp(z)
         return p / p.sum(axis=1, keepdims=True)
 
+    def name(self, features: np.ndarray) -> list[tuple[str, float]]:
+        """(family or "unknown", its probability) per row of (n, F) features. "unknown" when the best
+        family is below min_confidence, or when the sequence lies farther from that family's centre than
+        any sequence it was fitted on (a softmax is confident far from its data; a radius is not)."""
+        features = np.atleast_2d(features)
+        p = self.probabilities(features)
+        best = p.argmax(axis=1)
+        distance = np.linalg.norm((features - self.mean) / self.scale - self.centres[best], axis=1)
+        known = (p[np.arange(len(p)), best] >= self.min_confidence) & (distance <= self.radii[best])
+        return [(self.families[b] if k else UNKNOWN, float(p[i, b])) for i, (b, k) in enumerate(zip(best, known))]
+
     def predict(self, sequence: QuerySequence) -> tuple[str, float]:
-        """(family or "unknown", its probability)."""
-        p = self.probabilities(sequence_features(sequence, self.window))[0]
-        best = int(p.argmax())
-        return (self.families[best] if p[best] >= self.min_confidence else UNKNOWN), float(p[best])
+        """(family or "unknown", its probability) of one buyer's sequence."""
+        return self.name(sequence_features(sequence, self.window))[0]
 
     def save(self, path: str | Path) -> None:
         write_sealed(path, FAMILIES_FORMAT, {
             "families": self.families, "mean": self.mean.tolist(), "scale": self.scale.tolist(),
-            "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "window": self.window,
+            "coef": self.coef.tolist(), "intercept": self.intercept.tolist(), "centres": self.centres.tolist(),
+            "radii": self.radii.tolist(), "window": self.window,
             "min_confidence": self.min_confidence, "info": self.info})
 
     @classmethod
@@ -149,11 +161,14 @@ class FamilyModel:
         try:
             model = cls(list(body["families"]), np.array(body["mean"], dtype=np.float64),
                         np.array(body["scale"], dtype=np.float64), np.array(body["coef"], dtype=np.float64),
-                        np.array(body["intercept"], dtype=np.float64), int(body["window"]),
+                        np.array(body["intercept"], dtype=np.float64), np.array(body["centres"], dtype=np.float64),
+                        np.array(body["radii"], dtype=np.float64), int(body["window"]),
                         float(body["min_confidence"]), dict(body["info"]))
         except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(f"{path} is not a valid query-family model ({error})") from None
-        if model.coef.shape != (len(model.families), len(model.mean)) or model.intercept.shape != (len(model.families),):
+        shape = (len(model.families), len(model.mean))
+        if model.coef.shape != shape or model.centres.shape != shape or \
+                model.intercept.shape != (len(model.families),) or model.radii.shape != (len(model.families),):
             raise CheckpointError(f"{path}: the family model's weights do not fit together")
         return model
 
@@ -173,7 +188,10 @@ def fit_families(features: np.ndarray, families: list[str], window: int = 1000, 
     coef, intercept = regression.coef_, regression.intercept_
     if len(names) == 2:  # sklearn keeps one row for two classes: the same softmax with two
         coef, intercept = np.vstack([-coef[0] / 2, coef[0] / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
-    return FamilyModel(names, mean, scale, coef, intercept, window, min_confidence, dict(info or {}))
+    z = (features - mean) / scale
+    centres = np.stack([z[target == i].mean(axis=0) for i in range(len(names))])
+    radii = np.array([np.linalg.norm(z[target == i] - centres[i], axis=1).max() for i in range(len(names))])
+    return FamilyModel(names, mean, scale, coef, intercept, centres, radii, window, min_confidence, dict(info or {}))
 
 
 __all__ = ["FamilyModel", "QueryRecorder", "QuerySequence", "UNKNOWN", "fit_families", "sequence_features"]
