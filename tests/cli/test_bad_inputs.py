@@ -96,7 +96,7 @@ def _make_serving_files(ws: Path) -> None:
          "--out", str(ws / "served")])
     _ok(["buyers", "add", "--record", str(ws / "served"), "--keys", str(ws / "bad" / "keys.json"), "--buyer",
          "alice", "--copy", "1"])
-    _ok(["queries", "calibrate", "--data", "digits", "--buyers", "2", "--queries", "40", "--false-hit-rate", "0.05", "--out",
+    _ok(["queries", "calibrate", "--data", "digits", "--buyers", "4", "--queries", "40", "--false-flag-rate", "0.25", "--out",
          str(ws / "bad" / "detector.json")])
 
 
@@ -360,7 +360,7 @@ def _serving_cases() -> list[tuple[str, Callable[[Path], list[str]]]]:
                                                "--out", str(ws / "new-detector.json")]),
         ("families-no-such-copy", lambda ws: ["queries", "families", "--record", str(ws / "served"), "--copy", "7",
                                               "--data", "digits", "--out", str(ws / "new-detector.json")]),
-        ("calibrate-false-hit-rate", lambda ws: ["queries", "calibrate", "--data", "digits", "--false-hit-rate", "1",
+        ("calibrate-false-flag-rate", lambda ws: ["queries", "calibrate", "--data", "digits", "--false-flag-rate", "1",
                                                  "--out", str(ws / "new-detector.json")]),
     ]
     return cases

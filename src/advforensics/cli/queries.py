@@ -38,24 +38,24 @@ def queries() -> None:
 
 @queries.command("calibrate")
 @with_data
-@click.option("--buyers", "n_buyers", type=int, default=40, show_default=True, help="Simulated benign buyers.")
+@click.option("--buyers", "n_buyers", type=int, default=400, show_default=True, help="Simulated benign buyers.")
 @click.option("--queries", "n_queries", type=int, default=1000, show_default=True, help="Queries per benign buyer.")
-@click.option("--false-hit-rate", type=float, default=1e-3, show_default=True,
-              help="Share of benign queries that may count as hits.")
+@click.option("--false-flag-rate", type=float, default=0.005, show_default=True,
+              help="Share of benign buyers that may be flagged (in their first --queries queries).")
 @click.option("--hits", "hits_to_flag", type=int, default=5, show_default=True, help="Hits that flag a buyer.")
 @seed_option
 @click.option("--out", "out_path", required=True, type=OutputFile(), help="The detector file (JSON) to write.")
-def calibrate(data_name: str, data_dir: str | None, split: str, n_buyers: int, n_queries: int, false_hit_rate: float,
+def calibrate(data_name: str, data_dir: str | None, split: str, n_buyers: int, n_queries: int, false_flag_rate: float,
               hits_to_flag: int, seed: int, out_path: Path) -> None:
     """Set the detector's threshold on simulated benign buyers (the seller's images, augmented); no attack."""
     from advforensics.data import load_dataset
     from advforensics.errors import InputValidationError
     from advforensics.serving.detection import calibrate_on_images
 
-    if not 0 < false_hit_rate < 0.5 or n_buyers < 1 or n_queries < 2:
-        raise InputValidationError("need 0 < --false-hit-rate < 0.5, --buyers >= 1 and --queries >= 2")
+    if not 0 < false_flag_rate < 0.5 or n_buyers < 1 or n_queries < 2:
+        raise InputValidationError("need 0 < --false-flag-rate < 0.5, --buyers >= 1 and --queries >= 2")
     pool = load_dataset(data_name, split=split, data_dir=data_dir).images
-    detector = calibrate_on_images(pool, buyers=n_buyers, queries=n_queries, false_hit_rate=false_hit_rate,
+    detector = calibrate_on_images(pool, buyers=n_buyers, queries=n_queries, false_flag_rate=false_flag_rate,
                                    seed=seed, hits_to_flag=hits_to_flag)
     detector.calibration.update(data=data_name, split=split)
     detector.save(out_path)
