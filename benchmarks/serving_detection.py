@@ -116,7 +116,7 @@ def main() -> None:
     train = load_dataset(args.data, split="train", data_dir=args.data_dir).images
     test = load_dataset(args.data, split="test", data_dir=args.data_dir)
     started = time.time()
-    detector = calibrate_on_images(train, buyers=400, queries=1000, false_flag_rate=0.005, seed=args.seed)
+    detector = calibrate_on_images(train, buyers=1000, queries=1000, false_flag_rate=0.001, seed=args.seed)
     log.info("calibrated: threshold %.4f (%.0f s)", detector.config.threshold, time.time() - started)
     if args.redetect:  # a new detector on an earlier run's log: no attack is run again
         plan = [(row, buyer, -1) for buyer, row in json.loads((args.out / "detection.json").read_text())["buyers"].items()]
@@ -177,7 +177,7 @@ def _report(plan: list[tuple[str, str, int]], log_path: Path, detector, args, st
     verdicts = {v.buyer: v for v in detect(QueryLog(log_path, create=False).read(), detector.config)}
     results = []
     print(f"Detector: threshold {detector.config.threshold:.4f} (k {detector.config.k}, "
-          f"{detector.config.hits_to_flag} hits), calibrated on 400 x 1000 benign train queries at a 0.5% "
+          f"{detector.config.hits_to_flag} hits), calibrated on 1000 x 1000 benign train queries at a 0.1% "
           "false-flag rate\n")
     print("| buyers | n | median queries | flagged (%) [95% CI] | median query at flag |")
     print("| --- | --- | --- | --- | --- |")

@@ -38,9 +38,9 @@ def queries() -> None:
 
 @queries.command("calibrate")
 @with_data
-@click.option("--buyers", "n_buyers", type=int, default=400, show_default=True, help="Simulated benign buyers.")
+@click.option("--buyers", "n_buyers", type=int, default=1000, show_default=True, help="Simulated benign buyers.")
 @click.option("--queries", "n_queries", type=int, default=1000, show_default=True, help="Queries per benign buyer.")
-@click.option("--false-flag-rate", type=float, default=0.005, show_default=True,
+@click.option("--false-flag-rate", type=float, default=0.001, show_default=True,
               help="Share of benign buyers that may be flagged (in their first --queries queries).")
 @click.option("--hits", "hits_to_flag", type=int, default=5, show_default=True, help="Hits that flag a buyer.")
 @seed_option
