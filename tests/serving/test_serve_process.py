@@ -47,7 +47,8 @@ def test_hopskipjump_through_http_works_on_labels_alone_is_logged_and_flagged(se
     assert queries.count("alice") == attacker.queries + 1 and queries.count("bob") == benign.queries == 300
 
     detector = tmp_path / "detector.json"
-    run_ok(["queries", "calibrate", "--data", "digits", "--buyers", "200", "--queries", "200", "--out", str(detector)])
+    run_ok(["queries", "calibrate", "--data", "digits", "--buyers", "200", "--queries", "200", "--false-flag-rate", "0.005",
+            "--out", str(detector)])
     table = run_ok(["queries", "detect", "--log", str(log), "--detector", str(detector), "--families",
                     str(families_file), "--json", str(tmp_path / "detect.json")])
     rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| a") or line.startswith("| b")}
