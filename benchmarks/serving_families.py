@@ -88,11 +88,11 @@ def main() -> None:
         out.write_text(json.dumps({"simulated": simulated, "seed": args.seed}, indent=2))
         return
     plan = json.loads((args.detection / "detection.json").read_text())["buyers"]
-    logged = QueryLog(args.detection / "queries.sqlite", create=False).read()
+    logged = QueryLog(args.detection / "queries.sqlite", create=False).read().by_buyer()
     by_row: dict[str, tuple[str, list[str]]] = {}
     for buyer, row in plan.items():
-        mine = logged.of(buyer)
-        if len(mine) >= 3:
+        mine = logged.get(buyer)
+        if mine is not None and len(mine) >= 3:
             by_row.setdefault(row, (EXPECTED[row], []))[1].append(model.predict(QuerySequence.from_log(mine))[0])
     real = _table("Held out: every buyer of the detection benchmark's log (through HTTP)", by_row)
     out.write_text(json.dumps({"simulated": simulated, "log": real, "seed": args.seed}, indent=2))

@@ -35,3 +35,18 @@ def test_too_few_buyers_for_the_rate_is_refused() -> None:
     rng = np.random.default_rng(2)
     with pytest.raises(InputValidationError, match="at least 200"):
         calibrate([_benign(rng) for _ in range(50)], false_flag_rate=0.005)
+
+
+def test_splitting_the_log_by_buyer_once_equals_one_scan_per_buyer() -> None:
+    from advforensics.serving.querylog import LoggedQueries
+
+    rng = np.random.default_rng(3)
+    n = 60
+    log = LoggedQueries(np.arange(n), rng.choice(["carol", "alice", "bob"], n), rng.integers(0, 3, n), rng.random(n),
+                        np.array([f"r{i // 4}" for i in range(n)]), np.array(["h"] * n), _benign(rng, n),
+                        rng.integers(0, 10, n))
+    groups = log.by_buyer()
+    assert list(groups) == ["alice", "bob", "carol"]
+    for name, mine in groups.items():
+        for column in log.__dataclass_fields__:
+            np.testing.assert_array_equal(getattr(mine, column), getattr(log.of(name), column))

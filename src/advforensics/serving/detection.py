@@ -94,7 +94,7 @@ def detect_buyer(buyer: str, sketches: np.ndarray, config: DetectorConfig) -> Bu
 def detect(log: LoggedQueries, config: DetectorConfig) -> list[BuyerVerdict]:
     """Every buyer of the log, in name order."""
     config.checked()
-    return [detect_buyer(name, log.of(name).sketches, config) for name in sorted(set(log.buyers.tolist()))]
+    return [detect_buyer(name, mine.sketches, config) for name, mine in log.by_buyer().items()]
 
 
 def flag_distance(sketches: np.ndarray, k: int, hits_to_flag: int, history: int) -> float:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from advforensics.errors import InputValidationError
-from advforensics.serving.detection import BuyerVerdict, DetectorConfig, QueryDetector, detect
+from advforensics.serving.detection import BuyerVerdict, DetectorConfig, QueryDetector, detect_buyer
 from advforensics.serving.families import FamilyModel, QuerySequence
 from advforensics.serving.querylog import QueryLog
 
@@ -64,10 +64,9 @@ def examine_log(log_target: str | Path, detector: QueryDetector | str | Path,
     if query_log.image_shape is not None and query_log.image_shape != detector.image_shape:
         raise InputValidationError(f"the detector was calibrated on images {list(detector.image_shape)}, the log "
                                    f"holds {list(query_log.image_shape)}; calibrate on the served data")
-    logged = query_log.read()
     findings = []
-    for verdict in detect(logged, detector.config):
-        mine = logged.of(verdict.buyer)
+    for name, mine in query_log.read().by_buyer().items():  # the log split by buyer once
+        verdict = detect_buyer(name, mine.sketches, detector.config.checked())
         family = probability = None
         if families is not None and verdict.flagged and verdict.queries >= 3:
             family, probability = families.predict(QuerySequence.from_log(mine))
