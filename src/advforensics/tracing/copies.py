@@ -6,6 +6,8 @@ of C and T_0 plus an O(m * K) gather, because copies differ only by the permutat
 
 Permutation convention (see permutations.py): copy i sends tracer output j to class slot
 perm[i, j], so T_i(x)[c] = T_0(x)[inv[i, c]] with inv[i] the inverse permutation of perm[i].
+Past max_copies(K) copies (permutations.copy_layout) the tracer has G * K outputs and copy i reads
+block b_i of them: T_i(x)[c] = T_0(x)[b_i * K + inv[i, c]]; block 0 is the single-tracer case.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from advforensics.errors import InputValidationError
-from advforensics.tracing.permutations import check_permutations
+from advforensics.tracing.permutations import check_layout
 from advforensics.tracing.tracer import Tracer, state_hash
 
 
@@ -44,21 +46,31 @@ def inverse_permutations(perms: torch.Tensor) -> torch.Tensor:
     return inv
 
 
+@torch.no_grad()
+def check_classes(classifier: nn.Module, tracer: Tracer, num_classes: int) -> None:
+    """Raise InputValidationError unless C scores `num_classes` classes (one probe image): a K-entry
+    permutation fits a G * K-output tracer for any G, so only C can say what K is."""
+    scored = classifier.eval()(torch.zeros(1, *tracer.input_shape)).shape[-1]
+    if scored != num_classes:
+        raise InputValidationError(f"the permutations have {num_classes} entries, the classifier scores {scored} classes")
+
+
 class ModelCopy(nn.Module):
     """One buyer's copy. forward(x (B, C, H, W) in [0, 1]) -> scores (B, K); label = argmax."""
 
     def __init__(self, classifier: nn.Module, tracer: Tracer, permutation: torch.Tensor,
-                 params: CopyParams) -> None:
+                 params: CopyParams, block: int = 0) -> None:
         super().__init__()
         perm = torch.as_tensor(permutation, dtype=torch.int64).reshape(1, -1)
-        check_permutations(perm)
-        if perm.shape[1] != tracer.num_outputs:
-            raise InputValidationError(f"permutation has {perm.shape[1]} entries, tracer has {tracer.num_outputs} outputs")
+        check_layout(perm, torch.tensor([int(block)]), tracer.num_outputs)
+        check_classes(classifier, tracer, perm.shape[1])
         self.classifier = classifier.eval()
         self.tracer = tracer.eval()
         self.alpha = float(params.alpha)
         self.tau = float(params.tau)
-        self.register_buffer("inverse", inverse_permutations(perm)[0])  # (K,)
+        self.block = int(block)
+        # (K,): the tracer outputs this copy reads, class slot by class slot
+        self.register_buffer("inverse", inverse_permutations(perm)[0] + self.block * perm.shape[1])
         self.eval()
 
     def train(self, mode: bool = True) -> ModelCopy:
@@ -77,18 +89,20 @@ class CopySet(nn.Module):
     """All m copies of one (C, T_0): shared forward pass, then a gather per copy."""
 
     def __init__(self, classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor,
-                 params: CopyParams) -> None:
+                 params: CopyParams, blocks: torch.Tensor | None = None) -> None:
         super().__init__()
         perms = torch.as_tensor(permutations, dtype=torch.int64)
-        check_permutations(perms)
-        if perms.shape[1] != tracer.num_outputs:
-            raise InputValidationError(
-                f"permutations have {perms.shape[1]} entries, tracer has {tracer.num_outputs} outputs")
+        blocks = torch.zeros(len(perms), dtype=torch.int64) if blocks is None else \
+            torch.as_tensor(blocks, dtype=torch.int64)
+        check_layout(perms, blocks, tracer.num_outputs)
+        check_classes(classifier, tracer, perms.shape[1])
         self.classifier = classifier.eval()
         self.tracer = tracer.eval()
         self.params = params
         self.register_buffer("permutations", perms)  # (m, K)
-        self.register_buffer("inverse", inverse_permutations(perms))  # (m, K)
+        self.register_buffer("blocks", blocks)  # (m,) tracer block of each copy
+        # (m, K): the tracer outputs each copy reads
+        self.register_buffer("inverse", inverse_permutations(perms) + blocks.view(-1, 1) * perms.shape[1])
         self.eval()
 
     def train(self, mode: bool = True) -> CopySet:
@@ -110,19 +124,19 @@ class CopySet(nn.Module):
         """The buyer-facing module of copy `index` (shares C and T_0, no weights duplicated)."""
         if not 0 <= index < self.num_copies:
             raise InputValidationError(f"copy index {index} outside 0..{self.num_copies - 1}")
-        return ModelCopy(self.classifier, self.tracer, self.permutations[index], self.params)
+        return ModelCopy(self.classifier, self.tracer, self.permutations[index], self.params,
+                         block=int(self.blocks[index]))
 
     @torch.no_grad()
     def shared_pass(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(softmax(C(x)/tau) (B, K), T_0(x) (B, K)): the only network evaluations."""
+        """(softmax(C(x)/tau) (B, K), T_0(x) (B, G K)): the only network evaluations."""
         x = x.float()
         probs = torch.softmax(self.classifier(x) / float(self.params.tau), dim=1)
         return probs, self.tracer(x)
 
     def traced_outputs(self, t0: torch.Tensor) -> torch.Tensor:
-        """T_0 outputs (B, K) -> every copy's permuted outputs T_i (B, m, K) by one gather."""
-        b, k = t0.shape
-        index = self.inverse.unsqueeze(0).expand(b, -1, -1)  # (B, m, K)
+        """T_0 outputs (B, G K) -> every copy's permuted outputs T_i (B, m, K) by one gather."""
+        index = self.inverse.unsqueeze(0).expand(len(t0), -1, -1)  # (B, m, K)
         return torch.gather(t0.unsqueeze(1).expand(-1, self.num_copies, -1), 2, index)
 
     @torch.no_grad()

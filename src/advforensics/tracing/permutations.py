@@ -18,6 +18,14 @@ Constructions, chosen per K (see `construction_name` and `max_copies`):
   searches not reproduced here.
 - any other K: j -> a*j + b mod K with a in 1..p-1 (p the smallest prime factor of K): a - a' is a
   unit mod K, so two maps agree at most once; (p - 1) * K maps.
+
+Past that limit (`copy_layout`): a tracer with G * K outputs is G independent tracers in one pass
+(the random tracer's G * K outputs share its Fourier features and have independent output weights).
+Copy i reads block b = i // M of them (M = max_copies(K)) through permutation i mod M, so copies of
+one block agree pairwise in at most one position and copies of different blocks read different
+outputs. Relaxing the agreement to two positions instead (720 permutations of 10 exist) would let two
+copies share both tracer values of a class pair, and an example crossing that pair could not tell
+them apart.
 """
 
 from __future__ import annotations
@@ -151,6 +159,45 @@ def make_permutations(num_outputs: int, num_copies: int) -> torch.Tensor:
     return torch.tensor(perms[:num_copies], dtype=torch.int64)
 
 
+def tracer_blocks(num_outputs: int, num_copies: int) -> int:
+    """How many K-output tracer blocks `copy_layout` needs for `num_copies` copies."""
+    _check_k(num_outputs)
+    return -(-int(num_copies) // max_copies(num_outputs))
+
+
+def copy_layout(num_outputs: int, num_copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(permutations (m, K), blocks (m,)) for m copies of K classes, any m >= 1.
+
+    Copy i uses permutation i mod M and tracer block i // M (M = max_copies(K)); the tracer must have
+    K * tracer_blocks(K, m) outputs. For m <= M every block is 0 and the permutations are
+    `make_permutations(K, m)`.
+    """
+    _check_k(num_outputs)
+    if not isinstance(num_copies, int) or isinstance(num_copies, bool) or num_copies < 1:
+        raise InputValidationError(f"num_copies: must be an integer >= 1, got {num_copies!r}")
+    per_block = max_copies(num_outputs)
+    table = make_permutations(num_outputs, min(num_copies, per_block))
+    index = torch.arange(num_copies)
+    return table[index % per_block], index // per_block
+
+
+def check_layout(perms: torch.Tensor, blocks: torch.Tensor, tracer_outputs: int) -> None:
+    """Raise InputValidationError unless every block's permutations agree pairwise <= 1 and every
+    block exists among the tracer's `tracer_outputs` outputs (K per block)."""
+    _check_rows(perms)
+    k = perms.shape[1]
+    if blocks.dim() != 1 or len(blocks) != len(perms):
+        raise InputValidationError("tracer blocks must be one integer per copy")
+    if tracer_outputs % k:
+        raise InputValidationError(f"the tracer has {tracer_outputs} outputs, not a multiple of the {k} classes")
+    if len(blocks) and (int(blocks.min()) < 0 or int(blocks.max()) >= tracer_outputs // k):
+        raise InputValidationError(f"a copy reads tracer block {int(blocks.max())}, but the tracer's "
+                                   f"{tracer_outputs} outputs hold {tracer_outputs // k} blocks of {k}")
+    for block in blocks.unique().tolist():
+        if max_pairwise_agreement(perms[blocks == block]) > 1:
+            raise InputValidationError(f"two permutations of tracer block {block} agree in more than one position")
+
+
 def max_pairwise_agreement(perms: torch.Tensor) -> int:
     """Largest number of positions in which two distinct rows of (m, K) `perms` agree (0 if m < 2)."""
     if perms.dim() != 2:
@@ -162,13 +209,15 @@ def max_pairwise_agreement(perms: torch.Tensor) -> int:
     return int(agree.max())
 
 
-def check_permutations(perms: torch.Tensor) -> None:
-    """Raise InputValidationError unless `perms` is (m, K) of permutations agreeing pairwise <= 1."""
+def _check_rows(perms: torch.Tensor) -> None:
     if perms.dim() != 2 or perms.dtype not in (torch.int64, torch.int32):
         raise InputValidationError("permutations must be an (m, K) integer tensor")
-    k = perms.shape[1]
-    expected = torch.arange(k)
-    if not bool((perms.sort(dim=1).values == expected).all()):
+    if not bool((perms.sort(dim=1).values == torch.arange(perms.shape[1])).all()):
         raise InputValidationError("every row must be a permutation of 0..K-1")
+
+
+def check_permutations(perms: torch.Tensor) -> None:
+    """Raise InputValidationError unless `perms` is (m, K) of permutations agreeing pairwise <= 1."""
+    _check_rows(perms)
     if max_pairwise_agreement(perms) > 1:
         raise InputValidationError("two permutations agree in more than one position")
