@@ -177,9 +177,9 @@ def targets(kind: str, copies: CopySet, seed: int, unrelated: Path) -> list[tupl
         return [(NoiseAveragedOracle(copies.copy(i), copies.tracer.input_shape, seed=seed + i), i) for i in range(m)]
     if kind == "copies with another tracer":
         c, h, w = copies.tracer.input_shape
-        other = create_tracer("random", num_outputs=copies.num_classes, in_channels=c, image_size=(h, w),
+        other = create_tracer("random", num_outputs=copies.tracer.num_outputs, in_channels=c, image_size=(h, w),
                               length_scale=1.5, gain=0.8, seed=1000)
-        look_alike = CopySet(copies.classifier, other, copies.permutations, copies.params)
+        look_alike = CopySet(copies.classifier, other, copies.permutations, copies.params, blocks=copies.blocks)
         return [(look_alike.copy(i), -1) for i in range(m)]
     if kind == "an unrelated model":
         from advforensics.models import load_model

@@ -3,8 +3,8 @@
     python benchmarks/tracing_speed.py --classifier runs/tracing/lenet_mnist --examples 10000 --copies 100
 
 Copies share C and T_0, so scoring m copies = one shared pass + an O(m * K) gather per example.
-K = 10 admits at most 30 copies with pairwise agreement <= 1 here; for m above that the benchmark
-uses random permutations (the cost of the gather does not depend on which permutations they are).
+Past max_copies(K) (30 for K = 10) the copies read blocks of a tracer with more outputs
+(permutations.copy_layout), as `trace separate` makes them, so T_0's pass grows with m / 30.
 Prints a Markdown table; median of --repeats runs; 1 torch thread.
 """
 
@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from advforensics.models import create_model, load_model
-from advforensics.tracing.copies import CopyParams, CopySet, inverse_permutations
+from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.names import FORMULA_RULES
 from advforensics.tracing.calibration import Calibration
 from advforensics.tracing.reports import trace_learned
 from advforensics.tracing.learned import LearnedScorer
 from advforensics.tracing.scores import FEATURE_SETS, copy_scores
-from advforensics.tracing.permutations import make_permutations, max_copies
+from advforensics.tracing.permutations import copy_layout, tracer_blocks
 from advforensics.tracing.tracer import create_tracer
 
 
@@ -55,15 +55,10 @@ def main() -> None:
     else:
         classifier = create_model("lenet", num_classes=10, in_channels=1, image_size=28, seed=args.seed)
     classifier.eval()
-    tracer = create_tracer("random", seed=args.seed)
     k = 10
-    legal = min(args.copies, max_copies(k))
-    copies = CopySet(classifier, tracer, make_permutations(k, legal), CopyParams())
-    if args.copies > legal:  # random permutations, same gather cost
-        gen = torch.Generator().manual_seed(args.seed)
-        perms = torch.stack([torch.randperm(k, generator=gen) for _ in range(args.copies)])
-        copies.permutations = perms
-        copies.inverse = inverse_permutations(perms)
+    tracer = create_tracer("random", seed=args.seed, num_outputs=k * tracer_blocks(k, args.copies))
+    perms, blocks = copy_layout(k, args.copies)
+    copies = CopySet(classifier, tracer, perms, CopyParams(), blocks=blocks)
     x = torch.rand(args.examples, 1, 28, 28, generator=torch.Generator().manual_seed(args.seed))
     batches = x.split(args.batch_size)
 
@@ -89,7 +84,7 @@ def main() -> None:
     def naive() -> None:  # m forward passes (what the design forbids), timed on 5 copies and scaled
         with torch.no_grad():
             for i in range(5):
-                model = copies.copy(i % legal)
+                model = copies.copy(i)
                 for b in batches:
                     model(b)
 

@@ -50,7 +50,7 @@ from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.field import REGIMES, regime_row
 from advforensics.tracing.learned import fit_rule, scorer_from_dict
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, STAGES
-from advforensics.tracing.permutations import make_permutations, max_copies
+from advforensics.tracing.permutations import copy_layout, tracer_blocks
 from advforensics.tracing.reports import trace_scores
 from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.tracer import Tracer, create_tracer, load_tracer
@@ -153,10 +153,11 @@ class TracingStudy(Study):
         self.images, self.labels = images, labels
         with torch.no_grad():
             self.num_classes = int(classifier(images[:1]).shape[1])
-        limit = max_copies(self.num_classes)
         for m in [config.copies, *config.copy_counts]:
-            if not 2 <= m <= limit:
-                raise InputValidationError(f"copy count {m}: must be in 2..{limit} for {self.num_classes} classes")
+            if m < 2:
+                raise InputValidationError(f"copy count {m}: must be >= 2")
+        # past max_copies(K) copies the tracer holds one block of K outputs per max_copies(K) copies
+        self.tracer_outputs = self.num_classes * tracer_blocks(self.num_classes, max([config.copies, *config.copy_counts]))
         self.calibration_images = calibration_images[: config.calibration_images]
         (self.out_dir / "examples").mkdir(parents=True, exist_ok=True)
         self.tracer = self._tracer(config.seed) if config.tracer_file is None else load_tracer(config.tracer_file)
@@ -187,11 +188,12 @@ class TracingStudy(Study):
         """The smooth random tracer (also the control's look-alike when a tracer file is used)."""
         c, h, w = (int(v) for v in self.images.shape[1:])
         return create_tracer("random", length_scale=self.config.length_scale, gain=self.config.gain, seed=seed,
-                             num_outputs=self.num_classes, in_channels=c, image_size=(h, w))
+                             num_outputs=self.tracer_outputs, in_channels=c, image_size=(h, w))
 
     def copyset(self, alpha: float, m: int, tracer: Tracer | None = None) -> CopySet:
-        return CopySet(self.classifier, tracer or self.tracer, make_permutations(self.num_classes, m),
-                       CopyParams(alpha=alpha, tau=self.config.tau))
+        perms, blocks = copy_layout(self.num_classes, m)
+        return CopySet(self.classifier, tracer or self.tracer, perms, CopyParams(alpha=alpha, tau=self.config.tau),
+                       blocks=blocks)
 
     def calibration(self, alpha: float, m: int, rule: str) -> Calibration:
         if (alpha, m, rule) not in self._calibrations:  # one set of boundary points serves every rule

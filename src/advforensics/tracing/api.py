@@ -22,7 +22,7 @@ from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.reports import CONFIDENT, LearnedReport, TraceReport, trace_learned, trace_scores
 from advforensics.tracing.learned import fit_rule, scorer_from_dict
 from advforensics.tracing.names import DEFAULT_RULE, FORMULA_RULES, SCORE_RULES
-from advforensics.tracing.permutations import make_permutations
+from advforensics.tracing.permutations import copy_layout, max_copies, tracer_blocks
 from advforensics.tracing.record import SellerRecord, load_copies, separate
 from advforensics.tracing.scores import rule_scores
 from advforensics.tracing.signing import load_private_key, sign_record
@@ -54,14 +54,19 @@ def make_copies(classifier: nn.Module | str | Path, out_dir: str | Path, copies:
     classifier.eval()
     config = classifier.config
     size = tuple(config.image_size) if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
+    perms, blocks = copy_layout(int(config.num_classes), copies)
+    needed = int(config.num_classes) * tracer_blocks(int(config.num_classes), copies)
     if tracer is None:
-        tracer = create_tracer("random", num_outputs=config.num_classes, in_channels=config.in_channels,
+        tracer = create_tracer("random", num_outputs=needed, in_channels=config.in_channels,
                                image_size=size, seed=seed)
+    elif tracer.num_outputs < needed:
+        raise InputValidationError(
+            f"{copies} copies of {config.num_classes} classes need a tracer with {needed} outputs "
+            f"({max_copies(int(config.num_classes))} copies per {config.num_classes}); this one has {tracer.num_outputs}")
     if rule not in FORMULA_RULES:
         raise InputValidationError(f"main formula rule must be one of {', '.join(FORMULA_RULES)}")
     params = CopyParams(alpha=alpha, tau=tau)
-    perms = make_permutations(int(config.num_classes), copies)
-    copyset = CopySet(classifier, tracer, perms, params)
+    copyset = CopySet(classifier, tracer, perms, params, blocks=blocks)
     calibration, others, probe = None, None, None
     if calibration_images is not None:
         calibrations = calibrate_rules(copyset, calibration_images, seed=seed)
@@ -71,7 +76,8 @@ def make_copies(classifier: nn.Module | str | Path, out_dir: str | Path, copies:
     learned = (fit_rule(copyset, *fit_images, seed=seed, features=learned_features)
                if fit_images is not None else None)
     record = separate(classifier, tracer, perms, params, out_dir, export=export, calibration=calibration, probe=probe,
-                      info=dict(info or {}, seed=seed), other_calibrations=others, learned=learned)
+                      info=dict(info or {}, seed=seed), other_calibrations=others, learned=learned,
+                      blocks=blocks)
     if key is not None:
         sign_record(out_dir, key)
     return record

@@ -150,8 +150,8 @@ def simulate(copies: CopySet, images: torch.Tensor, labels: torch.Tensor,
     m = copies.num_copies
     c, h, w = copies.tracer.input_shape
     look_alike = CopySet(copies.classifier, create_tracer(
-        "random", num_outputs=copies.num_classes, in_channels=c, image_size=(h, w),
-        seed=config.look_alike_seed), copies.permutations, copies.params)
+        "random", num_outputs=copies.tracer.num_outputs, in_channels=c, image_size=(h, w),
+        seed=config.look_alike_seed), copies.permutations, copies.params, blocks=copies.blocks)
     models: list[tuple[str, int, nn.Module | None]] = [(f"copy{i}", i, copies.copy(i)) for i in range(m)]
     if "c-alone" in config.controls:
         models.append(("c-alone", m, _Softmax(copies.classifier, float(copies.params.tau))))

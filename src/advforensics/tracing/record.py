@@ -12,7 +12,8 @@ permutation, everything that makes the copy). It is for the seller's own serving
 over to a buyer.
 
 Hashes: base_hash = content hash of C's parameters, tracer_hash = the tracer's content hash,
-copy_hash = sha256 of (base_hash, tracer_hash, permutation, alpha, tau), onnx_sha256 = the shipped
+copy_hash = sha256 of (base_hash, tracer_hash, permutation, alpha, tau, and the tracer block where it
+is not 0, so records of one-block copies keep their hashes), onnx_sha256 = the shipped
 file. record_hash covers the whole JSON, so an edited permutation or alpha fails to load
 (CheckpointError) instead of silently mis-tracing.
 
@@ -52,9 +53,13 @@ TRACER_FILE = "tracer.safetensors"
 CLASSIFIER_BASE = "classifier"
 
 
-def copy_hash(base_hash: str, tracer_hash: str, permutation: list[int], params: CopyParams) -> str:
-    payload = json.dumps({"base": base_hash, "tracer": tracer_hash, "perm": list(map(int, permutation)),
-                          "alpha": float(params.alpha), "tau": float(params.tau)}, sort_keys=True)
+def copy_hash(base_hash: str, tracer_hash: str, permutation: list[int], params: CopyParams,
+              tracer_block: int = 0) -> str:
+    fields = {"base": base_hash, "tracer": tracer_hash, "perm": list(map(int, permutation)),
+              "alpha": float(params.alpha), "tau": float(params.tau)}
+    if tracer_block:
+        fields["block"] = int(tracer_block)
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -65,6 +70,7 @@ class CopyEntry:
     copy_hash: str
     onnx_file: str | None = None
     onnx_sha256: str | None = None
+    tracer_block: int = 0  # which K tracer outputs the copy reads (permutations.copy_layout)
 
 
 @dataclass
@@ -108,6 +114,10 @@ class SellerRecord:
     @property
     def permutations(self) -> torch.Tensor:
         return torch.tensor([c.permutation for c in self.copies], dtype=torch.int64)
+
+    @property
+    def blocks(self) -> torch.Tensor:
+        return torch.tensor([c.tracer_block for c in self.copies], dtype=torch.int64)
 
     def payload(self) -> dict[str, Any]:
         return asdict(self)
@@ -159,7 +169,8 @@ def read_record(directory: str | Path, public_key: KeyLike | None = None, warn: 
     except TypeError as error:
         raise CheckpointError(f"{path} has unexpected fields: {error}") from None
     for entry in record.copies:
-        expected = copy_hash(record.base_hash, record.tracer_hash, entry.permutation, record.params)
+        expected = copy_hash(record.base_hash, record.tracer_hash, entry.permutation, record.params,
+                             entry.tracer_block)
         if entry.copy_hash != expected:
             raise CheckpointError(f"copy {entry.index} in {path} fails its copy hash")
     return record
@@ -193,8 +204,10 @@ def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, 
              out_dir: str | Path, export: bool = True, calibration: Calibration | None = None,
              info: dict[str, Any] | None = None, probe: torch.Tensor | None = None,
              other_calibrations: dict[str, Calibration] | None = None,
-             learned: dict[str, Any] | None = None) -> SellerRecord:
+             learned: dict[str, Any] | None = None, blocks: torch.Tensor | None = None) -> SellerRecord:
     """Build the copies, write C, T_0, each copy's ONNX file and the seller record into `out_dir`.
+
+    `blocks` (m,): each copy's tracer block (permutations.copy_layout); None: all 0.
 
     `probe` (B, C, H, W): inputs on which every exported ONNX copy must give the same labels as the
     PyTorch copy (else CheckpointError). Refuses to write into a directory that already holds a record."""
@@ -203,7 +216,7 @@ def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, 
     out = Path(out_dir)
     if (out / RECORD_FILE).exists():
         raise InputValidationError(f"{out} already holds a seller record; choose a new directory")
-    copies = CopySet(classifier, tracer, permutations, params)
+    copies = CopySet(classifier, tracer, permutations, params, blocks=blocks)
     c, h, w = tracer.input_shape
     out.mkdir(parents=True, exist_ok=True)
     save_model(classifier, out / CLASSIFIER_BASE, card={"role": "tracing base classifier C"}, overwrite=True)
@@ -212,8 +225,9 @@ def separate(classifier: nn.Module, tracer: Tracer, permutations: torch.Tensor, 
     entries = []
     example = torch.rand(2, c, h, w, generator=torch.Generator().manual_seed(0))
     for i in range(copies.num_copies):
-        perm = copies.permutations[i].tolist()
-        entry = CopyEntry(index=i, permutation=perm, copy_hash=copy_hash(base_hash, tracer_hash, perm, params))
+        perm, block = copies.permutations[i].tolist(), int(copies.blocks[i])
+        entry = CopyEntry(index=i, permutation=perm, tracer_block=block,
+                          copy_hash=copy_hash(base_hash, tracer_hash, perm, params, block))
         if export:
             onnx_path = out / f"copy_{i}.onnx"
             export_onnx(copies.copy(i), onnx_path, example)
@@ -252,7 +266,7 @@ def load_copies(directory: str | Path, public_key: KeyLike | None = None,
                               f"({record.classifier_file}.json edited?)")
     tracer = load_tracer(Path(directory) / record.tracer_file, expected_hash=record.tracer_hash)
     check_onnx_copies(record, directory)
-    return record, CopySet(classifier, tracer, record.permutations, record.params)
+    return record, CopySet(classifier, tracer, record.permutations, record.params, blocks=record.blocks)
 
 
 def sign_existing_record(directory: str | Path, signing_key: KeyLike, overwrite: bool = False) -> str:
@@ -289,7 +303,10 @@ def copyset_from_copies(copies: list[ModelCopy]) -> CopySet:
             raise InputValidationError(f"copy {i} has a different tracer than copy 0; cannot trace them together")
         if (other.alpha, other.tau) != (first.alpha, first.tau):
             raise InputValidationError(f"copy {i} has different alpha/tau than copy 0")
-    inverse = torch.stack([c.inverse for c in copies])  # (m, K)
+    read = torch.stack([c.inverse for c in copies])  # (m, K) tracer outputs, block offset included
+    k = read.shape[1]
+    inverse, blocks = read % k, read[:, 0] // k
     perms = torch.empty_like(inverse)
-    perms.scatter_(1, inverse, torch.arange(inverse.shape[1]).expand_as(inverse).contiguous())
-    return CopySet(first.classifier, first.tracer, perms, CopyParams(alpha=first.alpha, tau=first.tau))
+    perms.scatter_(1, inverse, torch.arange(k).expand_as(inverse).contiguous())
+    return CopySet(first.classifier, first.tracer, perms, CopyParams(alpha=first.alpha, tau=first.tau),
+                   blocks=blocks)
