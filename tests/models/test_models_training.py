@@ -147,3 +147,13 @@ def test_every_model_has_documented_defaults() -> None:
         config.validate()
         assert name in training.DEFAULT_TRAIN_CONFIGS
     assert default_train_config("resnet18", epochs=1, lr=None).epochs == 1
+
+
+def test_random_flip_mirrors_about_half_reproducibly() -> None:
+    x = torch.rand(200, 3, 4, 5)
+    out = training.random_flip(x, torch.Generator().manual_seed(1))
+    assert torch.equal(out, training.random_flip(x, torch.Generator().manual_seed(1)))
+    mirrored = torch.tensor([torch.equal(out[i], x[i].flip(2)) for i in range(len(x))])
+    kept = torch.tensor([torch.equal(out[i], x[i]) for i in range(len(x))])
+    assert bool((mirrored | kept).all()) and not bool((mirrored & kept).any())  # each image one or the other
+    assert 70 < int(mirrored.sum()) < 130  # p = 1/2 (binomial sd ~7)

@@ -47,6 +47,7 @@ class TrainConfig:
     schedule: str = "onecycle"  # "onecycle" | "constant"
     label_smoothing: float = 0.0
     shift: int = 0  # augmentation: random translation of each training image by up to +-shift px
+    flip: bool = False  # augmentation: mirror each training image left-right with probability 1/2
     seed: int = 0
     eval_batch_size: int = 512
 
@@ -169,6 +170,13 @@ def random_shift(x: torch.Tensor, shift: int, generator: torch.Generator) -> tor
     return out.permute(0, 3, 1, 2).contiguous()  # (B, C, H, W)
 
 
+def random_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mirror each image of (B, C, H, W) left-right with probability 1/2, drawn from `generator`:
+    natural images (CIFAR-10) keep their class when mirrored; digits do not, so it is off by default."""
+    mirror = torch.rand(len(x), generator=generator) < 0.5  # (B,)
+    return torch.where(mirror.view(-1, 1, 1, 1), x.flip(3), x)
+
+
 def _make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int
                     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
     # No weight decay on BatchNorm / bias parameters (a standard, safe choice).
@@ -261,6 +269,8 @@ def train_model(model: nn.Module, train: ImageDatasetLike, test: ImageDatasetLik
         for idx in bar:
             xb, yb = x_train[idx], y_train[idx]  # (B, C, H, W), (B,)
             xb = random_shift(xb, config.shift, generator)
+            if config.flip:
+                xb = random_flip(xb, generator)
             logits = step_model(xb)
             loss = loss_fn(logits, yb)
             optimizer.zero_grad(set_to_none=True)
