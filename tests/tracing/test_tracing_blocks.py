@@ -156,3 +156,6 @@ def test_cli_separates_more_copies_than_one_tracer_allows(tmp_path: Path, zoo_cl
     assert result.exit_code == 2 and "need a tracer with 20 outputs" in result.output
     assert not (tmp_path / "other" / "record.json").exists()
     np.testing.assert_equal(len(result.output.strip().splitlines()), 1)
+    result = runner.invoke(cli, ["trace", "separate", "--classifier", str(tmp_path / "c"), "--copies", "31",
+                                 "--tracer", "vae", "--no-onnx", "--out", str(tmp_path / "vae")])
+    assert result.exit_code == 2 and "enough for 30 copies" in result.output

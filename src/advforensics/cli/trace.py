@@ -78,7 +78,7 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
     """
     from advforensics.models import load_model
     from advforensics.tracing.api import make_copies
-    from advforensics.tracing.permutations import tracer_blocks
+    from advforensics.tracing.permutations import max_copies, tracer_blocks
     from advforensics.tracing.signing import fingerprint, load_private_key
     from advforensics.tracing.tracer import create_tracer, load_tracer
     from advforensics.utils import seed_everything
@@ -92,8 +92,11 @@ def separate_cmd(classifier_path: Path, num_copies: int, alpha: float, tau: floa
     config = classifier.config
     size = tuple(config.image_size) if isinstance(config.image_size, (list, tuple)) else (config.image_size,) * 2
     shape = dict(num_outputs=config.num_classes, in_channels=config.in_channels, image_size=size)
+    blocks = tracer_blocks(int(config.num_classes), num_copies) if num_copies >= 1 else 1
+    if tracer_kind == "vae" and blocks > 1:  # refused before the training, not after it
+        raise InputValidationError(f"the VAE tracer has {config.num_classes} outputs, enough for "
+                                   f"{max_copies(int(config.num_classes))} copies; use --tracer random for more")
     if tracer_kind == "random":  # one block of K outputs per max_copies(K) copies
-        blocks = tracer_blocks(int(config.num_classes), num_copies) if num_copies >= 1 else 1
         tracer = create_tracer("random", length_scale=length_scale, gain=gain, seed=seed,
                                **dict(shape, num_outputs=config.num_classes * blocks))
     elif tracer_kind == "vae":
