@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,13 @@ def attribution_workdir(tmp_path_factory, digits_data):
                         {"name": "pgd-linf", "values": [40, 120], "params": {"steps": 3, "alpha_ratio": 0.5}}]}
     (root / "grid.json").write_text(json.dumps(grid))
     return root
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread (the attack tests): query attacks make thousands of tiny forward passes, each
+    much slower on two threads of a loaded machine (docs/attacks.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
