@@ -163,6 +163,40 @@ def test_an_accusation_needs_both_keys() -> None:
     assert torch.allclose(two_key_error(probabilities, {}, {}), 1.0 - probabilities[:, :3])
 
 
+def test_a_near_tie_among_many_copies_is_not_an_accusation() -> None:
+    """proximity's second key: two copies about as near their boundaries share the source's posterior,
+    so the innocent one's tiny false-alarm rate alone does not accuse anyone."""
+    from advforensics.tracing.calibration import Calibration
+    from advforensics.tracing.reports import trace_scores
+
+    m = 100
+    gen = torch.Generator().manual_seed(0)
+    null = -torch.rand(2000, m, generator=gen).pow(0.5)  # innocents spread over [-1, 0], sparse near 0
+    null[:, 0] = -1e-4  # the calibration's sources sit on their boundary
+    cal = Calibration.from_scores(null, torch.zeros(2000, dtype=torch.int64), rule="proximity")
+    assert cal.reach() == pytest.approx(0.1 ** 0.5, abs=0.01)  # only 10% of innocent copies are nearer
+    scores = -torch.rand(3, m, generator=gen).pow(0.5) * 0.5 - 0.5  # every copy far from its boundary
+    scores[0, 7] = -1e-5  # one copy on its boundary, alone
+    scores[1, 7], scores[1, 8] = -1e-5, -1.5e-5  # a near tie with another copy
+    scores[2, 7] = -1e-5
+    scores[2, 3] = -0.9 * cal.reach()  # another copy just within reach: a small share
+    shares = cal.shares(scores)
+    assert torch.allclose(shares.sum(1), torch.ones(3, dtype=torch.float64))
+    assert float(shares[0, 7]) == 1.0 and float(shares[1, 7]) == pytest.approx(0.6)
+    assert 0.99 < float(shares[2, 7]) < 1.0
+    report = trace_scores(scores, "proximity", cal)
+    bound = 1 - (m - 1) * report.false_alarm  # the false-alarm key alone
+    assert bool((bound >= 0.99).all()) and report.predicted.tolist() == [7, 7, 7]
+    assert [e.accused for e in report.examples()] == [True, False, True]
+    assert float(report.example_confidence[1]) == pytest.approx(0.6, abs=1e-6)
+    # pooled: the mean share, never sharpened by multiplying examples
+    assert float(report.aggregate_confidence[7]) == pytest.approx(float(shares[:, 7].mean()), abs=1e-6)
+    none = -torch.full((1, m), 0.9)  # no copy within reach: no copy is named with any confidence
+    assert float(trace_scores(none, "proximity", cal).example_confidence[0]) == 0.0
+    with pytest.raises(InputValidationError):
+        Calibration.from_scores(null, torch.zeros(2000, dtype=torch.int64), rule="dol").shares(scores)
+
+
 def test_learned_rule_round_trips_as_json_and_refuses_other_features(fitted, copies, boundary_set) -> None:
     _, scorer = fitted
     payload = json.loads(json.dumps(scorer_to_dict(scorer)))

@@ -45,7 +45,7 @@ from advforensics import distributed
 from advforensics.studies.tracing_examples import ClassifierOracle, CollusionOracle, ExampleSet, attack_sources
 from advforensics.studies.tracing_metrics import (CONFIDENT, ks_statistics, median_or_none, robustness_cost,
                                                   tracing_metrics, transfer_matrix)
-from advforensics.tracing.calibration import Calibration, calibrate_rules, confidence_from_false_alarm
+from advforensics.tracing.calibration import Calibration, calibrate_rules
 from advforensics.tracing.copies import CopyParams, CopySet
 from advforensics.tracing.field import REGIMES, regime_row
 from advforensics.tracing.learned import fit_rule, scorer_from_dict
@@ -348,7 +348,7 @@ class TracingStudy(Study):
                 all_scores = rule_scores(copies, ex.x_adv) if len(ex.sources) else {}
                 for rule, scores in all_scores.items():
                     report = trace_scores(scores, rule, self.calibration(alpha, cfg.copies, rule))
-                    confidence = confidence_from_false_alarm(report.false_alarm, cfg.copies)
+                    confidence = report.example_confidence
                     entry = {"histogram": torch.bincount(report.predicted, minlength=cfg.copies).tolist(),
                              "confident_share": float((confidence >= CONFIDENT).float().mean()),
                              "median_false_alarm": float(report.false_alarm.median())}

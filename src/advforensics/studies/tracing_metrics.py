@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from advforensics.studies.tracing_examples import ExampleSet
-from advforensics.tracing.calibration import Calibration, confidence_from_false_alarm
+from advforensics.tracing.calibration import Calibration
 from advforensics.tracing.copies import CopySet
 from advforensics.tracing.reports import trace_scores
 from advforensics.utils import wilson_interval
@@ -35,7 +35,7 @@ def tracing_metrics(scores: torch.Tensor, sources: torch.Tensor, rule: str,
     }
     if calibration is not None and calibration.rule == rule:
         report = trace_scores(scores, rule, calibration)
-        confident = confidence_from_false_alarm(report.false_alarm, m) >= CONFIDENT
+        confident = report.example_confidence >= CONFIDENT
         out["confident_share"] = float(confident.float().mean())
         out["confident_wrong"] = int((confident & ~correct).sum())
     hits = groups = 0

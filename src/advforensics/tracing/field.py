@@ -18,7 +18,7 @@ from torch import nn
 from advforensics.errors import InputValidationError
 from advforensics.evidence.transforms import reencode
 from advforensics.tracing.behaviours import low_pass, transfer_seeking
-from advforensics.tracing.calibration import Calibration, confidence_from_false_alarm
+from advforensics.tracing.calibration import Calibration
 from advforensics.tracing.copies import CopySet
 from advforensics.tracing.reports import CONFIDENT, LearnedReport, trace_learned, trace_scores
 from advforensics.tracing.names import FORMULA_RULES
@@ -118,7 +118,7 @@ def regime_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[str
         result = RuleResult(accuracy=float(correct.float().mean()), ci95=wilson_interval(int(correct.sum()), len(src)))
         if rule in calibrations:
             report = trace_scores(scores[rule], rule, calibrations[rule])
-            confident = confidence_from_false_alarm(report.false_alarm, copies.num_copies) >= CONFIDENT
+            confident = report.example_confidence >= CONFIDENT
             result.confident_share = float(confident.float().mean())
             result.confident_wrong = int((confident & ~correct).sum())
         if groups:
@@ -177,10 +177,10 @@ def control_row(copies: CopySet, scorer: nn.Module | None, calibrations: dict[st
     m = copies.num_copies
     for rule, cal in calibrations.items():
         report = trace_scores(scores[rule], rule, cal)
-        row.confident[rule] = float((confidence_from_false_alarm(report.false_alarm, m) >= CONFIDENT).float().mean())
+        row.confident[rule] = float((report.example_confidence >= CONFIDENT).float().mean())
         pooled = [trace_scores(scores[rule][g], rule, cal) for g in pools]
         row.pooled10_confident[rule] = sum(
-            float(confidence_from_false_alarm(p.aggregate_false_alarm[p.aggregate_source], m)) >= CONFIDENT
+            float(p.aggregate_confidence[p.aggregate_source]) >= CONFIDENT
             for p in pooled) / groups
     if scorer is not None:
         report = trace_learned(copies, scorer, x, calibrations=calibrations)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from advforensics.errors import InputValidationError
-from advforensics.tracing.calibration import Calibration, confidence_from_false_alarm
+from advforensics.tracing.calibration import Calibration
 from advforensics.tracing.copies import CopySet
 from advforensics.tracing.names import DEFAULT_RULE
 from advforensics.tracing.scores import copy_scores
@@ -55,6 +55,8 @@ class TraceReport:
     aggregate_ranking: torch.Tensor  # (m,)
     false_alarm: torch.Tensor | None = None  # (B,) p-value of each example's top copy
     aggregate_false_alarm: torch.Tensor | None = None  # (m,) pooled (geometric-mean) p-value of each copy
+    example_confidence: torch.Tensor | None = None  # (B,) confidence of naming each example's top copy
+    aggregate_confidence: torch.Tensor | None = None  # (m,) pooled confidence of naming each copy
 
     @property
     def num_copies(self) -> int:
@@ -62,9 +64,9 @@ class TraceReport:
 
     def accusations(self) -> torch.Tensor:
         """(m,) examples naming each copy at confidence >= CONFIDENT (zeros when uncalibrated)."""
-        if self.false_alarm is None:
+        if self.example_confidence is None:
             return torch.zeros(self.num_copies, dtype=torch.int64)
-        confident = confidence_from_false_alarm(self.false_alarm, self.num_copies) >= CONFIDENT
+        confident = self.example_confidence >= CONFIDENT
         return torch.bincount(self.predicted[confident], minlength=self.num_copies)
 
     @property
@@ -84,9 +86,9 @@ class TraceReport:
     @property
     def confidence(self) -> float | None:
         """The pooled confidence of `source` (None uncalibrated or without a single source)."""
-        if self.aggregate_false_alarm is None or not self.one_source:
+        if self.aggregate_confidence is None or not self.one_source:
             return None
-        return float(confidence_from_false_alarm(self.aggregate_false_alarm[self.aggregate_source], self.num_copies))
+        return float(self.aggregate_confidence[self.aggregate_source])
 
     @property
     def accused(self) -> bool:
@@ -96,8 +98,7 @@ class TraceReport:
         rows = list(range(len(self.predicted))) if rows is None else rows
         out = []
         for b, row in enumerate(rows):
-            confidence = (None if self.false_alarm is None else
-                          float(confidence_from_false_alarm(self.false_alarm[b], self.num_copies)))
+            confidence = None if self.example_confidence is None else float(self.example_confidence[b])
             out.append(TracedExample(row=row, copy=int(self.predicted[b]), confidence=confidence,
                                      accused=confidence is not None and confidence >= CONFIDENT))
         return out
@@ -118,20 +119,19 @@ class TraceReport:
         }
         out["one_source"] = self.one_source
         out["accusations"] = self.accusations().tolist()
-        if self.aggregate_false_alarm is not None:
-            top = self.aggregate_false_alarm[self.aggregate_source]
+        if self.aggregate_false_alarm is not None and self.aggregate_confidence is not None:
             out["aggregate"]["false_alarm_rate"] = [float(f"{float(v):.4g}") for v in self.aggregate_false_alarm]
             if self.one_source:  # a file of several sources gets no single confident verdict
-                out["aggregate"]["confidence"] = float(f"{float(confidence_from_false_alarm(top, m)):.6g}")
+                out["aggregate"]["confidence"] = float(f"{float(self.aggregate_confidence[self.aggregate_source]):.6g}")
         for b in range(self.scores.shape[0]):
             row: dict[str, Any] = {
                 "source": int(self.predicted[b]),
                 "ranking": self.ranking[b].tolist(),
                 "scores": [round(float(v), 6) for v in self.scores[b]],
             }
-            if self.false_alarm is not None:
+            if self.false_alarm is not None and self.example_confidence is not None:
                 row["false_alarm_rate"] = float(f"{float(self.false_alarm[b]):.4g}")
-                row["confidence"] = round(float(confidence_from_false_alarm(self.false_alarm[b], m)), 6)
+                row["confidence"] = round(float(self.example_confidence[b]), 6)
             out["per_example"].append(row)
         return out
 
@@ -155,7 +155,9 @@ def trace_scores(scores: torch.Tensor, rule: str = DEFAULT_RULE,
     return TraceReport(rule=rule, scores=scores, predicted=ranking[:, 0], ranking=ranking,
                        aggregate_evidence=evidence.float(), aggregate_ranking=torch.from_numpy(order),
                        false_alarm=p.gather(1, ranking[:, :1]).squeeze(1),
-                       aggregate_false_alarm=calibration.combined_false_alarm_rate(scores))
+                       aggregate_false_alarm=calibration.combined_false_alarm_rate(scores),
+                       example_confidence=calibration.confidence(scores).gather(1, ranking[:, :1]).squeeze(1).float(),
+                       aggregate_confidence=calibration.pooled_confidence(scores).float())
 
 
 def trace(copies: CopySet, x: torch.Tensor, calibration: Calibration | None = None,
