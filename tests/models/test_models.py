@@ -90,6 +90,24 @@ def test_old_cards_rebuild_the_revision_1_stem(tmp_path: Path) -> None:
         build_model(ModelConfig("resnet18", revision=7))
 
 
+def test_a_resnet_can_keep_cifar_at_full_resolution(tmp_path: Path) -> None:
+    """stage1_px 32: the first stage of a 32 px ResNet-18 runs at 32 px (default: 16); the card keeps
+    the choice, and cards without it read as the default."""
+    full = create_model("resnet18", in_channels=3, image_size=32, width=0.125, seed=0, stage1_px=32).eval()
+    default = create_model("resnet18", in_channels=3, image_size=32, width=0.125, seed=0).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert [f.shape[-1] for f in full.forward_features(x)] == [32, 16, 8, 4]
+    assert [f.shape[-1] for f in default.forward_features(x)] == [16, 8, 4, 2]
+    assert "stage1_px" not in default.config.to_dict()  # old cards' exact form
+    save_model(full, tmp_path / "full", card={})
+    loaded, _ = load_model(tmp_path / "full")
+    assert loaded.config.stage1_px == 32 and torch.equal(loaded(x), full(x))
+    with pytest.raises(InputValidationError, match="fixed stem"):
+        create_model("lenet", stage1_px=14)
+    with pytest.raises(InputValidationError, match="stage1_px"):
+        create_model("resnet18", image_size=28, stage1_px=64)
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_seed_makes_initial_weights_deterministic(name: str) -> None:
     a, b = create_model(name, width=TINY, seed=3), create_model(name, width=TINY, seed=3)

@@ -66,6 +66,8 @@ def list_cmd(as_json: bool) -> None:
               help="Random-shift augmentation: +-SHIFT px per training image [model default].")
 @click.option("--flip/--no-flip", default=None,
               help="Random left-right mirror augmentation (for natural images) [model default: off].")
+@click.option("--stage1-px", type=int, default=0,
+              help="ResNets: resolution of the first stage (32: CIFAR-10 at full resolution) [0: ~16 px].")
 @click.option("--limit", type=int, default=None, help="Use only the first N training images.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [torch default].")
 @click.option("--out", required=True, type=OutputFile(card_copy=True),
@@ -77,7 +79,7 @@ def list_cmd(as_json: bool) -> None:
 @json_option
 def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: int | None,
               batch_size: int | None, lr: float | None, width: float | None, shift: int | None,
-              flip: bool | None, limit: int | None,
+              flip: bool | None, stage1_px: int, limit: int | None,
               threads: int | None, out: Path, resume: bool, overwrite: bool, progress: bool, seed: int,
               json_path: Path | None) -> None:
     """Train a zoo model and save weights + card; the test split is evaluated after every epoch.
@@ -101,12 +103,12 @@ def train_cmd(model_name: str, data_name: str, data_dir: Path | None, epochs: in
             raise UserError("--threads must be >= 1")
         torch.set_num_threads(threads)
     run = train_zoo_model(model_name, data_name, out, data_dir=data_dir, epochs=epochs, batch_size=batch_size, lr=lr,
-                          width=width, shift=shift, flip=flip, limit=limit, resume=resume, overwrite=overwrite,
+                          width=width, shift=shift, flip=flip, limit=limit, stage1_px=stage1_px, resume=resume, overwrite=overwrite,
                           progress=progress, seed=seed)
     model, config, result, weights_path = run.model, run.config, run.result, run.weights_path
     payload = {"model": model_name, "width": model.config.width, "data": run.card["dataset"]["name"],
                "params": count_parameters(model), "epochs": config.epochs, "shift": config.shift, "flip": config.flip,
-               "seed": seed, "revision": model.config.revision,
+               "seed": seed, "revision": model.config.revision, "stage1_px": model.config.stage1_px,
                "test_accuracy": result.test_accuracy, "train_seconds": result.train_seconds,
                "train_cpu_seconds": result.cpu_seconds, "wall_seconds_this_session": run.wall_seconds,
                "resumed_from_epoch": result.resumed_from_epoch, "threads": torch.get_num_threads(),

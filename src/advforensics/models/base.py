@@ -35,16 +35,24 @@ class ModelConfig:
     image_size: int = 28
     width: float = 1.0
     revision: int = CURRENT_REVISION
+    # resolution of the first stage where the architecture lets one choose it (ResNets); 0: its
+    # default (~16 px). 32 keeps CIFAR-10 at full resolution: at width 0.25 it costs what width 0.5
+    # at 16 px does, and is more accurate (docs/paper-scale.md).
+    stage1_px: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if not self.stage1_px:  # cards written before the option existed keep their exact form
+            del out["stage1_px"]
+        return out
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> ModelConfig:
         try:
             return cls(name=str(payload["name"]), num_classes=int(payload["num_classes"]),
                        in_channels=int(payload["in_channels"]), image_size=int(payload["image_size"]),
-                       width=float(payload["width"]), revision=int(payload.get("revision", 1)))
+                       width=float(payload["width"]), revision=int(payload.get("revision", 1)),
+                       stage1_px=int(payload.get("stage1_px", 0)))
         except (KeyError, TypeError, ValueError) as error:
             raise InputValidationError(f"invalid model config {payload!r}: {error}") from None
 
@@ -97,17 +105,18 @@ class ModelSpec:
     builder: Callable[[ModelConfig], ZooModel]
     default_width: float
     description: str
+    chooses_stage1_px: bool = False  # honours ModelConfig.stage1_px
 
 
 MODELS: Registry[ModelSpec] = Registry("model")
 
 
-def register_model(name: str, default_width: float, description: str
+def register_model(name: str, default_width: float, description: str, chooses_stage1_px: bool = False
                    ) -> Callable[[Callable[[ModelConfig], ZooModel]], Callable[[ModelConfig], ZooModel]]:
     """Decorator: register a builder `f(ModelConfig) -> ZooModel` under `name`."""
 
     def decorator(builder: Callable[[ModelConfig], ZooModel]) -> Callable[[ModelConfig], ZooModel]:
-        MODELS.register(name)(ModelSpec(builder, default_width, description))
+        MODELS.register(name)(ModelSpec(builder, default_width, description, chooses_stage1_px))
         return builder
 
     return decorator
@@ -123,6 +132,9 @@ def build_model(config: ModelConfig, seed: int | None = None) -> ZooModel:
     the caller's global RNG."""
     spec = MODELS.get(config.name)
     _check_config(config)
+    if config.stage1_px and not spec.chooses_stage1_px:
+        raise InputValidationError(f"{config.name} has a fixed stem; a first-stage resolution is for "
+                                   f"{', '.join(n for n in MODELS.names() if MODELS.get(n).chooses_stage1_px)}")
     if seed is None:
         model = spec.builder(config)
     else:
@@ -133,7 +145,7 @@ def build_model(config: ModelConfig, seed: int | None = None) -> ZooModel:
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
-                 width: float | None = None, seed: int | None = None) -> ZooModel:
+                 width: float | None = None, seed: int | None = None, stage1_px: int = 0) -> ZooModel:
     """Build a zoo model by name; width None means the model's registered (CPU-sized) default.
 
     The returned module has `.config: ModelConfig`; input (B, C, H, W) in [0, 1], output logits
@@ -141,7 +153,8 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 1, image_s
     """
     spec = MODELS.get(name)
     config = ModelConfig(name=str(name).lower(), num_classes=num_classes, in_channels=in_channels,
-                         image_size=image_size, width=spec.default_width if width is None else float(width))
+                         image_size=image_size, width=spec.default_width if width is None else float(width),
+                         stage1_px=stage1_px)
     return build_model(config, seed=seed)
 
 
@@ -167,5 +180,7 @@ def _check_config(config: ModelConfig) -> None:
         raise InputValidationError(f"image_size must be an integer in [8, 512], got {config.image_size!r}")
     if config.revision not in (1, CURRENT_REVISION):
         raise InputValidationError(f"unknown zoo architecture revision {config.revision!r}")
+    if not isinstance(config.stage1_px, int) or not (config.stage1_px == 0 or 4 <= config.stage1_px <= config.image_size):
+        raise InputValidationError(f"stage1_px must be 0 (the default) or in [4, image_size], got {config.stage1_px!r}")
     if not (0.0 < config.width <= 4.0):
         raise InputValidationError(f"width must be in (0, 4], got {config.width!r}")

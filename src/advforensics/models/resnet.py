@@ -97,15 +97,19 @@ class ResNet(ZooModel):
 
 def _stem_target(config: ModelConfig) -> int:
     """Revision 2 runs the first stage at ~16 px (28 px digits at 14x14: one stride-2 conv, no
-    pool), which lifted ResNet-18 from 99.13% to the 99.3% MNIST bar; revision 1 ran it at ~8 px."""
+    pool), which lifted ResNet-18 from 99.13% to the 99.3% MNIST bar; revision 1 ran it at ~8 px.
+    A card's stage1_px chooses it (32: CIFAR-10 at full resolution)."""
+    if config.stage1_px:
+        return config.stage1_px
     return 16 if config.revision >= 2 else 8
 
 
-@register_model("resnet18", default_width=0.25, description="ResNet-18 (basic blocks 2-2-2-2)")
+@register_model("resnet18", default_width=0.25, description="ResNet-18 (basic blocks 2-2-2-2)", chooses_stage1_px=True)
 def resnet18(config: ModelConfig) -> ZooModel:
     return ResNet(config, BasicBlock, (2, 2, 2, 2), stem_target=_stem_target(config))
 
 
-@register_model("resnet50", default_width=0.25, description="ResNet-50 (bottleneck blocks 3-4-6-3)")
+@register_model("resnet50", default_width=0.25, description="ResNet-50 (bottleneck blocks 3-4-6-3)",
+                chooses_stage1_px=True)
 def resnet50(config: ModelConfig) -> ZooModel:
     return ResNet(config, Bottleneck, (3, 4, 6, 3), stem_target=_stem_target(config))

@@ -35,7 +35,7 @@ class ZooTraining:
 def train_zoo_model(model_name: str, data: str, out: str | Path, *, data_dir: str | Path | None = None,
                     epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                     width: float | None = None, shift: int | None = None, flip: bool | None = None,
-                    limit: int | None = None,
+                    limit: int | None = None, stage1_px: int = 0,
                     resume: bool = False, overwrite: bool = False, progress: bool = True,
                     seed: int = 0) -> ZooTraining:
     """Train a zoo model on a data set's train split (None = the model's documented default), evaluating
@@ -60,7 +60,7 @@ def train_zoo_model(model_name: str, data: str, out: str | Path, *, data_dir: st
     test = load_dataset(data, split="test", data_dir=data_dir)
     channels, height, _ = train.info.shape
     model = create_model(model_name, num_classes=len(train.info.classes), in_channels=channels,
-                         image_size=height, width=width, seed=seed)
+                         image_size=height, width=width, seed=seed, stage1_px=stage1_px)
     config = default_train_config(model_name, epochs=epochs, batch_size=batch_size, lr=lr, shift=shift, flip=flip,
                                   seed=seed)
     started = time.perf_counter()
