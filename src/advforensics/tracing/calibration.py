@@ -17,6 +17,7 @@ far past its boundary an attacker lands. A proximity confidence is the smaller o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,7 +94,8 @@ class Calibration:
         """scores (B, m) -> (m,) pooled false-alarm rate of each copy: the geometric mean of its
         per-example rates. Fisher's method would multiply them, which holds only for independent
         examples; one attacker's examples are not (same images, same attack), and on controls the
-        product turned small biases into certainty. The mean is valid whatever the dependence."""
+        product turned small biases into certainty. e times the mean is a valid p-value whatever the
+        dependence (`pooled_confidence`)."""
         return self.false_alarm_rate(scores).log().mean(dim=0).exp()
 
 
@@ -129,9 +131,13 @@ class Calibration:
 
     def pooled_confidence(self, scores: torch.Tensor) -> torch.Tensor:
         """scores (B, m) of one file -> (m,) pooled confidence of naming each copy: the bound on the
-        pooled (geometric-mean) false-alarm rate, and for proximity at most the copy's mean share.
-        Means, not products: one attacker's examples are not independent."""
-        bound = confidence_from_false_alarm(self.combined_false_alarm_rate(scores), scores.shape[1])
+        pooled false-alarm rate, and for proximity at most the copy's mean share. Means, not products:
+        one attacker's examples are not independent. The geometric mean of several p-values is not a
+        p-value, e times it is, under any dependence (Vovk and Wang 2020), so the pooled rate is that."""
+        pooled = self.combined_false_alarm_rate(scores)
+        if len(scores) > 1:
+            pooled = (math.e * pooled).clamp(max=1.0)
+        bound = confidence_from_false_alarm(pooled, scores.shape[1])
         if self.rule != "proximity":
             return bound
         return torch.minimum(bound, self.shares(scores).mean(dim=0))
