@@ -95,6 +95,17 @@ def test_minimal_boundary_points_are_traced_to_their_copy(tiny_classifier, digit
     assert report.false_alarm is not None and ((report.false_alarm > 0) & (report.false_alarm <= 1)).all()
     # clean images sit on no copy's boundary: their top scores are ordinary innocent scores
     assert float(report.false_alarm.median()) > 0.05
+    # the control null: every copy's score on C's own boundary points; an example made on C alone
+    # gets a rate at least m / (m - 1) times its tail in that null
+    c_points, c_valid = deepfool_points(tiny_classifier, images[:60])
+    assert cal.control_sorted is not None and len(cal.control_sorted) == 5 * int(c_valid.sum())
+    on_c = copy_scores(copies, c_points[c_valid][:20], cal.rule)
+    control = torch.tensor(cal.control_sorted, dtype=torch.float64)
+    tail = ((control[None, None, :] >= on_c.double()[..., None]).sum(-1) + 1).double() / (len(control) + 1)
+    assert (cal.false_alarm_rate(on_c) >= (tail * 5 / 4).clamp(max=1) - 1e-6).all()
+    without = Calibration.from_dict({k: v for k, v in cal.to_dict().items() if k != "control_sorted"})
+    assert (cal.false_alarm_rate(on_c) >= without.false_alarm_rate(on_c)).all()
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))).control_sorted == cal.control_sorted
 
 
 def test_calibration_roundtrip_and_aggregation() -> None:
