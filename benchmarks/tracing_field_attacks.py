@@ -2,8 +2,8 @@
 
 Each set is crafted on the copies of a seller record (or, for controls, on models that are NOT
 those copies) and cached as OUT/<set>.npz with x_adv, clean, labels and sources (-1 = no copy).
-Sets are resumable one by one, so a long run can be split across processes (the fb-* sets need
-foolbox: `pip install -e ".[field]"`):
+Sets are resumable one by one, so a long run can be split across processes (`--data cifar10` for a
+CIFAR-10 record; the fb-* sets need foolbox: `pip install -e ".[field]"`):
 
     python benchmarks/tracing_field_attacks.py --record runs/field/copies --data-dir ../shared/data \
         --out runs/field/evidence --sets art-hsj,art-boundary --per-source 45 --seed 0
@@ -191,6 +191,7 @@ def targets(kind: str, copies: CopySet, seed: int, unrelated: Path) -> list[tupl
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--record", required=True, type=Path)
+    p.add_argument("--data", default="mnist", help="data set whose test split is attacked (the record's C's)")
     p.add_argument("--data-dir", required=True)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--sets", required=True, help="comma-separated: " + ", ".join(SETS))
@@ -204,7 +205,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)
     _, copies = load_copies(args.record)
-    test = load_dataset("mnist", "test", data_dir=args.data_dir)
+    test = load_dataset(args.data, "test", data_dir=args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.sets.split(","):
         method, kind = SETS[name]
@@ -231,6 +232,7 @@ def main() -> None:
             log.info("%s: source %d done (%.0f s)", name, source, time.time() - start)
         arrays = {k: torch.cat(v).numpy() for k, v in parts.items()}
         meta = {"set": name, "method": method, "target": kind, "seed": args.seed, "record": str(args.record),
+                "data": args.data,
                 "seconds": round(time.time() - start, 1), "attacked": int(len(arrays["labels"]))}
         np.savez_compressed(path, meta=np.array(json.dumps(meta)), **arrays)
         log.info("wrote %s: %d/%d fool their target (%.0f s)", path, int(arrays["fooled"].sum()),
