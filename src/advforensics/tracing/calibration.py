@@ -108,13 +108,14 @@ class Calibration:
             rate = torch.maximum(rate, _upper_tail(np.asarray(self.control_sorted), scores) * m / max(m - 1, 1))
         return rate.clamp(max=1.0)
 
-    def combined_false_alarm_rate(self, scores: torch.Tensor) -> torch.Tensor:
+    def combined_false_alarm_rate(self, scores: torch.Tensor, rate: torch.Tensor | None = None) -> torch.Tensor:
         """scores (B, m) -> (m,) pooled false-alarm rate of each copy: the geometric mean of its
         per-example rates. Fisher's method would multiply them, which holds only for independent
         examples; one attacker's examples are not (same images, same attack), and on controls the
         product turned small biases into certainty. e times the mean is a valid p-value whatever the
-        dependence (`pooled_confidence`)."""
-        return self.false_alarm_rate(scores).log().mean(dim=0).exp()
+        dependence (`pooled_confidence`). rate: `false_alarm_rate(scores)` if already computed."""
+        rate = self.false_alarm_rate(scores) if rate is None else rate
+        return rate.log().mean(dim=0).exp()
 
 
     def reach(self) -> float:
@@ -130,7 +131,7 @@ class Calibration:
         scale-free prior: the seller cannot know how precisely an attacker lands) and 0 beyond, where
         an attacker is no longer a boundary-ender; innocent copies are spread evenly within that reach
         (their null is flat there: on the MNIST copies of docs/paper-scale.md the density of innocent
-        scores varies by under 6% over [-0.025, 0]). So the share is 1/d over the sum of 1/d of the
+        scores varies by under 6% over [-0.023, 0]). So the share is 1/d over the sum of 1/d of the
         copies within reach; none within reach: all zero."""
         if self.rule != "proximity":
             raise InputValidationError(f"shares are defined for the proximity rule, not {self.rule!r}")
@@ -139,20 +140,21 @@ class Calibration:
         total = weight.sum(dim=1, keepdim=True)
         return torch.where(total > 0, weight / total.clamp_min(1e-300), torch.zeros_like(weight))
 
-    def confidence(self, scores: torch.Tensor) -> torch.Tensor:
+    def confidence(self, scores: torch.Tensor, rate: torch.Tensor | None = None) -> torch.Tensor:
         """scores (B, m) -> (B, m) confidence of naming each copy: 1 - (m - 1) p, and for proximity at
-        most the copy's share (module docstring)."""
-        bound = confidence_from_false_alarm(self.false_alarm_rate(scores), scores.shape[1])
+        most the copy's share (module docstring). rate: `false_alarm_rate(scores)` if already computed."""
+        rate = self.false_alarm_rate(scores) if rate is None else rate
+        bound = confidence_from_false_alarm(rate, scores.shape[1])
         if self.rule != "proximity":
             return bound
         return torch.minimum(bound, self.shares(scores))
 
-    def pooled_confidence(self, scores: torch.Tensor) -> torch.Tensor:
+    def pooled_confidence(self, scores: torch.Tensor, rate: torch.Tensor | None = None) -> torch.Tensor:
         """scores (B, m) of one file -> (m,) pooled confidence of naming each copy: the bound on the
         pooled false-alarm rate, and for proximity at most the copy's mean share. Means, not products:
         one attacker's examples are not independent. The geometric mean of several p-values is not a
         p-value, e times it is, under any dependence (Vovk and Wang 2020), so the pooled rate is that."""
-        pooled = self.combined_false_alarm_rate(scores)
+        pooled = self.combined_false_alarm_rate(scores, rate)
         if len(scores) > 1:
             pooled = (math.e * pooled).clamp(max=1.0)
         bound = confidence_from_false_alarm(pooled, scores.shape[1])

@@ -155,9 +155,9 @@ def trace_scores(scores: torch.Tensor, rule: str = DEFAULT_RULE,
     return TraceReport(rule=rule, scores=scores, predicted=ranking[:, 0], ranking=ranking,
                        aggregate_evidence=evidence.float(), aggregate_ranking=torch.from_numpy(order),
                        false_alarm=p.gather(1, ranking[:, :1]).squeeze(1),
-                       aggregate_false_alarm=calibration.combined_false_alarm_rate(scores),
-                       example_confidence=calibration.confidence(scores).gather(1, ranking[:, :1]).squeeze(1).float(),
-                       aggregate_confidence=calibration.pooled_confidence(scores).float())
+                       aggregate_false_alarm=calibration.combined_false_alarm_rate(scores, p),
+                       example_confidence=calibration.confidence(scores, p).gather(1, ranking[:, :1]).squeeze(1).float(),
+                       aggregate_confidence=calibration.pooled_confidence(scores, p).float())
 
 
 def trace(copies: CopySet, x: torch.Tensor, calibration: Calibration | None = None,
