@@ -30,8 +30,9 @@ from advforensics.utils import wilson_interval
 def confidences(cal: Calibration, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(top copy (B,), bound-only confidence (B,), two-key confidence (B,)) of the proximity rule."""
     top = scores.argmax(1, keepdim=True)
-    bound = confidence_from_false_alarm(cal.false_alarm_rate(scores), scores.shape[1]).gather(1, top).squeeze(1)
-    return top.squeeze(1), bound, cal.confidence(scores).gather(1, top).squeeze(1)
+    rate = cal.false_alarm_rate(scores)
+    bound = confidence_from_false_alarm(rate, scores.shape[1]).gather(1, top).squeeze(1)
+    return top.squeeze(1), bound, cal.confidence(scores, rate).gather(1, top).squeeze(1)
 
 
 def row(name: str, regime: str, cal: Calibration, scores: torch.Tensor, sources: torch.Tensor) -> dict:

@@ -19,6 +19,7 @@ far past its boundary an attacker lands. A proximity confidence is the smaller o
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,15 +98,24 @@ class Calibration:
             raise InputValidationError("calibration histograms do not match their bin count")
         return cal
 
+    # the nulls as arrays, converted once: a 100-copy record holds about 2 million innocent scores
+    @functools.cached_property
+    def _innocent(self) -> np.ndarray:
+        return np.asarray(self.innocent_sorted, dtype=np.float64)
+
+    @functools.cached_property
+    def _control(self) -> np.ndarray | None:
+        return None if self.control_sorted is None else np.asarray(self.control_sorted, dtype=np.float64)
+
     def false_alarm_rate(self, scores: torch.Tensor) -> torch.Tensor:
         """scores (B, m) -> fraction of innocent copies' scores >= s (with +1 smoothing), elementwise.
         With a control null, at least m / (m - 1) times the fraction of control scores >= s, so that
         (m - 1) times the rate bounds the chance of a false alarm both when another copy made the
         example (m - 1 innocents) and when none did (all m copies innocent)."""
-        rate = _upper_tail(np.asarray(self.innocent_sorted), scores)
-        if self.control_sorted is not None:
+        rate = _upper_tail(self._innocent, scores)
+        if self._control is not None:
             m = scores.shape[-1]
-            rate = torch.maximum(rate, _upper_tail(np.asarray(self.control_sorted), scores) * m / max(m - 1, 1))
+            rate = torch.maximum(rate, _upper_tail(self._control, scores) * m / max(m - 1, 1))
         return rate.clamp(max=1.0)
 
     def combined_false_alarm_rate(self, scores: torch.Tensor, rate: torch.Tensor | None = None) -> torch.Tensor:
@@ -121,8 +131,7 @@ class Calibration:
     def reach(self) -> float:
         """proximity: the largest distance to its boundary (minus the score) at which a copy can be the
         source, the distance that only PROXIMITY_REACH of the innocent copies are nearer than."""
-        inn = np.asarray(self.innocent_sorted)
-        return max(float(-np.quantile(inn, 1.0 - PROXIMITY_REACH)), MIN_DISTANCE)
+        return max(float(-np.quantile(self._innocent, 1.0 - PROXIMITY_REACH)), MIN_DISTANCE)
 
     def shares(self, scores: torch.Tensor) -> torch.Tensor:
         """proximity scores (B, m) -> (B, m) posterior that each copy is the source, given that one is.
